@@ -1,0 +1,139 @@
+"""Params-driven CNN builder, and saving/loading a model without pickle.
+
+A saved model is a folder: `model.safetensors` (weights) and `structure.json`
+(everything needed to rebuild the module: structure, input shape, classes and
+the input normalisation). Normalisation lives inside the network as its first
+layer, so every exported form of the model takes raw pixels.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tasks.io import atomic_dir, write_json
+from tasks.params import Structure
+
+
+class ShapeError(ValueError):
+    """The input is too small for the requested conv/pool blocks."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    structure: dict  # a Structure, as plain data
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, in raw pixel units
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelSpec":
+        return cls(structure=d["structure"], input_shape=tuple(d["input_shape"]),
+                   num_classes=int(d["num_classes"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def make_activation(s: Structure) -> nn.Module:
+    if s.activation == "leaky_relu":
+        return nn.LeakyReLU(s.negative_slope)
+    if s.activation == "elu":
+        return nn.ELU(s.alpha)
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[s.activation]()
+
+
+def feature_shape(s: Structure, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Shape after the conv blocks; raises ShapeError naming what to change."""
+    c, h, w = input_shape
+    for i, ch in enumerate(s.conv_channels, 1):
+        h, w = h + 2 * s.padding - s.kernel_size + 1, w + 2 * s.padding - s.kernel_size + 1
+        if h < 1 or w < 1:
+            raise ShapeError(
+                f"input {input_shape[1]}x{input_shape[2]} is too small: conv block {i} "
+                f"(kernel_size {s.kernel_size}, padding {s.padding}) leaves no pixels. "
+                f"Use fewer conv_channels, a smaller kernel_size or more padding.")
+        if s.pool > 1:
+            h, w = h // s.pool, w // s.pool
+            if h < 1 or w < 1:
+                raise ShapeError(
+                    f"input {input_shape[1]}x{input_shape[2]} is too small: the {s.pool}x{s.pool} "
+                    f"pool after conv block {i} leaves no pixels. Use fewer conv_channels, "
+                    f"pool: 1, or more padding.")
+        c = ch
+    return c, h, w
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    s = Structure.model_validate(spec.structure)
+    c, h, w = feature_shape(s, spec.input_shape)
+    features: list[nn.Module] = [Normalize(spec.mean, spec.std)]
+    in_ch = spec.input_shape[0]
+    for ch in s.conv_channels:
+        features.append(nn.Conv2d(in_ch, ch, s.kernel_size, padding=s.padding))
+        if s.batch_norm:
+            features.append(nn.BatchNorm2d(ch))
+        features.append(make_activation(s))
+        if s.pool > 1:
+            features.append(nn.MaxPool2d(s.pool))
+        in_ch = ch
+    features.append(nn.Flatten())
+    head: list[nn.Module] = []
+    width = c * h * w  # computed, never hard-coded (the seed's 64*6*6 was wrong for 28x28)
+    for hid in s.hidden:
+        head.append(nn.Linear(width, hid))
+        if s.batch_norm:
+            head.append(nn.BatchNorm1d(hid))
+        head.append(make_activation(s))
+        if s.dropout > 0:
+            head.append(nn.Dropout(s.dropout))
+        width = hid
+    head.append(nn.Linear(width, spec.num_classes))  # logits: no activation after this
+    return nn.Sequential(nn.Sequential(*features), nn.Sequential(*head))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """FLOPs of one batch-1 forward pass (2 per multiply-add), by torch's own counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> None:
+    """Write weights + structure into out_dir atomically (all or nothing)."""
+    with atomic_dir(out_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        write_json(tmp / "structure.json", asdict(spec))
+
+
+def load_model(model_dir: str | Path) -> tuple[nn.Module, ModelSpec]:
+    model_dir = Path(model_dir)
+    if not (model_dir / "structure.json").exists():
+        raise FileNotFoundError(f"{model_dir} holds no saved model (structure.json missing)")
+    spec = ModelSpec.from_json(json.loads((model_dir / "structure.json").read_text()))
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))  # no pickle
+    model.eval()
+    return model, spec

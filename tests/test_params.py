@@ -1,0 +1,91 @@
+"""params.yaml schema: bad input is rejected before any work, naming key, value and what's allowed."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_committed_params_are_valid_and_match_the_seed_network():
+    p = load_params(ROOT / "params.yaml")
+    assert p.baseline.conv_channels == [32, 64]
+    assert p.baseline.kernel_size == 3 and p.baseline.pool == 2
+    assert p.baseline.hidden == [128] and p.baseline.activation == "relu"
+    assert p.data.source == "mnist5k"
+
+
+def test_defaults_fill_missing_sections():
+    assert parse_params({}) == Params()
+
+
+@pytest.mark.parametrize("raw, needles", [
+    # 1. unknown top-level section: lists the allowed sections
+    ({"trian": {}}, ["trian", "unknown key", "baseline", "data", "train"]),
+    # 2. unknown key inside a section: lists that section's keys
+    ({"train": {"learning_rate": 0.1}}, ["train.learning_rate", "unknown key", "lr", "epochs"]),
+    # 3. bad enum: names the allowed values
+    ({"train": {"optimizer": "adam"}}, ["train.optimizer", "'adam'", "sgd", "adamw"]),
+    # 4. bad activation
+    ({"baseline": {"activation": "tanh"}}, ["baseline.activation", "tanh", "leaky_relu", "elu"]),
+    # 5. wrong type
+    ({"train": {"epochs": "ten"}}, ["train.epochs", "ten", "integer"]),
+    # 6. out of range
+    ({"train": {"epochs": 0}}, ["train.epochs", "greater than or equal to 1"]),
+    # 7. fraction out of range
+    ({"data": {"val_fraction": 1.5}}, ["data.val_fraction", "1.5", "less than 1"]),
+    # 8. cross-field: idx without a path
+    ({"data": {"source": "idx"}}, ["data.path is required", "idx"]),
+    # 9. non-positive width in a list
+    ({"baseline": {"hidden": [128, 0]}}, ["baseline", "hidden", "positive", "[0]"]),
+    # 10. no layers at all
+    ({"baseline": {"conv_channels": [], "hidden": []}}, ["baseline", "both empty"]),
+    # 11. bad source name
+    ({"data": {"source": "cifar"}}, ["data.source", "cifar", "mnist5k", "idx", "npz"]),
+    # 12. bad schedule and device together: every problem is reported, not just the first
+    ({"train": {"schedule": "step", "device": "tpu"}}, ["train.schedule", "train.device", "2 problem"]),
+    # 13. fractions that leave no training data
+    ({"data": {"val_fraction": 0.5, "test_fraction": 0.45}}, ["val_fraction + data.test_fraction"]),
+    # 14. section of the wrong shape
+    ({"train": [1, 2]}, ["train", "valid dictionary"]),
+    # 15. limit too small to stratify
+    ({"data": {"limit": 5}}, ["data.limit", "greater than or equal to 20"]),
+])
+def test_schema_rejects_with_readable_message(raw, needles):
+    with pytest.raises(ParamsError) as exc:
+        parse_params(raw)
+    msg = str(exc.value)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} missing from:\n{msg}"
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ParamsError, match="mapping of sections"):
+        parse_params([1, 2, 3])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_stage_rejects_bad_params_before_any_work(tmp_path):
+    """A stage run with a typo exits 2 with the message and writes nothing."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["lr_rate"] = 0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "train.lr_rate: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
