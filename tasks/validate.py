@@ -1,0 +1,382 @@
+"""Data validation of the prepared splits with Great Expectations (GX Core 1.x).
+
+`validate_splits` turns the image arrays into one pandas table with a row per
+image (split, index within the split, label and per-image pixel statistics,
+exact content hash, ...) and runs ONE expectation suite over it.  Each property
+we care about becomes a named `Check` whose message says what is wrong, how
+often, where (``train[12]``) and how to fix it, so a failed `prepare` stage can
+be acted on from its log alone.
+
+great_expectations takes seconds to import (pandas a fraction of one), so both
+are imported inside the functions that need them; importing this module is cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported lazily too: it is most of this module's import time
+    import pandas as pd
+
+_EXAMPLES = 5  # how many split[index] examples a message quotes
+_CHUNK = 8192  # images per numpy chunk: bounds the float copies made for big splits
+
+
+@dataclass
+class Check:
+    """One expectation's outcome."""
+
+    name: str
+    success: bool
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    checks: list[Check]
+
+    @property
+    def success(self) -> bool:
+        return all(c.success for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.success]
+
+    def summary(self) -> str:
+        failed = self.failures()
+        if not failed:
+            return f"data validation: all {len(self.checks)} checks passed"
+        lines = [f"data validation: {len(failed)} of {len(self.checks)} checks FAILED"]
+        lines += [f"  - {c.name}: {c.message}" for c in failed]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"success": self.success, "checks": [asdict(c) for c in self.checks]}
+
+
+# --------------------------------------------------------------------------- table
+
+def _pixel_stats(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image (min, max) over finite pixels and the count of NaN/inf pixels.
+
+    Min/max ignore non-finite pixels so that "NaN/inf" and "out of range" are
+    reported by separate checks; an image with no finite pixel gets NaN, which
+    GX counts as missing rather than out of range.
+    """
+    n, size = flat.shape
+    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+    bad = np.zeros(n, dtype=np.int64)
+    if size == 0:
+        return lo, hi, bad
+    floating = np.issubdtype(flat.dtype, np.floating)
+    for start in range(0, n, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        if floating:
+            finite = np.isfinite(part)
+            bad[start:start + len(part)] = size - finite.sum(axis=1)
+            part_lo = np.where(finite, part, np.inf).min(axis=1).astype(np.float64)
+            part_hi = np.where(finite, part, -np.inf).max(axis=1).astype(np.float64)
+            none = ~finite.any(axis=1)
+            part_lo[none], part_hi[none] = np.nan, np.nan
+        else:  # integer/bool pixels are always finite
+            part_lo, part_hi = part.min(axis=1), part.max(axis=1)
+        lo[start:start + len(part)] = part_lo
+        hi[start:start + len(part)] = part_hi
+    return lo, hi, bad
+
+
+def _image_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One row per image with everything the expectations look at."""
+    import pandas as pd
+
+    parts = []
+    for name, (x, y) in splits.items():
+        x, y = np.asarray(x), np.asarray(y).reshape(-1)
+        if x.ndim < 1 or len(x) != len(y):
+            raise ValueError(f"split '{name}': x has shape {x.shape} but y has {len(y)} labels; "
+                             f"expected x (N, C, H, W) and y (N,)")
+        n = len(x)
+        flat = np.ascontiguousarray(x.reshape(n, int(np.prod(x.shape[1:], dtype=np.int64))))
+        lo, hi, bad = _pixel_stats(flat)
+        parts.append(pd.DataFrame({
+            "split": np.full(n, name, dtype=object),
+            "index": np.arange(n, dtype=np.int64),
+            "label": y,
+            "pix_min": lo,
+            "pix_max": hi,
+            "pix_range": hi - lo,  # 0 <=> constant image; exact, unlike a float std
+            "nonfinite_count": bad,
+            "hash": [hashlib.sha1(row.tobytes()).hexdigest() for row in flat],
+        }))
+    columns = ["split", "index", "label", "pix_min", "pix_max", "pix_range",
+               "nonfinite_count", "hash"]
+    df = (pd.concat(parts, ignore_index=True) if parts
+          else pd.DataFrame({c: pd.Series(dtype=object if c in ("split", "hash") else float)
+                             for c in columns}))
+
+    is_train = (df["split"] == "train").to_numpy()
+    # Leakage: the same bytes in train and in another split.  Duplicates inside
+    # one split (or between val and test) do not leak test data into training.
+    per_hash = pd.DataFrame({"hash": df["hash"], "train": is_train}).groupby("hash")["train"]
+    in_train, only_train = per_hash.transform("any"), per_hash.transform("all")
+    df["n_splits_with_hash"] = df.groupby("hash")["split"].transform("nunique").astype(np.int64)
+    df["leaks_with_train"] = (in_train & ~only_train).astype(bool)
+    # Size of this image's class within train; only train rows are checked.
+    train_counts = df.loc[is_train, "label"].value_counts()
+    df["train_class_count"] = np.where(is_train, df["label"].map(train_counts), np.nan)
+    return df
+
+
+# --------------------------------------------------------------------------- suite
+
+def _expectations(splits: dict, num_classes: int, min_per_class: int, pixel_min: float,
+                  pixel_max: float, min_rows: int) -> list[tuple[str, Any]]:
+    """(check name, expectation) pairs; several expectations may share one check."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    classes = list(range(num_classes))
+    train_only = Column("split") == "train"
+    return [
+        ("row_count", gxe.ExpectTableRowCountToBeBetween(min_value=min_rows)),
+        ("splits_non_empty",
+         gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(splits))),
+        ("labels_in_range", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes)),
+        ("train_has_all_classes", gxe.ExpectColumnDistinctValuesToContainSet(
+            column="label", value_set=classes, row_condition=train_only)),
+        ("min_per_class", gxe.ExpectColumnValuesToBeBetween(
+            column="train_class_count", min_value=min_per_class, row_condition=train_only)),
+        ("pixels_finite", gxe.ExpectColumnValuesToBeBetween(column="nonfinite_count", max_value=0)),
+        ("pixels_in_range",
+         gxe.ExpectColumnValuesToBeBetween(column="pix_min", min_value=pixel_min)),
+        ("pixels_in_range",
+         gxe.ExpectColumnValuesToBeBetween(column="pix_max", max_value=pixel_max)),
+        ("no_constant_images", gxe.ExpectColumnValuesToBeBetween(
+            column="pix_range", min_value=0, strict_min=True)),
+        ("no_split_leakage",
+         gxe.ExpectColumnValuesToBeInSet(column="leaks_with_train", value_set=[False])),
+    ]
+
+
+CHECK_NAMES = ["row_count", "splits_non_empty", "labels_in_range", "train_has_all_classes",
+               "min_per_class", "pixels_finite", "pixels_in_range", "no_constant_images",
+               "no_split_leakage"]
+
+
+@contextmanager
+def _quiet_gx():
+    """Keep GX's chatter out of the stage logs while the suite runs.
+
+    Several GX modules pin their own loggers to INFO (e.g. "Created temporary
+    directory ... for ephemeral docs site"), so raising the parent's level is
+    not enough: stop propagation at the package logger instead.  Real failures
+    are not lost: GX records them in the results, which become check messages.
+    """
+    gx_logger = logging.getLogger("great_expectations")
+    propagate = gx_logger.propagate
+    gx_logger.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation chatter from GX and its dependencies
+            yield
+    finally:
+        gx_logger.propagate = propagate
+
+
+def _run_suite(df: pd.DataFrame, params: dict) -> dict[str, list[dict]]:
+    """Run the suite once; return, per check name, a list of plain result dicts
+    ({"success", "result", "error"}) for the expectations of that check."""
+    with _quiet_gx():
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        # Otherwise every run draws "Calculating Metrics" tqdm bars on stderr.
+        context.variables.progress_bars = ProgressBarsConfig(globally=False,
+                                                             metric_calculations=False)
+        batch = (context.data_sources.add_pandas("images")
+                 .add_dataframe_asset("images")
+                 .add_batch_definition_whole_dataframe("all"))
+        suite = gx.ExpectationSuite(name="splits")
+        pairs = _expectations(**params)
+        for name, expectation in pairs:
+            # GX does not return results in suite order, so tag each with its check.
+            expectation.meta = {"check": name}
+            suite.add_expectation(expectation)
+        suite = context.suites.add(suite)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name="splits", data=batch, suite=suite))
+        result = definition.run(
+            batch_parameters={"dataframe": df},
+            result_format={"result_format": "COMPLETE",
+                           "unexpected_index_column_names": ["split", "index", "label"]})
+
+    by_check: dict[str, list[dict]] = {}
+    for r in result.results:
+        name = (r.expectation_config.meta or {}).get("check", "?")
+        by_check.setdefault(name, []).append(
+            {"success": bool(r.success), "result": r.result or {},
+             "error": _exception_message(r.exception_info)})
+    return by_check
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX reports exceptions either flat ({"raised_exception": ...}) or keyed by metric."""
+    if not info:
+        return None
+    infos = [info] if "raised_exception" in info else list(info.values())
+    for i in infos:
+        if isinstance(i, dict) and i.get("raised_exception"):
+            return str(i.get("exception_message") or "unknown error").splitlines()[0]
+    return None
+
+
+# --------------------------------------------------------------------------- messages
+
+def _where(rows: list[dict], total: int | None = None) -> str:
+    """'train[12], test[4], ...' from GX unexpected_index_list entries."""
+    shown = [f"{r['split']}[{int(r['index'])}]" for r in rows[:_EXAMPLES]]
+    more = (total if total is not None else len(rows)) > len(shown)
+    return ", ".join(shown) + (", ..." if more else "")
+
+
+def _unexpected(results: list[dict]) -> tuple[int, list[dict]]:
+    """Unexpected rows over a check's expectations, each image counted once."""
+    seen, rows = set(), []
+    for r in results:
+        for row in r["result"].get("unexpected_index_list") or []:
+            key = (row["split"], int(row["index"]))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    rows.sort(key=lambda row: (row["split"] != "train", row["split"], int(row["index"])))
+    return len(rows), rows
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def _message(name: str, ok: bool, results: list[dict], df: pd.DataFrame, p: dict) -> str:
+    n = len(df)
+    sizes = ", ".join(f"{s} {int((df['split'] == s).sum())}" for s in p["splits"])
+    count, rows = _unexpected(results)
+    where = _where(rows)
+    lo, hi = _fmt(p["pixel_min"]), _fmt(p["pixel_max"])
+    k = p["num_classes"]
+
+    if name == "row_count":
+        if ok:
+            return f"{n} images ({sizes}); at least {p['min_rows']} required"
+        return (f"only {n} images in total ({sizes}); at least {p['min_rows']} are required. "
+                f"Fix: check the source data and data.limit, or lower data.min_per_class.")
+    if name == "splits_non_empty":
+        if ok:
+            return f"every split has images ({sizes})"
+        missing = results[0]["result"].get("partial_missing_list") or []
+        return (f"split(s) {', '.join(map(str, missing))} have no images ({sizes}). "
+                f"Fix: check data.val_fraction / data.test_fraction and the source's test files.")
+    if name == "labels_in_range":
+        if ok:
+            return f"all {n} labels are in 0..{k - 1}"
+        values = sorted({int(r["label"]) if float(r["label"]).is_integer() else float(r["label"])
+                         for r in rows})
+        return (f"{count} of {n} images have labels outside 0..{k - 1} "
+                f"(values {', '.join(map(str, values[:_EXAMPLES]))}; {where}). "
+                f"Fix: remap the labels to 0..{k - 1} or set data.num_classes.")
+    if name == "train_has_all_classes":
+        if ok:
+            return f"all {k} classes occur in train"
+        missing = results[0]["result"].get("partial_missing_list")
+        if missing is None:  # e.g. no train split at all: every class is missing
+            missing = list(range(k))
+        return (f"class(es) {', '.join(map(str, sorted(missing)))} have no train images. "
+                f"Fix: split stratified by class, add data for them, or set data.num_classes.")
+    if name == "min_per_class":
+        train_counts = df.loc[df["split"] == "train", "label"].value_counts()
+        if ok:
+            least = int(train_counts.min()) if len(train_counts) else 0
+            return f"every train class has >= {p['min_per_class']} images (smallest: {least})"
+        short = sorted({int(r["label"]) for r in rows})
+        detail = ", ".join(f"class {c}: {int(train_counts.get(c, 0))}" for c in short[:_EXAMPLES])
+        return (f"{len(short)} class(es) have fewer than {p['min_per_class']} train images "
+                f"({detail}{', ...' if len(short) > _EXAMPLES else ''}). "
+                f"Fix: add data for these classes or lower data.min_per_class.")
+    if name == "pixels_finite":
+        if ok:
+            return f"no NaN/inf pixels in {n} images"
+        pixels = int(df["nonfinite_count"].sum())
+        return (f"{count} of {n} images contain NaN/inf pixels ({pixels} pixels; {where}). "
+                f"Fix: drop or repair these images in the source data.")
+    if name == "pixels_in_range":
+        if ok:
+            return f"all pixels are within [{lo}, {hi}]"
+        observed = f"observed min {_fmt(df['pix_min'].min())}, max {_fmt(df['pix_max'].max())}"
+        return (f"{count} of {n} images have pixels outside [{lo}, {hi}] ({observed}; {where}). "
+                f"Fix: rescale the data or set data.pixel_max.")
+    if name == "no_constant_images":
+        if ok:
+            return f"no constant (blank) images among {n}"
+        return (f"{count} of {n} images are constant, every pixel the same value ({where}). "
+                f"Fix: drop blank or corrupt images from the source data.")
+    if name == "no_split_leakage":
+        if ok:
+            return "no image in train also appears in another split"
+        leaked = [r for r in rows if r["split"] != "train"]
+        first_train = (df[df["split"] == "train"].drop_duplicates("hash")
+                       .set_index("hash")["index"])
+        hashes = df.set_index(["split", "index"])["hash"]
+        pairs = [f"{r['split']}[{int(r['index'])}] = "
+                 f"train[{int(first_train[hashes[(r['split'], int(r['index']))]])}]"
+                 for r in leaked[:_EXAMPLES]]
+        return (f"{len(leaked)} val/test images are exact copies of train images "
+                f"({', '.join(pairs)}{', ...' if len(leaked) > _EXAMPLES else ''}). "
+                f"Fix: drop exact duplicates before splitting.")
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def validate_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], *, num_classes: int,
+                    min_per_class: int, pixel_min: float, pixel_max: float,
+                    min_rows: int) -> ValidationReport:
+    """Validate train/val/test arrays with one GX suite; never raises for bad *data*.
+
+    Raises ValueError only when the arrays are not image/label pairs at all
+    (len(x) != len(y)), since no per-image table can be built then.
+    """
+    df = _image_table(splits)
+    params = dict(splits=list(splits), num_classes=int(num_classes),
+                  min_per_class=int(min_per_class), pixel_min=float(pixel_min),
+                  pixel_max=float(pixel_max), min_rows=int(min_rows))
+    try:
+        by_check = _run_suite(df, params)
+    except Exception as e:  # noqa: BLE001 - a broken GX run must still yield a report
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return ValidationReport([Check(name, False, f"GX validation did not run ({reason}).")
+                                 for name in CHECK_NAMES])
+
+    checks = []
+    for name in CHECK_NAMES:
+        results = by_check.get(name)
+        if not results:
+            checks.append(Check(name, False, "GX returned no result for this check."))
+            continue
+        errors = [r["error"] for r in results if r["error"]]
+        if errors:
+            checks.append(Check(name, False, f"GX could not evaluate this check ({errors[0]}). "
+                                             f"Fix: inspect the data for this property."))
+            continue
+        ok = all(r["success"] for r in results)
+        try:
+            message = _message(name, ok, results, df, params)
+        except Exception as e:  # noqa: BLE001 - a message bug must not hide the verdict
+            message = f"{'passed' if ok else 'failed'} (message unavailable: {e})"
+        checks.append(Check(name, ok, message))
+    return ValidationReport(checks)
