@@ -1,0 +1,44 @@
+"""Stage `train_baseline`: train the `baseline` structure with the `train` recipe.
+
+    python -m tasks.train_baseline [--params params.yaml] [--data data/prepared] [--out models/baseline]
+
+Every compression ratio downstream is measured against this model. A rerun
+after SIGKILL resumes from the last epoch checkpoint (in .slimline/resume/).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tasks.dataset import load_prepared
+from tasks.params import Params
+from tasks.stage import main, markdown_table, write_report
+from tasks.trainer import train_structure
+
+CODE_DEPS = ["tasks"]  # code that shapes the result: a change must not resume a stale run
+
+
+def train_baseline(params: Params, args: argparse.Namespace) -> None:
+    prep = load_prepared(args.data)
+    key = {"baseline": params.baseline.model_dump(), "train": params.train.model_dump()}
+    t = train_structure("train_baseline", params.baseline, params.train, prep, args.out,
+                        key_params=key, deps=[str(args.data), *CODE_DEPS])
+    r = t.results
+    md = (f"## train_baseline\n\nTest accuracy **{r['test_accuracy']:.4f}** "
+          f"(val {r['val_accuracy']:.4f}) after {r['epochs']} epochs; {r['params']:,} params, "
+          f"{r['flops'] / 1e6:.2f} MFLOPs per image.\n\n"
+          f"Structure: `{r['structure']}`\n\n"
+          f"Trained in {t.run['train_seconds']:.1f} s on {t.run['device']} "
+          f"({t.run['samples_per_s']:.0f} samples/s).\n\n### Epochs\n\n"
+          f"{markdown_table(t.fit.history)}\n")
+    write_report("train_baseline", r, md, t.run)
+    print(f"train_baseline: test accuracy {r['test_accuracy']:.4f}, wrote {args.out}", flush=True)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/prepared", type=Path, help="prepared dataset folder")
+    p.add_argument("--out", default="models/baseline", type=Path, help="output model folder")
+
+
+if __name__ == "__main__":
+    main("train_baseline", train_baseline, _args)

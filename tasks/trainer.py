@@ -1,0 +1,106 @@
+"""Stage-level training: everything around the loop that a training stage needs.
+
+Seeding, device placement, the resume folder, dvclive + TensorBoard logging,
+saving the model and measuring it. train_baseline uses it; later training
+stages (distillation, fine-tuning) reuse it instead of copying it.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tasks.checkpoint import CheckpointStore
+from tasks.dataset import Prepared
+from tasks.model import ModelSpec, build_model, count_flops, count_params, save_model
+from tasks.params import Structure, TrainParams
+from tasks.stage import resume_dir
+from tasks.training import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    spec: ModelSpec
+    fit: FitResult
+    results: dict  # deterministic metrics for reports/<stage>.json
+    run: dict  # timings and device for reports/<stage>.run.json
+
+
+class EpochLogger:
+    """Per-epoch metrics to dvclive (for `dvc plots show`) and TensorBoard.
+
+    Both folders are rebuilt from the full history on every run, so a resumed
+    run ends with exactly the files an uninterrupted one would have written.
+    """
+
+    def __init__(self, stage: str):
+        from dvclive import Live
+        from torch.utils.tensorboard import SummaryWriter
+
+        # dvcyaml=False / save_dvc_exp=False: dvc.yaml is ours, experiments are DVC's job.
+        self.live = Live(dir=f"dvclive/{stage}", save_dvc_exp=False, dvcyaml=False, report=None)
+        tb_dir = Path("logs/tensorboard") / stage
+        shutil.rmtree(tb_dir, ignore_errors=True)
+        self.tb = SummaryWriter(log_dir=str(tb_dir))
+
+    def __call__(self, m: dict) -> None:
+        for split in ("train", "val"):
+            for what in ("loss", "acc"):
+                value = m[f"{split}_{what}"]
+                self.live.log_metric(f"{split}/{what}", value)
+                self.tb.add_scalar(f"{what}/{split}", value, m["epoch"])
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+        self.tb.close()
+
+
+def to_tensors(prep: Prepared, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """All splits as float pixels + int64 labels, moved to the device once."""
+    return {name: (torch.from_numpy(x).float().to(device), torch.from_numpy(y).long().to(device))
+            for name, (x, y) in prep.splits.items()}
+
+
+def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Prepared,
+                    out_dir: str | Path, key_params: dict, deps: list[str],
+                    loss_fn: LossFn | None = None) -> Trained:
+    """Build `structure` for the prepared data, train it with `cfg`, save it to out_dir."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    device = resolve_device(cfg.device)
+    spec = ModelSpec(structure=structure.model_dump(), input_shape=prep.input_shape,
+                     num_classes=prep.num_classes, mean=tuple(prep.meta["mean"]),
+                     std=tuple(prep.meta["std"]))
+    model = build_model(spec).to(device)  # built after seeding: init weights are seeded too
+    data = to_tensors(prep, device)
+    store = CheckpointStore(resume_dir(stage, key_params, deps))
+    logger = EpochLogger(stage)
+    try:
+        result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
+                     on_epoch=logger, desc=stage)
+    finally:
+        logger.close()
+    autocast = device.type == "cuda"
+    test_loss, test_acc = evaluate(model, *data["test"], autocast=autocast)
+    model = model.cpu().eval()
+    save_model(model, spec, out_dir)
+    store.clear()  # success: the resume folder has served its purpose
+    last = result.history[-1]
+    results = {"test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": last["val_acc"],
+               "val_loss": last["val_loss"], "train_accuracy": last["train_acc"],
+               "epochs": cfg.epochs, "params": count_params(model),
+               "flops": count_flops(model, spec.input_shape), "structure": spec.structure}
+    run = {"device": str(device), "bf16_autocast": autocast, "train_seconds": result.train_seconds,
+           "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
+           "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return Trained(model=model, spec=spec, fit=result, results=results, run=run)
+
+
+def spec_dict(spec: ModelSpec) -> dict:
+    return asdict(spec)

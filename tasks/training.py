@@ -1,0 +1,179 @@
+"""The one training loop, shared by every stage that trains a network.
+
+Determinism: all randomness comes from seeded generators. Batch order and
+augmentation use a generator seeded from (seed, epoch), and dropout uses the
+global torch RNG whose state is checkpointed, so a run resumed after SIGKILL
+ends bit-identical to an uninterrupted one (on CPU, same thread count).
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.checkpoint import CheckpointStore, rng_state, set_rng_state
+from tasks.params import TrainParams
+
+# loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_device(pref: str) -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible: "
+                           "set train.device to 'auto' or 'cpu', or install a CUDA build of torch")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, num_threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # A different thread count changes float summation order, so fix it.
+    torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to +/- max_shift pixels, filling with zeros (background)."""
+    if max_shift == 0:
+        return x
+    b, c, h, w = x.shape
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen).to(x.device)
+    padded = F.pad(x, (max_shift,) * 4)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             autocast: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(xb).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt, cfg: TrainParams, total_steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    resumed_from: int = 0  # epochs already done when this process started
+    train_seconds: float = 0.0  # wall time spent training in this process
+    samples_seen: int = 0  # training samples processed in this process
+
+
+def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, store: CheckpointStore,
+        loss_fn: Optional[LossFn] = None, on_epoch: Optional[Callable[[dict], None]] = None,
+        desc: str = "train") -> FitResult:
+    """Train `model` in place on tensors already on the target device.
+
+    Checkpoints after every epoch into `store` and resumes from its newest
+    checkpoint. `on_epoch(metrics)` runs after each epoch (logging hooks).
+    """
+    from tqdm import tqdm  # bar only on a terminal: tqdm disables itself otherwise (disable=None)
+
+    device = train[0].device
+    autocast = device.type == "cuda"  # bf16 autocast on GPU; full fp32 on CPU for bit-exactness
+    loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
+    n = len(train[0])
+    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, cfg.epochs * steps)
+    result = FitResult()
+
+    state = store.latest()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        result.history = list(state["history"])
+        result.resumed_from = int(state["epoch"])
+        print(f"{desc}: resuming from checkpoint after epoch {result.resumed_from}", flush=True)
+        for metrics in result.history:  # replay, so loggers hold the full curve
+            if on_epoch:
+                on_epoch(metrics)
+
+    model.train()
+    for epoch in range(result.resumed_from + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen).to(device)
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=None, file=sys.stderr)
+        for i in bar:
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb = random_shift(train[0][idx], cfg.augment_shift, gen)
+            yb = train[1][idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(xb)
+            loss = loss_fn(logits.float(), xb, yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc}: loss became {loss.item()} in epoch {epoch}; training diverged. "
+                    f"Lower train.lr (now {cfg.lr}) or set train.grad_clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+        elapsed = time.perf_counter() - start
+        result.train_seconds += elapsed
+        result.samples_seen += n
+        val_loss, val_acc = evaluate(model, *val, autocast=autocast)
+        metrics = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
+                   "val_loss": val_loss, "val_acc": val_acc}
+        result.history.append(metrics)
+        print(f"{desc} epoch {epoch}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} "
+              f"train_acc {metrics['train_acc']:.4f} val_loss {val_loss:.4f} "
+              f"val_acc {val_acc:.4f} ({n / elapsed:.0f} samples/s)", flush=True)
+        store.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "rng": rng_state(),
+                           "history": result.history})
+        if on_epoch:
+            on_epoch(metrics)
+    model.eval()
+    return result
