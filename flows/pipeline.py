@@ -1,0 +1,173 @@
+"""The pipeline flow: run dvc.yaml's stages, in DVC's order, as Prefect tasks.
+
+    python -m flows.pipeline [--targets STAGE ...] [--force] [--root DIR]
+
+The stage list comes from DVC's own graph; nothing here copies it. The status
+of each stage is read in process (cheap); only stages that changed get a
+`dvc repro --single-item` subprocess, so dvc.lock stays true and DVC alone
+decides what is up to date. Each stage's output streams into the run log and
+its report is published as artifacts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.reports import publish_stage, publish_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from the run cache
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def stage_order(repo, targets: list[str] | None = None) -> list[str]:
+    """Pipeline stages in dependency order, from DVC's graph (deps before dependents)."""
+    import networkx as nx
+
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    by_name = {s.addressing: s for s in graph.nodes}
+    wanted = set(by_name)
+    if targets:
+        unknown = [t for t in targets if t not in by_name]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml defines {sorted(by_name)}")
+        wanted = set(targets)
+        for t in targets:
+            wanted |= {s.addressing for s in nx.descendants(graph, by_name[t])}
+    order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
+    # `.dvc` data sources have no command to run; DVC checks them as deps of the stages.
+    return [s.addressing for s in order if s.addressing in wanted and getattr(s, "cmd", None)]
+
+
+def _stage_env() -> dict:
+    env = dict(os.environ)
+    # The flow's own interpreter first on PATH, so a worker's venv runs the stages.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"  # line-by-line logs, not 4 KB blocks at exit
+    env["TQDM_DISABLE"] = "1"  # no progress bars in logs
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _restore_outputs(root: Path, stage: str, logger) -> None:
+    """After a failed stage, put back the outputs dvc.lock records (DVC deleted them
+    before running); the cache still holds them byte for byte."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            repo.checkout(targets=[stage], force=True)
+        logger.info("%s: restored the previous outputs from the DVC cache", stage)
+    except Exception as err:  # nothing recorded yet (first run) is not an error
+        logger.info("%s: no previous outputs to restore (%s)", stage, err)
+
+
+# NO_CACHE: DVC alone decides what is up to date; retries=0: a failing stage
+# (bad data, bad params) fails the same way again, so retrying only wastes time.
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=0)
+def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: str) -> dict:
+    logger = get_run_logger()
+    root_path = Path(root)
+    start = time.perf_counter()
+    if up_to_date and not force:
+        logger.info("%s: up to date, skipped", stage)
+        publish_stage(root_path, stage, "skipped (up to date)", 0.0, key_prefix)
+        return {"stage": stage, "outcome": "skipped (up to date)", "seconds": 0.0}
+
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    logger.info("%s: running `%s`", stage, " ".join(cmd[2:]))
+    tail: deque[str] = deque(maxlen=40)
+    outcome = "ran"
+    # Own process group, so cancelling the flow can stop the stage and its children.
+    proc = subprocess.Popen(cmd, cwd=root, env=_stage_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if RUN_CACHE_LINE in line:
+                outcome = "restored from run cache"
+            (logger.error if line.startswith("ERROR") else logger.info)("[%s] %s", stage, line)
+        rc = proc.wait()
+    finally:
+        _kill_group(proc)  # no-op when it finished; kills the group on cancel/interrupt
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        _restore_outputs(root_path, stage, logger)
+        errors = [l for l in tail if "ERROR" in l] or list(tail)[-10:]
+        publish_stage(root_path, stage, f"failed (exit {rc})", seconds, key_prefix, errors)
+        raise StageFailed(f"stage '{stage}' failed (exit {rc}):\n" + "\n".join(errors))
+    publish_stage(root_path, stage, outcome, seconds, key_prefix)
+    return {"stage": stage, "outcome": outcome, "seconds": round(seconds, 2)}
+
+
+@flow(name="slimline-pipeline", log_prints=True)
+def pipeline(targets: list[str] | None = None, force: bool = False, root: str | None = None,
+             key_prefix: str = "") -> list[dict]:
+    """Reproduce the DVC pipeline (or `targets` and what they depend on)."""
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    root_path = Path(root or ROOT).resolve()
+    repo = Repo(str(root_path))
+    try:
+        order = stage_order(repo, targets)
+        logger.info("stages, in DVC's order: %s", ", ".join(order))
+        results = []
+        for stage in order:
+            up_to_date = not repo.status(targets=[stage])
+            result = run_stage(str(root_path), stage, up_to_date, force, key_prefix)
+            results.append(result)
+            if result["outcome"] != "skipped (up to date)":
+                repo.close()  # dvc.lock changed under us: read the graph state afresh
+                repo = Repo(str(root_path))
+    finally:
+        repo.close()
+    publish_summary(root_path, results, key_prefix)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--targets", nargs="*", help="stages to reproduce (default: all)")
+    p.add_argument("--force", action="store_true", help="rerun stages even if up to date")
+    p.add_argument("--root", default=None, help="project root (default: this checkout)")
+    args = p.parse_args(argv)
+    try:
+        results = pipeline(targets=args.targets or None, force=args.force, root=args.root)
+    except Exception as err:
+        print(f"\npipeline failed: {err}", file=sys.stderr)
+        return 1
+    from flows.reports import print_summary
+
+    print_summary(Path(args.root or ROOT), results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
