@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tasks.errors import StageError
 from tasks.io import atomic_dir, write_json
 from tasks.params import Structure
 
 
-class ShapeError(ValueError):
+class ShapeError(StageError, ValueError):
     """The input is too small for the requested conv/pool blocks."""
 
 

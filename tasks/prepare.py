@@ -15,7 +15,8 @@ import numpy as np
 
 from tasks.dataset import Prepared, save_prepared
 from tasks.params import DataParams, Params
-from tasks.stage import StageError, main, markdown_table, write_report
+from tasks.errors import StageError
+from tasks.stage import main, markdown_table, write_report
 
 
 def stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import StageError
 
-class DataError(Exception):
+
+class DataError(StageError):
     """Bad input data. str(e) is one readable message naming the file, what is wrong, and the fix."""
 
 

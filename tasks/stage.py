@@ -17,15 +17,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from tasks.errors import StageError
 from tasks.io import write_json, write_text
 from tasks.params import Params, ParamsError, load_params
 
 REPORTS = Path("reports")
 RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
-
-
-class StageError(Exception):
-    """An expected failure; str() says what went wrong and how to fix it."""
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -85,14 +82,10 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     if add_args:
         add_args(parser)
     args = parser.parse_args()
-    from tasks.model import ShapeError
-    from tasks.sources import DataError
-
     try:
         params = load_params(args.params)
         body(params, args)
-    except (ParamsError, StageError, DataError, ShapeError, FileNotFoundError,
-            FloatingPointError) as err:
+    except (ParamsError, StageError, FileNotFoundError, FloatingPointError) as err:
         # Expected failures carry a readable message that names the fix; a
         # traceback would only bury it. Anything else is a bug and keeps its traceback.
         print(f"ERROR [{stage}]: {err}", file=sys.stderr, flush=True)
