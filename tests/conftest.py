@@ -1,0 +1,94 @@
+"""Shared fixtures: temporary project copies and one finished tiny pipeline per session.
+
+End-to-end tests never touch the working tree: they run in a copy of the
+project's tracked and untracked-but-not-ignored files, committed into a fresh
+git repo, exactly as a clone would look (plus uncommitted edits under test).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small enough for CI, large enough that every class has examples in every split.
+TINY = {
+    "data": {"limit": 400, "min_per_class": 5},
+    "train": {"epochs": 2, "num_threads": 1},
+}
+
+
+def run_env() -> dict:
+    """Environment for subprocesses: this venv's interpreter first on PATH (dvc.yaml
+    runs `python -m ...`), git identity for commits, no analytics."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
+               DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env={**run_env(), **env}, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project as a fresh clone would see it, and commit it."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    sh(["git", "init", "-q", "-b", "main"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def update_params(root: Path, overrides: dict) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A project copy on the tiny config after one full `dvc repro`, committed."""
+    root = copy_project(tmp_path_factory.mktemp("tiny") / "proj")
+    update_params(root, TINY)
+    repro = dvc("repro", cwd=root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "tiny repro"], root)
+    (root / "repro.log").write_text(repro.stdout + repro.stderr)
+    return root
+
+
+@pytest.fixture
+def pipeline_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished tiny pipeline (git, DVC cache and outputs)."""
+    dest = tmp_path / "proj"
+    shutil.copytree(tiny_pipeline, dest, symlinks=True)
+    return dest
+
+
+def tree_digest(path: Path) -> dict[str, bytes]:
+    """Every file's bytes under path, for 'untouched' assertions."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

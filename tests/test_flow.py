@@ -1,0 +1,98 @@
+"""The Prefect flow over dvc.yaml, against one Prefect server shared by the test session."""
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tree_digest, update_params
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    # One temporary server for the whole session; CI machines start it slowly.
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return {a.key: a for a in asyncio.run(read())}
+
+
+def test_stage_order_comes_from_dvc(tiny_pipeline):
+    from dvc.repo import Repo
+
+    from flows.pipeline import stage_order
+
+    with Repo(str(tiny_pipeline)) as repo:
+        assert stage_order(repo) == ["prepare", "train_baseline"]
+        assert stage_order(repo, ["train_baseline"]) == ["prepare", "train_baseline"]
+        assert stage_order(repo, ["prepare"]) == ["prepare"]
+        with pytest.raises(ValueError, match="unknown stage"):
+            stage_order(repo, ["nope"])
+
+
+def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_server, pipeline_copy):
+    from flows.pipeline import pipeline
+
+    update_params(pipeline_copy, {"train": {"epochs": 3}})
+    state = pipeline(root=str(pipeline_copy), return_state=True)
+    assert state.is_completed()
+    results = {r["stage"]: r["outcome"] for r in state.result()}
+    assert results == {"prepare": "skipped (up to date)", "train_baseline": "ran"}
+
+    found = artifacts(state.state_details.flow_run_id)
+    assert {"prepare-report", "prepare-metrics", "train-baseline-report", "train-baseline-metrics",
+            "pipeline-summary"} <= set(found)
+    assert "skipped" in found["prepare-report"].data
+    assert "Test accuracy" in found["train-baseline-report"].data
+    table = found["train-baseline-metrics"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    metrics = {row["metric"]: row["value"] for row in table}
+    assert metrics["epochs"] == 3
+
+    # dvc.lock stayed true: a second flow run has nothing to do
+    again = pipeline(root=str(pipeline_copy))
+    assert {r["outcome"] for r in again} == {"skipped (up to date)"}
+
+
+def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, pipeline_copy):
+    from flows.pipeline import pipeline
+
+    update_params(pipeline_copy, {"train": {"epochs": 3}})
+    pipeline(root=str(pipeline_copy), targets=["train_baseline"])
+    update_params(pipeline_copy, {"train": {"epochs": 2}})  # back to a config DVC has run before
+    results = pipeline(root=str(pipeline_copy), targets=["train_baseline"])
+    assert results[-1]["outcome"] == "restored from run cache"
+
+
+def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeline_copy, tmp_path):
+    from flows.pipeline import StageFailed, pipeline
+
+    before = tree_digest(pipeline_copy / "data" / "prepared")
+    bad = tmp_path / "bad.npz"
+    x = np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.float32)
+    x[3, 0, 0] = np.nan
+    np.savez(bad, x=x, y=np.arange(200) % 10)
+    update_params(pipeline_copy, {"data": {"source": "npz", "path": str(bad)}})
+
+    state = pipeline(root=str(pipeline_copy), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StageFailed) as exc:
+        state.result()
+    assert "stage 'prepare' failed" in str(exc.value) and "pixels_finite" in str(exc.value)
+    # DVC deleted the outputs before running; the flow restored them from the cache
+    assert tree_digest(pipeline_copy / "data" / "prepared") == before
+    found = artifacts(state.state_details.flow_run_id)
+    assert "failed" in found["prepare-report"].data
+    assert "train-baseline-report" not in found  # nothing downstream ran

@@ -1,0 +1,133 @@
+"""Training: bit-identical reruns, checkpoint I/O, and resume after a real SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_env, sh, tree_digest, update_params
+from tasks.checkpoint import CheckpointStore
+from tasks.dataset import Prepared
+from tasks.params import Structure, TrainParams
+from tasks.trainer import train_structure
+from tasks.training import random_shift
+
+
+def tiny_prepared(n=60, seed=0) -> Prepared:
+    rng = np.random.default_rng(seed)
+    splits = {name: (rng.integers(0, 256, (n, 1, 12, 12)).astype(np.uint8), np.arange(n) % 3)
+              for name in ("train", "val", "test")}
+    return Prepared(splits=splits, meta={"input_shape": [1, 12, 12], "num_classes": 3,
+                                         "mean": [127.0], "std": [70.0]})
+
+
+def train_once(tmp_path, out, **train):
+    cfg = TrainParams(epochs=3, batch_size=16, num_threads=1, device="cpu", **train)
+    s = Structure(conv_channels=[4], hidden=[8], dropout=0.2)
+    return train_structure("t", s, cfg, tiny_prepared(), tmp_path / out, key_params={"o": out},
+                           deps=[])
+
+
+def test_two_cpu_runs_give_bit_identical_weights(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = train_once(tmp_path, "a")
+    b = train_once(tmp_path, "b")
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    assert a.results == b.results
+    c = train_once(tmp_path, "c", seed=1)  # and the seed really matters
+    assert c.results["test_loss"] != a.results["test_loss"]
+
+
+def test_random_shift_moves_content_and_fills_zeros():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    shifted = [random_shift(x, 2, gen) for _ in range(20)]
+    assert all(s.sum() == 1.0 for s in shifted)  # shifts by <= 2 keep the centre pixel inside
+    assert len({tuple(s.nonzero()[0].tolist()) for s in shifted}) > 3
+    assert torch.equal(random_shift(x, 0, gen), x)
+
+
+def test_checkpoint_store_atomic_keep_and_fallback(tmp_path):
+    store = CheckpointStore(tmp_path / "ck", keep=2)
+    assert store.latest() is None
+    for epoch in (1, 2, 3):
+        store.save(epoch, {"w": torch.full((2,), float(epoch)), "history": [{"epoch": epoch}]})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
+    assert store.latest()["epoch"] == 3
+    # a damaged newest checkpoint falls back to the previous one, never crashes
+    (tmp_path / "ck/epoch-0003.pt").write_bytes(b"\x00garbage")
+    state = store.latest()
+    assert state["epoch"] == 2 and torch.equal(state["w"], torch.full((2,), 2.0))
+    store.clear()
+    assert not (tmp_path / "ck").exists()
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    """weights_only loading: a checkpoint smuggling an arbitrary object is not executed."""
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "ck" / "epoch-0001.pt"
+    path.parent.mkdir()
+    torch.save({"epoch": 1, "x": Evil()}, path)
+    assert CheckpointStore(tmp_path / "ck").latest() is None
+
+
+def test_resume_after_sigkill_is_bit_identical(pipeline_copy):
+    """Kill a real training process once the epoch-2 checkpoint exists, rerun, compare."""
+    root = pipeline_copy
+    # More data and epochs than the tiny config, so an epoch takes long enough to kill mid-run.
+    update_params(root, {"data": {"limit": 1500}, "train": {"epochs": 5, "num_threads": 1}})
+    sh([sys.executable, "-m", "tasks.prepare"], root)
+    cmd = [sys.executable, "-m", "tasks.train_baseline"]
+    sh(cmd, root)
+    reference = tree_digest(root / "models" / "baseline")
+    curves = tree_digest(root / "dvclive" / "train_baseline")
+
+    proc = subprocess.Popen(cmd, cwd=root, env=run_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    resume = root / ".slimline" / "resume"
+    deadline = time.monotonic() + 300
+    while not list(resume.glob("train_baseline-*/epoch-0002.pt")):
+        assert proc.poll() is None, "training ended before the epoch-2 checkpoint appeared"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = sorted(p.name for p in resume.glob("train_baseline-*/epoch-*.pt"))
+    assert ckpts and ckpts[-1] < "epoch-0005.pt", ckpts
+
+    rerun = sh(cmd, root)
+    assert "resuming from checkpoint after epoch" in rerun.stdout
+    assert tree_digest(root / "models" / "baseline") == reference
+    assert tree_digest(root / "dvclive" / "train_baseline") == curves
+    assert not list(resume.glob("train_baseline-*"))  # removed after success
+
+
+def test_changed_params_never_resume_a_stale_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from tasks.stage import resume_dir
+
+    dep = tmp_path / "dep.bin"
+    dep.write_bytes(b"a")
+    base = resume_dir("s", {"lr": 0.1}, [dep])
+    assert resume_dir("s", {"lr": 0.2}, [dep]) != base
+    dep.write_bytes(b"b")
+    assert resume_dir("s", {"lr": 0.1}, [dep]) != base
+
+
+def test_missing_prepared_data_names_the_stage_to_run(tmp_path):
+    from conftest import ROOT
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    proc = sh([sys.executable, "-m", "tasks.train_baseline"], tmp_path, check=False,
+              PYTHONPATH=str(ROOT))
+    assert proc.returncode == 2
+    assert "run the `prepare` stage first" in proc.stderr and "Traceback" not in proc.stderr
