@@ -105,7 +105,8 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     mean, std = x_train.mean(axis=axes), x_train.std(axis=axes)
     counts = {name: {str(c): int((y == c).sum()) for c in range(num_classes)}
               for name, (_, y) in splits.items()}
-    meta = {"source": cfg.source, "files": raw.files, "input_shape": list(splits["train"][0].shape[1:]),
+    # File names only: absolute paths (a venv, a checkout) would make identical data hash differently.
+    meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files], "input_shape": list(splits["train"][0].shape[1:]),
             "num_classes": num_classes, "mean": [float(m) for m in mean],
             "std": [float(max(s, 1e-6)) for s in std], "counts": counts,
             "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped}
