@@ -79,17 +79,33 @@ def _stage_env() -> dict:
     return env
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(proc: subprocess.Popen, stage: str, logger) -> None:
+    """Stop a still-running stage and everything it started (dvc runs the stage's
+    command in a child of its own), and wait until the whole group is gone."""
     if proc.poll() is not None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    logger.warning("%s: stopping the stage (process group %d)", stage, proc.pid)
+    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap our direct child so it does not linger as a zombie
+            if not _group_alive(proc.pid):
+                return
+            time.sleep(0.05)
 
 
 def _restore_outputs(root: Path, stage: str, logger) -> None:
@@ -133,7 +149,7 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
             (logger.error if line.startswith("ERROR") else logger.info)("[%s] %s", stage, line)
         rc = proc.wait()
     finally:
-        _kill_group(proc)  # no-op when it finished; kills the group on cancel/interrupt
+        _kill_group(proc, stage, logger)  # no-op when it finished; on cancel/interrupt, stops it
     seconds = time.perf_counter() - start
     if rc != 0:
         _restore_outputs(root_path, stage, logger)

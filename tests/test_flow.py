@@ -1,6 +1,12 @@
 """The Prefect flow over dvc.yaml, against one Prefect server shared by the test session."""
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +102,40 @@ def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeli
     found = artifacts(state.state_details.flow_run_id)
     assert "failed" in found["prepare-report"].data
     assert "train-baseline-report" not in found  # nothing downstream ran
+
+
+def processes_in(folder):
+    """PIDs of live processes whose working directory is `folder` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_flow_kills_the_running_stage(prefect_server, pipeline_copy, sig):
+    """The stage runs in its own process group; stopping the flow must not orphan it."""
+    from prefect.settings import PREFECT_API_URL
+
+    from conftest import run_env
+
+    update_params(pipeline_copy, {"train": {"epochs": 500}})  # far longer than the test waits
+    env = {**run_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(pipeline_copy)],
+                            cwd=pipeline_copy, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(pipeline_copy.glob(".slimline/resume/train_baseline-*/epoch-0001.pt")):
+        assert flow.poll() is None, flow.stdout.read()
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.05)
+    flow.send_signal(sig)
+    out, _ = flow.communicate(timeout=60)
+    assert "train_baseline: stopping the stage (process group" in out, out[-3000:]
+    assert processes_in(pipeline_copy) == [], "a stage process outlived the flow"
+    # the interrupted run can resume: its checkpoints are kept
+    assert list(pipeline_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))
