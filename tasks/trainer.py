@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,7 +100,3 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return Trained(model=model, spec=spec, fit=result, results=results, run=run)
-
-
-def spec_dict(spec: ModelSpec) -> dict:
-    return asdict(spec)
