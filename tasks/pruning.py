@@ -1,0 +1,185 @@
+"""Three ways to shrink a trained CNN built by `tasks.model.build_model`.
+
+* unstructured: zero the smallest weights globally (same shapes, sparse tensors);
+* structured: remove whole channels/neurons with Torch-Pruning (physically smaller);
+* layers: remove whole hidden layers or conv blocks, chosen greedily by validation accuracy.
+
+Every result can be described by `structure_of` and so saved with `save_model`
+(safetensors + structure.json) and rebuilt by `build_model`, with no pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune
+
+from tasks.errors import StageError
+from tasks.model import ModelSpec, ShapeError, build_model, count_params
+from tasks.params import Structure
+
+FineTune = Callable[[nn.Module, int], None]  # finetune(model, epochs): trains in place
+Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy
+
+
+def sparsity(model: nn.Module) -> tuple[int, int]:
+    """(nonzero params, total params). Mid-pruning, a masked `weight_orig` is counted
+    as the effective `weight` (orig * mask), since that is what the network uses."""
+    nonzero = total = 0
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            base = name.removesuffix("_orig")
+            if name.endswith("_orig") and hasattr(module, base + "_mask"):
+                p = getattr(module, base)
+            nonzero += int(torch.count_nonzero(p))
+            total += p.numel()
+    return nonzero, total
+
+
+def structure_of(model: nn.Module, base: Structure) -> Structure:
+    """The widths a built (possibly pruned) model actually has; the rest comes from base."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return Structure.model_validate({
+        **base.model_dump(),
+        "conv_channels": [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)],
+        "hidden": [m.out_features for m in linears[:-1]],  # the last Linear is the classifier
+    })
+
+
+def _check(amount: float, steps: int) -> None:
+    if not 0 <= amount < 1:
+        raise ValueError(f"pruning amount must be in [0, 1), got {amount}")
+    if steps < 1:
+        raise ValueError(f"pruning steps must be >= 1, got {steps}")
+
+
+def prune_unstructured(model: nn.Module, amount: float, steps: int, finetune: FineTune,
+                       epochs_per_step: int) -> nn.Module:
+    """Global L1 magnitude pruning of every Conv2d/Linear weight, in `steps` rounds."""
+    _check(amount, steps)
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = sum(m.weight.numel() for m, _ in params)
+    done = 0
+    for k in range(1, steps + 1):
+        # Cumulative target after step k: 1-(1-amount)^(k/steps) of all weights, i.e. the
+        # same fraction of the *remaining* weights each step. global_unstructured prunes
+        # among the still-unmasked weights, so we pass it an absolute count (target so far
+        # minus already pruned) rather than a fraction: no rounding drift across steps.
+        target = round(total * (1 - (1 - amount) ** (k / steps)))
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=target - done)
+        done = target
+        # The forward pre-hook recomputes weight = weight_orig * mask, so pruned weights
+        # stay zero however the optimiser moves weight_orig during fine-tuning.
+        finetune(model, epochs_per_step)
+    for m, name in params:
+        prune.remove(m, name)  # bake the mask in: plain `weight` tensors in the state_dict
+    return model
+
+
+def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: float, steps: int,
+                     finetune: FineTune, epochs_per_step: int) -> nn.Module:
+    """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning)."""
+    _check(amount, steps)
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    # The dependency graph is traced with one forward pass: in train mode a BatchNorm1d
+    # rejects a batch of one, and the trace must not update BN running statistics.
+    model.eval()
+    pruner = tp.pruner.BasePruner(
+        model, example_input.to(device),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=amount,  # of each layer's original channels, reached at the last step
+        iterative_steps=steps,  # linear schedule: amount * k/steps after step k
+        ignored_layers=[classifier],  # keep one logit per class
+    )
+    model.train(was_training)
+    for _ in range(steps):
+        pruner.step()  # physically slices Conv/BN/Linear weights and their consumers' inputs
+        finetune(model, epochs_per_step)
+    return model
+
+
+# Which layer kinds shift ordinal when a unit of that list is removed: removing hidden[i]
+# removes the i-th Linear (and BatchNorm1d), so every later Linear's ordinal drops by one.
+_UNIT_KINDS = {"hidden": (nn.Linear, nn.BatchNorm1d), "conv_channels": (nn.Conv2d, nn.BatchNorm2d)}
+
+
+def _layers_by_ordinal(model: nn.Module) -> dict[tuple[type, int], nn.Module]:
+    """{(type, k): k-th module of that type} for modules holding tensors of their own.
+    Sequential indices shift when a block is removed; ordinals per kind do not (except
+    for the removed kind, which `_transplant` corrects for)."""
+    counts: dict[type, int] = {}
+    out = {}
+    for m in model.modules():
+        if next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None:
+            continue
+        k = counts.get(type(m), 0)
+        counts[type(m)] = k + 1
+        out[(type(m), k)] = m
+    return out
+
+
+def _transplant(old: nn.Module, new: nn.Module, key: str, removed: int) -> None:
+    """Copy into `new` every tensor of `old` whose layer (by ordinal) and name and shape
+    still match, given that unit `removed` of list `key` was taken out."""
+    old_layers = _layers_by_ordinal(old)
+    for (kind, k), module in _layers_by_ordinal(new).items():
+        src = old_layers.get((kind, k + 1 if kind in _UNIT_KINDS[key] and k >= removed else k))
+        if src is None:
+            continue
+        src_state, state = src.state_dict(), module.state_dict()
+        state.update({n: t for n, t in src_state.items() if n in state and t.shape == state[n].shape})
+        module.load_state_dict(state)
+
+
+def prune_layers(model: nn.Module, spec: ModelSpec, n_remove: int, evaluate: Evaluate,
+                 finetune: FineTune, ablation_epochs: int
+                 ) -> tuple[nn.Module, ModelSpec, list[dict]]:
+    """Greedily remove `n_remove` hidden layers / conv blocks: each round tries every
+    single removal, fine-tunes and scores it, and keeps the best. Returns the final
+    model, its spec and the ablation table (one row per candidate per round)."""
+    # Read the widths off the model itself, so a previously channel-pruned model works too.
+    spec = dataclasses.replace(
+        spec, structure=structure_of(model, Structure.model_validate(spec.structure)).model_dump())
+    device = next(model.parameters()).device
+    table: list[dict] = []
+    for rnd in range(1, n_remove + 1):
+        s = Structure.model_validate(spec.structure)
+        best = None  # (sort key, model, spec, table row)
+        for key in ("hidden", "conv_channels"):
+            for i in range(len(getattr(s, key))):
+                widths = getattr(s, key)[:i] + getattr(s, key)[i + 1:]
+                other = s.conv_channels if key == "hidden" else s.hidden
+                if not widths and not other:
+                    continue  # a bare linear classifier is not a legal Structure
+                reduced = Structure.model_validate({**s.model_dump(), key: widths})
+                cand_spec = dataclasses.replace(spec, structure=reduced.model_dump())
+                torch.manual_seed(0)  # layers that cannot inherit weights start the same every run
+                try:
+                    cand = build_model(cand_spec)
+                except ShapeError:
+                    continue  # a block that grew the image (padding > kernel/2) fed later ones
+                _transplant(model, cand, key, i)
+                cand.to(device).train(model.training)
+                finetune(cand, ablation_epochs)
+                acc = float(evaluate(cand))
+                params = count_params(cand)
+                row = {"round": rnd, "removed": f"{key}[{i}]",
+                       "structure": {"hidden": reduced.hidden, "conv_channels": reduced.conv_channels},
+                       "val_accuracy": acc, "params": params, "chosen": False}
+                table.append(row)
+                rank = (-acc, params)  # best accuracy; ties -> the smaller model; then first tried
+                if best is None or rank < best[0]:
+                    best = (rank, cand, cand_spec, row)
+        if best is None:
+            raise StageError(
+                f"layer pruning round {rnd}: no hidden layer or conv block of {spec.structure} "
+                f"can be removed (one must remain and the input must stay large enough); "
+                f"lower n_remove to {rnd - 1}")
+        _, model, spec, row = best
+        row["chosen"] = True
+    return model, spec, table
