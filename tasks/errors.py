@@ -8,3 +8,7 @@ traceback to bury it.
 
 class StageError(Exception):
     """An expected failure; str() says what went wrong and how to fix it."""
+
+
+class ShapeError(StageError, ValueError):
+    """The input is too small for the requested conv/pool blocks."""

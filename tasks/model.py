@@ -15,13 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.errors import StageError
+from tasks.errors import ShapeError  # noqa: F401  (re-exported: callers catch it from here)
 from tasks.io import atomic_dir, write_json
-from tasks.params import Structure
-
-
-class ShapeError(StageError, ValueError):
-    """The input is too small for the requested conv/pool blocks."""
+from tasks.params import Structure, feature_shape
 
 
 @dataclass(frozen=True)
@@ -54,27 +50,6 @@ def make_activation(s: Structure) -> nn.Module:
     if s.activation == "elu":
         return nn.ELU(s.alpha)
     return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[s.activation]()
-
-
-def feature_shape(s: Structure, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Shape after the conv blocks; raises ShapeError naming what to change."""
-    c, h, w = input_shape
-    for i, ch in enumerate(s.conv_channels, 1):
-        h, w = h + 2 * s.padding - s.kernel_size + 1, w + 2 * s.padding - s.kernel_size + 1
-        if h < 1 or w < 1:
-            raise ShapeError(
-                f"input {input_shape[1]}x{input_shape[2]} is too small: conv block {i} "
-                f"(kernel_size {s.kernel_size}, padding {s.padding}) leaves no pixels. "
-                f"Use fewer conv_channels, a smaller kernel_size or more padding.")
-        if s.pool > 1:
-            h, w = h // s.pool, w // s.pool
-            if h < 1 or w < 1:
-                raise ShapeError(
-                    f"input {input_shape[1]}x{input_shape[2]} is too small: the {s.pool}x{s.pool} "
-                    f"pool after conv block {i} leaves no pixels. Use fewer conv_channels, "
-                    f"pool: 1, or more padding.")
-        c = ch
-    return c, h, w
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ShapeError
+
+NOMINAL_INPUT = (1, 28, 28)  # for size checks made before the data is known
 
 
 class Section(BaseModel):
@@ -72,6 +76,41 @@ class Structure(BaseModel):
         return self
 
 
+def feature_shape(s: "Structure", input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Shape after the conv blocks; raises ShapeError naming what to change."""
+    c, h, w = input_shape
+    for i, ch in enumerate(s.conv_channels, 1):
+        h, w = h + 2 * s.padding - s.kernel_size + 1, w + 2 * s.padding - s.kernel_size + 1
+        if h < 1 or w < 1:
+            raise ShapeError(
+                f"input {input_shape[1]}x{input_shape[2]} is too small: conv block {i} "
+                f"(kernel_size {s.kernel_size}, padding {s.padding}) leaves no pixels. "
+                f"Use fewer conv_channels, a smaller kernel_size or more padding.")
+        if s.pool > 1:
+            h, w = h // s.pool, w // s.pool
+            if h < 1 or w < 1:
+                raise ShapeError(
+                    f"input {input_shape[1]}x{input_shape[2]} is too small: the {s.pool}x{s.pool} "
+                    f"pool after conv block {i} leaves no pixels. Use fewer conv_channels, "
+                    f"pool: 1, or more padding.")
+        c = ch
+    return c, h, w
+
+
+def param_count(s: "Structure", input_shape: tuple[int, int, int], num_classes: int = 10) -> int:
+    """Trainable parameters of build_model(s), by arithmetic (no torch needed)."""
+    c, h, w = feature_shape(s, input_shape)
+    total, in_ch = 0, input_shape[0]
+    for ch in s.conv_channels:
+        total += in_ch * ch * s.kernel_size ** 2 + ch + (2 * ch if s.batch_norm else 0)
+        in_ch = ch
+    width = c * h * w
+    for hid in s.hidden:
+        total += width * hid + hid + (2 * hid if s.batch_norm else 0)
+        width = hid
+    return total + width * num_classes + num_classes
+
+
 class TrainParams(Section):
     """`train`: the recipe every trained model gets (stage `train_baseline`)."""
 
@@ -89,10 +128,96 @@ class TrainParams(Section):
     num_threads: int = Field(2, ge=1)
 
 
+class DistillParams(Section):
+    """`distill`: Hinton KD from models/baseline into the `student` structure."""
+
+    temperature: float = Field(4.0, gt=0, le=20)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term; 1 - alpha weighs the labels
+    epochs: Optional[int] = Field(None, ge=1)  # None: train.epochs; never more than the baseline got
+    require_smaller: bool = True  # reject a student that is not smaller than the teacher
+
+
+PRUNE_METHODS = ("unstructured", "structured", "layer")
+
+
+class PruneParams(Section):
+    """`prune`: each listed method makes its own variant (stage prune@<method>)."""
+
+    source: Literal["baseline", "student"] = "baseline"
+    methods: list[Literal["unstructured", "structured", "layer"]] = Field(
+        default_factory=lambda: list(PRUNE_METHODS), min_length=1)
+    amount: float = Field(0.75, ge=0, lt=1)  # weights (unstructured) or channels (structured) removed
+    steps: int = Field(3, ge=1)  # prune in this many steps, fine-tuning after each
+    finetune_epochs: int = Field(2, ge=0)  # per step
+    layers_to_remove: int = Field(1, ge=1)  # layer method: whole hidden layers / conv blocks
+    ablation_epochs: int = Field(1, ge=0)  # layer method: fine-tuning before scoring each candidate
+    distill: bool = True  # fine-tune with the KD loss from models/baseline
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods lists a method twice: {v}")
+        return v
+
+
+class QuantizeParams(Section):
+    """`quantize`: ONNX export of every model, then ONNX Runtime variants."""
+
+    variants: list[Literal["dynamic", "static", "fp16"]] = Field(
+        default_factory=lambda: ["dynamic", "static", "fp16"])
+    calibration_batches: int = Field(8, ge=1)
+    calibration_batch_size: int = Field(32, ge=1)
+    min_agreement: float = Field(0.99, gt=0, le=1)  # top-1 agreement with the fp32 source
+    opset: int = Field(17, ge=17, le=21)
+
+
+class EvaluateParams(Section):
+    """`evaluate`: measure every variant and choose the one to ship."""
+
+    objective: Literal["latency", "size"] = "latency"
+    max_accuracy_drop: float = Field(0.005, ge=0, lt=1)  # fraction: 0.005 = 0.5 pt below the baseline
+    max_bytes: Optional[int] = Field(None, ge=1)
+    max_p50_ms: Optional[float] = Field(None, gt=0)
+    require_selection: bool = False  # fail the stage when no variant meets every budget
+    threads: int = Field(1, ge=1)  # ONNX Runtime / torch threads for timing
+    warmup: int = Field(20, ge=0)
+    repeats: int = Field(200, ge=10)
+
+
 class Params(Section):
     data: DataParams = DataParams()
     baseline: Structure = Structure()
     train: TrainParams = TrainParams()
+    student: Structure = Structure(conv_channels=[8, 16], hidden=[32], dropout=0.0)
+    distill: DistillParams = DistillParams()
+    prune: PruneParams = PruneParams()
+    quantize: QuantizeParams = QuantizeParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        if self.distill.epochs and self.distill.epochs > self.train.epochs:
+            raise ValueError(f"distill.epochs ({self.distill.epochs}) exceeds train.epochs "
+                             f"({self.train.epochs}): the baseline must get at least the student's "
+                             f"epoch budget, or it flatters the student")
+        if self.distill.require_smaller:
+            try:
+                t, s = param_count(self.baseline, NOMINAL_INPUT), param_count(self.student, NOMINAL_INPUT)
+            except ShapeError:
+                t = s = None  # judged against the real input shape by the stage itself
+            if t is not None and s >= t:
+                raise ValueError(f"student ({s:,} params at 1x28x28) is not smaller than the baseline "
+                                 f"({t:,}); shrink student.conv_channels / student.hidden, or set "
+                                 f"distill.require_smaller: false")
+        total = self.data.limit or (5000 if self.data.source == "mnist5k" else None)
+        if total is not None:  # idx/npz sizes are only known to the stage, which checks again
+            train_n = int(total * (1 - self.data.val_fraction - self.data.test_fraction))
+            need = self.quantize.calibration_batches * self.quantize.calibration_batch_size
+            if need > train_n:
+                raise ValueError(f"quantize.calibration_batches x calibration_batch_size = {need} images, "
+                                 f"but the data leaves about {train_n} training images; lower them")
+        return self
 
 
 class ParamsError(Exception):
