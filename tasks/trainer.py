@@ -29,6 +29,7 @@ class Trained:
     fit: FitResult
     results: dict  # deterministic metrics for reports/<stage>.json
     run: dict  # timings and device for reports/<stage>.run.json
+    store: CheckpointStore  # the resume folder (already cleared unless keep_checkpoints)
 
 
 class EpochLogger:
@@ -69,8 +70,12 @@ def to_tensors(prep: Prepared, device: torch.device) -> dict[str, tuple[torch.Te
 
 def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Prepared,
                     out_dir: str | Path, key_params: dict, deps: list[str],
-                    loss_fn: LossFn | None = None) -> Trained:
-    """Build `structure` for the prepared data, train it with `cfg`, save it to out_dir."""
+                    loss_fn: LossFn | None = None, keep_checkpoints: bool = False) -> Trained:
+    """Build `structure` for the prepared data, train it with `cfg`, save it to out_dir.
+
+    keep_checkpoints: leave the resume folder for the caller to clear, for stages
+    that train several models and must resume all of them after a kill.
+    """
     seed_everything(cfg.seed, cfg.num_threads)
     device = resolve_device(cfg.device)
     spec = ModelSpec(structure=structure.model_dump(), input_shape=prep.input_shape,
@@ -89,7 +94,8 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
     test_loss, test_acc = evaluate(model, *data["test"], autocast=autocast)
     model = model.cpu().eval()
     save_model(model, spec, out_dir)
-    store.clear()  # success: the resume folder has served its purpose
+    if not keep_checkpoints:
+        store.clear()  # success: the resume folder has served its purpose
     last = result.history[-1]
     results = {"test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": last["val_acc"],
                "val_loss": last["val_loss"], "train_accuracy": last["train_acc"],
@@ -99,4 +105,4 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
            "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return Trained(model=model, spec=spec, fit=result, results=results, run=run)
+    return Trained(model=model, spec=spec, fit=result, results=results, run=run, store=store)

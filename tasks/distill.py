@@ -1,0 +1,122 @@
+"""Stage `distill`: Hinton knowledge distillation into the `student` structure.
+
+    python -m tasks.distill [--params params.yaml] [--data data/prepared]
+                            [--teacher models/baseline] [--out models/student]
+                            [--scratch-out models/student_scratch]
+
+In the same stage, the same student is trained from scratch with the same seed,
+recipe, augmentation and epochs (the ablation), so the KD gain is a paired,
+fair difference. Both reuse the one training loop.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tasks.dataset import load_prepared
+from tasks.errors import StageError
+from tasks.model import load_model
+from tasks.params import DistillParams, Params, param_count
+from tasks.stage import main, markdown_table, write_report
+from tasks.trainer import train_structure
+
+CODE_DEPS = ["tasks"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+
+    T^2 keeps the soft term's gradients on the scale of the hard term's
+    (Hinton et al. 2015), so alpha means the same at any temperature.
+    """
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams):
+    """A loss for training.fit: the teacher sees exactly the (augmented) batch the student sees."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(logits, xb, yb):
+        with torch.no_grad():
+            t_logits = teacher(xb).float()
+        return kd_loss(logits, t_logits, yb, cfg.temperature, cfg.alpha)
+
+    return loss
+
+
+def load_teacher(path: Path, device) -> torch.nn.Module:
+    if not (Path(path) / "structure.json").exists():
+        raise StageError(f"no teacher model in {path}: run the `train_baseline` stage first "
+                         f"(`dvc repro train_baseline`)")
+    model, _ = load_model(path)
+    return model.to(device)
+
+
+def distill(params: Params, args: argparse.Namespace) -> None:
+    prep = load_prepared(args.data)
+    cfg = params.train.model_copy(update={"epochs": params.distill.epochs or params.train.epochs})
+    if params.distill.require_smaller:
+        s = param_count(params.student, prep.input_shape, prep.num_classes)
+        t = param_count(params.baseline, prep.input_shape, prep.num_classes)
+        if s >= t:
+            raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
+                             f"smaller. Shrink `student`, or set distill.require_smaller: false")
+    from tasks.training import resolve_device
+
+    teacher = load_teacher(args.teacher, resolve_device(cfg.device))
+    key = {"student": params.student.model_dump(), "train": cfg.model_dump()}
+    deps = [str(args.data), *CODE_DEPS]
+    scratch = train_structure("distill_scratch", params.student, cfg, prep, args.scratch_out,
+                              key_params=key, deps=deps, keep_checkpoints=True)
+    kd = train_structure("distill", params.student, cfg, prep, args.out,
+                         key_params={**key, "distill": params.distill.model_dump()},
+                         deps=[*deps, str(args.teacher)],
+                         loss_fn=make_kd_loss(teacher, params.distill), keep_checkpoints=True)
+    # Both done: only now drop the checkpoints, so a kill during KD never retrains scratch.
+    scratch.store.clear()
+    kd.store.clear()
+
+    r_kd, r_sc = kd.results, scratch.results
+    results = {
+        "test_accuracy": r_kd["test_accuracy"], "val_accuracy": r_kd["val_accuracy"],
+        "scratch_test_accuracy": r_sc["test_accuracy"], "scratch_val_accuracy": r_sc["val_accuracy"],
+        "kd_gain_test": r_kd["test_accuracy"] - r_sc["test_accuracy"],
+        "kd_gain_val": r_kd["val_accuracy"] - r_sc["val_accuracy"],
+        "params": r_kd["params"], "flops": r_kd["flops"], "epochs": cfg.epochs,
+        "seed": cfg.seed, "temperature": params.distill.temperature, "alpha": params.distill.alpha,
+        "structure": r_kd["structure"],
+    }
+    rows = [{"model": "distilled", "test_acc": r_kd["test_accuracy"], "val_acc": r_kd["val_accuracy"]},
+            {"model": "scratch", "test_acc": r_sc["test_accuracy"], "val_acc": r_sc["val_accuracy"]}]
+    md = (f"## distill\n\nStudent `{params.student.conv_channels}` conv / `{params.student.hidden}` "
+          f"hidden, {results['params']:,} params. KD (T={params.distill.temperature}, "
+          f"alpha={params.distill.alpha}) against the same student from scratch, same seed "
+          f"({cfg.seed}) and recipe ({cfg.epochs} epochs):\n\n{markdown_table(rows)}\n\n"
+          f"KD gain: **{results['kd_gain_test'] * 100:+.2f} pt** test, "
+          f"{results['kd_gain_val'] * 100:+.2f} pt val (one seed; `python -m benchmarks.kd_gain` "
+          f"gives the paired mean over seeds).\n")
+    run = {"kd_train_seconds": kd.run["train_seconds"], "scratch_train_seconds": scratch.run["train_seconds"],
+           "device": kd.run["device"]}
+    write_report("distill", results, md, run)
+    print(f"distill: KD {r_kd['test_accuracy']:.4f} vs scratch {r_sc['test_accuracy']:.4f} "
+          f"({results['kd_gain_test'] * 100:+.2f} pt)", flush=True)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/prepared", type=Path)
+    p.add_argument("--teacher", default="models/baseline", type=Path)
+    p.add_argument("--out", default="models/student", type=Path)
+    p.add_argument("--scratch-out", default="models/student_scratch", type=Path)
+
+
+if __name__ == "__main__":
+    main("distill", distill, _args)
