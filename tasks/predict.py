@@ -1,0 +1,89 @@
+"""Classify images with the ship bundle, using ONNX Runtime alone (no torch).
+
+    python -m tasks.predict PATH... [--bundle models/ship] [--json]
+
+PATH is a PNG/JPEG image or an .npz holding an array `x` of (N,H,W) or
+(N,C,H,W) raw pixels. Images are converted to the bundle's channel count and
+must already have its height and width.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class Bundle:
+    def __init__(self, folder: str | Path):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        manifest = folder / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{folder} is not a ship bundle (no manifest.json): "
+                                    f"run the `evaluate` stage first")
+        self.manifest = json.loads(manifest.read_text())
+        if not self.manifest.get("selected"):
+            raise FileNotFoundError(f"{folder} holds no model: {self.manifest.get('reason')}")
+        self.labels = json.loads((folder / "labels.json").read_text())
+        self.shape = tuple(self.manifest["input"]["shape"][1:])  # (C, H, W)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 3:
+            x = x[:, None]
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"input shape {tuple(x.shape[1:])} does not match the model's {self.shape}")
+        return self.session.run(None, {self.input: x.astype(np.float32)})[0]
+
+    def predict(self, x: np.ndarray) -> list[tuple[str, float]]:
+        logits = self.logits(x)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs = e / e.sum(1, keepdims=True)
+        return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
+
+
+def load_inputs(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise ValueError(f"{path}: no array 'x' (found {z.files})")
+            return z["x"]
+    from PIL import Image
+
+    img = Image.open(path).convert("L" if shape[0] == 1 else "RGB")
+    if img.size != (shape[2], shape[1]):
+        raise ValueError(f"{path}: image is {img.size[0]}x{img.size[1]}, the model takes "
+                         f"{shape[2]}x{shape[1]}; resize it first")
+    arr = np.asarray(img, dtype=np.float32)
+    return arr[None, None] if shape[0] == 1 else arr.transpose(2, 0, 1)[None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__.split("\n")[0])
+    ap.add_argument("paths", nargs="+", type=Path)
+    ap.add_argument("--bundle", default="models/ship", type=Path)
+    ap.add_argument("--json", action="store_true", help="one JSON line per input")
+    args = ap.parse_args(argv)
+    try:
+        bundle = Bundle(args.bundle)
+        for path in args.paths:
+            for i, (label, prob) in enumerate(bundle.predict(load_inputs(path, bundle.shape))):
+                where = f"{path}[{i}]" if path.suffix == ".npz" else str(path)
+                print(json.dumps({"input": where, "label": label, "probability": round(prob, 6)})
+                      if args.json else f"{where}\t{label}\t{prob:.4f}")
+    except (OSError, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

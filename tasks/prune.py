@@ -1,0 +1,107 @@
+"""Stage `prune@<method>`: one pruned variant per method listed in prune.methods.
+
+    python -m tasks.prune --method unstructured|structured|layer [--params params.yaml]
+                          [--data data/prepared] [--out models/pruned/<method>]
+
+The source model (prune.source: baseline or student) is pruned in steps with
+fine-tuning after each (by default with the KD loss from the baseline), then
+saved as safetensors + structure.json, so it rebuilds without pickle.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tasks.checkpoint import CheckpointStore
+from tasks.dataset import load_prepared
+from tasks.distill import load_teacher, make_kd_loss
+from tasks.errors import StageError
+from tasks.model import ModelSpec, count_flops, count_params, load_model, save_model
+from tasks.params import Params, Structure
+from tasks.stage import main, markdown_table, write_report
+from tasks.trainer import to_tensors
+from tasks.training import evaluate, fit, resolve_device, seed_everything
+
+
+def make_finetune(params: Params, data, loss_fn):
+    """finetune(model, epochs): the `train` recipe for a few epochs, no resume folder needed."""
+    def finetune(model: torch.nn.Module, epochs: int) -> None:
+        if epochs <= 0:
+            return
+        cfg = params.train.model_copy(update={"epochs": epochs})
+        with tempfile.TemporaryDirectory() as tmp:
+            fit(model, data["train"], data["val"], cfg, CheckpointStore(tmp), loss_fn=loss_fn,
+                desc="finetune")
+    return finetune
+
+
+def prune(params: Params, args: argparse.Namespace) -> None:
+    from tasks import pruning
+
+    cfg = params.prune
+    method = args.method
+    out = args.out or Path("models/pruned") / method
+    src_dir = Path("models") / cfg.source
+    if not (src_dir / "structure.json").exists():
+        stage = "train_baseline" if cfg.source == "baseline" else "distill"
+        raise StageError(f"no source model in {src_dir}: run the `{stage}` stage first")
+    prep = load_prepared(args.data)
+    seed_everything(params.train.seed, params.train.num_threads)
+    device = resolve_device(params.train.device)
+    model, spec = load_model(src_dir)
+    model = model.to(device)
+    data = to_tensors(prep, device)
+    loss_fn = make_kd_loss(load_teacher(Path("models/baseline"), device), params.distill) if cfg.distill else None
+    finetune = make_finetune(params, data, loss_fn)
+    source_acc = evaluate(model, *data["val"])[1]
+    ablation: list[dict] = []
+
+    if method == "unstructured":
+        model = pruning.prune_unstructured(model, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs)
+    elif method == "structured":
+        example = data["train"][0][:2]
+        model = pruning.prune_structured(model, example, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs)
+    else:
+        val = data["val"]
+        model, spec, ablation = pruning.prune_layers(
+            model, spec, cfg.layers_to_remove, lambda m: evaluate(m, *val)[1], finetune, cfg.ablation_epochs)
+        finetune(model, cfg.finetune_epochs * cfg.steps)  # the same budget as the other methods
+
+    model = model.cpu().eval()
+    structure = pruning.structure_of(model, Structure.model_validate(spec.structure))
+    out_spec = ModelSpec(structure=structure.model_dump(), input_shape=spec.input_shape,
+                         num_classes=spec.num_classes, mean=spec.mean, std=spec.std)
+    save_model(model, out_spec, out)
+    nonzero, total = pruning.sparsity(model)
+    cpu = to_tensors(prep, torch.device("cpu"))
+    val_loss, val_acc = evaluate(model, *cpu["val"])
+    test_loss, test_acc = evaluate(model, *cpu["test"])
+    results = {"method": method, "source": cfg.source, "test_accuracy": test_acc, "val_accuracy": val_acc,
+               "source_val_accuracy": source_acc, "params": count_params(model), "nonzero_params": nonzero,
+               "sparsity": 1 - nonzero / total, "flops": count_flops(model, spec.input_shape),
+               "amount": cfg.amount, "steps": cfg.steps, "structure": out_spec.structure,
+               "ablation": ablation}
+    md = (f"## prune ({method})\n\nFrom `{cfg.source}` (val {source_acc:.4f}): test accuracy "
+          f"**{test_acc:.4f}** (val {val_acc:.4f}), {results['params']:,} params of which "
+          f"{nonzero:,} non-zero ({results['sparsity']:.1%} sparse), "
+          f"{results['flops'] / 1e6:.2f} MFLOPs.\n\nStructure: conv {structure.conv_channels}, "
+          f"hidden {structure.hidden}.\n")
+    if ablation:
+        md += "\n### Layer ablation (val accuracy after removing each unit)\n\n" + markdown_table(
+            [{k: v for k, v in row.items() if k != "structure"} for row in ablation]) + "\n"
+    write_report(f"prune_{method}", results, md)
+    print(f"prune {method}: test accuracy {test_acc:.4f}, {results['params']:,} params, "
+          f"{nonzero:,} non-zero; wrote {out}", flush=True)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, choices=["unstructured", "structured", "layer"])
+    p.add_argument("--data", default="data/prepared", type=Path)
+    p.add_argument("--out", default=None, type=Path, help="default: models/pruned/<method>")
+
+
+if __name__ == "__main__":
+    main("prune", prune, _args)

@@ -1,0 +1,119 @@
+"""Stage `quantize`: export every model to ONNX and make ONNX Runtime variants.
+
+    python -m tasks.quantize [--params params.yaml] [--data data/prepared] [--out models/onnx]
+
+For each trained model (baseline, distilled student, scratch student, each
+pruned variant): an fp32 export checked against torch, then the variants in
+quantize.variants (dynamic int8, static int8 QDQ per-channel, fp16). A variant
+whose top-1 predictions agree with its fp32 source on fewer than
+quantize.min_agreement of the test set is left out, with the reason recorded.
+models/onnx/manifest.json lists what was written; evaluate reads it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks import onnx_tools as ox
+from tasks.dataset import load_prepared
+from tasks.errors import StageError
+from tasks.io import atomic_dir, write_json
+from tasks.model import load_model
+from tasks.params import Params
+from tasks.stage import main, markdown_table, write_report
+
+# Variants made only for models worth shipping; the scratch student is the KD ablation.
+FP32_ONLY = {"student_scratch"}
+
+
+def find_models(models: Path) -> dict[str, Path]:
+    """name -> model folder, for every saved torch model under models/."""
+    found = {}
+    for name in ("baseline", "student", "student_scratch"):
+        if (models / name / "structure.json").exists():
+            found[name] = models / name
+    for d in sorted((models / "pruned").glob("*/structure.json")):
+        found[f"prune_{d.parent.name}"] = d.parent
+    if "baseline" not in found:
+        raise StageError("no models/baseline: run the `train_baseline` stage first")
+    return found
+
+
+def calibration_set(prep, cfg) -> np.ndarray:
+    x = prep.splits["train"][0]
+    need = cfg.calibration_batches * cfg.calibration_batch_size
+    if need > len(x):
+        raise StageError(f"quantize.calibration_batches x calibration_batch_size = {need} images, but "
+                         f"the train split has {len(x)}; lower them")
+    order = np.random.default_rng(0).permutation(len(x))[:need]  # a fixed, spread-out sample
+    return x[np.sort(order)].astype(np.float32)
+
+
+def quantize(params: Params, args: argparse.Namespace) -> None:
+    cfg = params.quantize
+    torch.set_num_threads(params.train.num_threads)
+    prep = load_prepared(args.data)
+    x_test = prep.splits["test"][0].astype(np.float32)
+    calib = calibration_set(prep, cfg)
+    rows, manifest = [], []
+    with atomic_dir(args.out) as tmp:
+        for name, folder in find_models(Path(args.models)).items():
+            model, spec = load_model(folder)
+            fp32 = tmp / f"{name}.onnx"
+            ox.export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)
+            with torch.no_grad():
+                torch_logits = model(torch.from_numpy(x_test)).numpy()
+            ref = ox.predict(fp32, x_test)
+            diff = float(np.abs(ref - torch_logits).max())
+            if ox.agreement(ref, torch_logits) < 1.0 or diff > 1e-3:
+                raise StageError(f"ONNX export of {name} does not match torch (max |diff| {diff:.2e}); "
+                                 f"this is an exporter bug, not a data problem: report it")
+            entries = [(fp32, "fp32", None)]
+            if name not in FP32_ONLY:
+                for variant in cfg.variants:
+                    path = tmp / f"{name}.{variant if variant == 'fp16' else 'int8_' + variant}.onnx"
+                    if variant == "dynamic":
+                        ox.quantize_dynamic_int8(fp32, path)
+                    elif variant == "static":
+                        ox.quantize_static_int8(fp32, path, calib, cfg.calibration_batch_size)
+                    else:
+                        ox.convert_fp16(fp32, path)
+                    entries.append((path, variant, ox.agreement(ox.predict(path, x_test), ref)))
+            for path, variant, agree in entries:
+                ok = agree is None or agree >= cfg.min_agreement
+                row = {"variant": path.stem, "source": name, "quantization": variant,
+                       "bytes": path.stat().st_size, "agreement": 1.0 if agree is None else agree,
+                       "passed": ok,
+                       "reason": "" if ok else f"top-1 agreement {agree:.4f} with {name} fp32 is below "
+                                               f"quantize.min_agreement {cfg.min_agreement}"}
+                rows.append(row)
+                if ok:
+                    manifest.append({"name": path.stem, "file": path.name, "source": name,
+                                     "source_dir": str(folder), "quantization": variant,
+                                     "opset": cfg.opset, "agreement": row["agreement"]})
+                else:
+                    path.unlink()  # never handed to evaluate
+                    print(f"quantize: {row['variant']} FAILED: {row['reason']}", flush=True)
+                print(f"quantize: {path.stem}: {row['bytes']:,} bytes, agreement {row['agreement']:.4f}",
+                      flush=True)
+        write_json(tmp / "manifest.json", {"variants": manifest,
+                                           "calibration": {"batches": cfg.calibration_batches,
+                                                           "batch_size": cfg.calibration_batch_size}})
+    failed = [r for r in rows if not r["passed"]]
+    md = (f"## quantize\n\n{len(rows) - len(failed)} ONNX models written to `{args.out}` "
+          f"(opset {cfg.opset}); {len(failed)} variant(s) failed the "
+          f"{cfg.min_agreement:.0%} top-1 agreement check.\n\n{markdown_table(rows)}\n")
+    write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed]}, md)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/prepared", type=Path)
+    p.add_argument("--models", default="models", type=Path)
+    p.add_argument("--out", default="models/onnx", type=Path)
+
+
+if __name__ == "__main__":
+    main("quantize", quantize, _args)
