@@ -26,10 +26,25 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def report_stem(stage: str) -> str:
+    """reports/<stem>.json of a stage: `prune@layer` (a foreach item) writes prune_layer."""
+    return stage.split(":")[-1].replace("@", "_")
+
+
+def report_table(report: dict) -> list[dict]:
+    """A report's table artifact: its per-variant rows if it has them, else its scalar metrics."""
+    rows = report.get("variants")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        return [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
+                for r in rows]
+    return [{"metric": k, "value": v} for k, v in flatten(report).items()]
+
+
 def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
                   errors: list[str] | None = None) -> None:
     reports = root / "reports"
-    md_path, json_path = reports / f"{stage}.md", reports / f"{stage}.json"
+    stem = report_stem(stage)
+    md_path, json_path = reports / f"{stem}.md", reports / f"{stem}.json"
     lines = [f"# {stage}: {outcome}", ""]
     if seconds:
         lines.append(f"Stage time: {seconds:.1f} s.")
@@ -43,7 +58,7 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
     create_markdown_artifact(key=artifact_key(prefix, stage, "report"), markdown="\n".join(lines),
                              description=f"{stage}: {outcome}")
     if json_path.exists() and not errors:
-        table = [{"metric": k, "value": v} for k, v in flatten(json.loads(json_path.read_text())).items()]
+        table = report_table(json.loads(json_path.read_text()))
         create_table_artifact(key=artifact_key(prefix, stage, "metrics"), table=table,
                               description=f"{stage} metrics ({outcome})")
 
@@ -51,11 +66,11 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
 def summary_rows(root: Path, results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
-        report = root / "reports" / f"{r['stage']}.json"
+        report = root / "reports" / f"{report_stem(r['stage'])}.json"
         headline = ""
         if report.exists():
             data = json.loads(report.read_text())
-            for key in ("test_accuracy", "sizes"):
+            for key in ("selected", "test_accuracy", "failed", "sizes"):
                 if key in data:
                     headline = f"{key}: {data[key]}"
                     break
