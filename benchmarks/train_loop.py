@@ -78,6 +78,8 @@ def minimal_loop(params, cfg, train, val) -> tuple[float, float]:
                 loss = F.cross_entropy(model(x[idx]).float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:  # the same recipe as the pipeline's
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
     if cuda:

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "data": {"limit": 400, "min_per_class": 5},
     "train": {"epochs": 2, "num_threads": 1},
+    "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
+    "quantize": {"calibration_batches": 2, "calibration_batch_size": 16},
+    "evaluate": {"warmup": 2, "repeats": 20},
 }
 
 

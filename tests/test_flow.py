@@ -41,7 +41,10 @@ def test_stage_order_comes_from_dvc(tiny_pipeline):
     from flows.pipeline import stage_order
 
     with Repo(str(tiny_pipeline)) as repo:
-        assert stage_order(repo) == ["prepare", "train_baseline"]
+        order = stage_order(repo)
+        assert order[:3] == ["prepare", "train_baseline", "distill"]
+        assert sorted(order[3:6]) == ["prune@layer", "prune@structured", "prune@unstructured"]
+        assert order[6:] == ["quantize", "evaluate"]
         assert stage_order(repo, ["train_baseline"]) == ["prepare", "train_baseline"]
         assert stage_order(repo, ["prepare"]) == ["prepare"]
         with pytest.raises(ValueError, match="unknown stage"):
@@ -51,21 +54,25 @@ def test_stage_order_comes_from_dvc(tiny_pipeline):
 def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_server, pipeline_copy):
     from flows.pipeline import pipeline
 
-    update_params(pipeline_copy, {"train": {"epochs": 3}})
+    update_params(pipeline_copy, {"distill": {"temperature": 2.0}})
     state = pipeline(root=str(pipeline_copy), return_state=True)
     assert state.is_completed()
     results = {r["stage"]: r["outcome"] for r in state.result()}
-    assert results == {"prepare": "skipped (up to date)", "train_baseline": "ran"}
+    assert results == {"prepare": "skipped (up to date)", "train_baseline": "skipped (up to date)",
+                       "distill": "ran", "prune@layer": "ran", "prune@structured": "ran",
+                       "prune@unstructured": "ran", "quantize": "ran", "evaluate": "ran"}
 
     found = artifacts(state.state_details.flow_run_id)
-    assert {"prepare-report", "prepare-metrics", "train-baseline-report", "train-baseline-metrics",
-            "pipeline-summary"} <= set(found)
+    keys = {"prepare-report", "train-baseline-report", "train-baseline-metrics", "distill-report",
+            "prune-layer-report", "prune-structured-metrics", "quantize-report", "evaluate-report",
+            "evaluate-metrics", "pipeline-summary"}
+    assert keys <= set(found), keys - set(found)
     assert "skipped" in found["prepare-report"].data
-    assert "Test accuracy" in found["train-baseline-report"].data
-    table = found["train-baseline-metrics"].data
+    assert "KD gain" in found["distill-report"].data
+    assert "Selected" in found["evaluate-report"].data or "No variant selected" in found["evaluate-report"].data
+    table = found["evaluate-metrics"].data
     table = json.loads(table) if isinstance(table, str) else table
-    metrics = {row["metric"]: row["value"] for row in table}
-    assert metrics["epochs"] == 3
+    assert {"baseline", "student", "prune_structured"} <= {row["name"] for row in table}
 
     # dvc.lock stayed true: a second flow run has nothing to do
     again = pipeline(root=str(pipeline_copy))
@@ -125,7 +132,8 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, pipeline_copy
 
     update_params(pipeline_copy, {"train": {"epochs": 500}})  # far longer than the test waits
     env = {**run_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(pipeline_copy)],
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(pipeline_copy),
+                             "--targets", "train_baseline"],
                             cwd=pipeline_copy, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120

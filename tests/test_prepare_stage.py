@@ -33,7 +33,8 @@ def run_prepare(tmp_path, arrays, **data):
     path = tmp_path / "src.npz"
     np.savez(path, **arrays)
     params = parse_params({"data": {"source": "npz", "path": str(path), "min_per_class": 3,
-                                    "val_fraction": 0.25, **data}})
+                                    "val_fraction": 0.25, **data},
+                           "quantize": {"calibration_batches": 1, "calibration_batch_size": 8}})
     prepare(params, argparse.Namespace(out=tmp_path / "data" / "prepared"))
     return load_prepared(tmp_path / "data" / "prepared")
 
@@ -77,7 +78,7 @@ def test_limit_is_a_stratified_cap(workdir):
 
 
 def corrupt(kind, a):
-    x, y, xt, yt = a["x"], a["y"], a["x_test"], a["y_test"]
+    x, y, xt = a["x"], a["y"], a["x_test"]
     if kind == "nan":
         x[3, 2, 2] = np.nan
     elif kind == "out_of_range":

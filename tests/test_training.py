@@ -6,7 +6,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import run_env, sh, tree_digest, update_params
