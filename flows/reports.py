@@ -90,7 +90,7 @@ def print_summary(root: Path, results: list[dict]) -> None:
 
     print("\nPipeline summary")
     for r in summary_rows(root, results):
-        print(f"  {r['stage']:<16} {r['outcome']:<26} {r['seconds']:>7.1f} s  {r['result']}")
+        print(f"  {r['stage']:<20} {r['outcome']:<26} {r['seconds']:>7.1f} s  {r['result']}")
     ui = PREFECT_UI_URL.value()
     print("\nWhere to look:")
     print(f"  reports:   {root / 'reports'}/<stage>.md and .json")
