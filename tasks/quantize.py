@@ -29,14 +29,22 @@ from tasks.stage import main, markdown_table, write_report
 FP32_ONLY = {"student_scratch"}
 
 
-def find_models(models: Path) -> dict[str, Path]:
-    """name -> model folder, for every saved torch model under models/."""
+def find_models(models: Path, prune_methods: list[str]) -> dict[str, Path]:
+    """name -> model folder, for every model the current DAG produces.
+
+    Pruned variants come from prune.methods, not from a directory listing: a
+    method dropped from params leaves its old folder on disk, which must not
+    be evaluated as if it were current.
+    """
     found = {}
     for name in ("baseline", "student", "student_scratch"):
         if (models / name / "structure.json").exists():
             found[name] = models / name
-    for d in sorted((models / "pruned").glob("*/structure.json")):
-        found[f"prune_{d.parent.name}"] = d.parent
+    for method in sorted(prune_methods):  # params order must not change the outputs
+        folder = models / "pruned" / method
+        if not (folder / "structure.json").exists():
+            raise StageError(f"no pruned model in {folder}: run the `prune@{method}` stage first")
+        found[f"prune_{method}"] = folder
     if "baseline" not in found:
         raise StageError("no models/baseline: run the `train_baseline` stage first")
     return found
@@ -60,7 +68,7 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
     calib = calibration_set(prep, cfg)
     rows, manifest = [], []
     with atomic_dir(args.out) as tmp:
-        for name, folder in find_models(Path(args.models)).items():
+        for name, folder in find_models(Path(args.models), params.prune.methods).items():
             model, spec = load_model(folder)
             fp32 = tmp / f"{name}.onnx"
             ox.export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)

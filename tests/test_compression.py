@@ -527,3 +527,16 @@ def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
     np.savez(img, x=np.zeros((1, 8, 8), np.float32))
     assert main([str(img), "--bundle", str(tmp_path / "nope")]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_quantize_takes_pruned_models_from_params_not_from_stale_folders(tmp_path):
+    from tasks.errors import StageError
+    from tasks.quantize import find_models
+
+    for name in ("baseline", "student", "pruned/layer", "pruned/structured"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "structure.json").write_text("{}")
+    found = find_models(tmp_path, ["structured"])
+    assert sorted(found) == ["baseline", "prune_structured", "student"]  # the old `layer` is ignored
+    with pytest.raises(StageError, match=r"prune@unstructured"):
+        find_models(tmp_path, ["structured", "unstructured"])
