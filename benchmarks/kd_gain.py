@@ -21,6 +21,7 @@ from tasks.dataset import load_prepared
 from tasks.distill import make_kd_loss
 from tasks.params import load_params
 from tasks.trainer import train_structure
+from tasks.training import resolve_device
 
 
 def main() -> None:
@@ -49,7 +50,8 @@ def main() -> None:
                 loss_fn=loss)
             teacher = run("teacher", params.baseline, tcfg)
             scratch = run("scratch", params.student, scfg)
-            kd = run("kd", params.student, scfg, make_kd_loss(teacher.model, dcfg))
+            device = resolve_device(tcfg.device)  # the saved teacher comes back on the CPU
+            kd = run("kd", params.student, scfg, make_kd_loss(teacher.model.to(device), dcfg))
             row = {"seed": seed, "baseline": teacher.results[key], "scratch": scratch.results[key],
                    "kd": kd.results[key]}
             row["gain"] = row["kd"] - row["scratch"]

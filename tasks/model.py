@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.errors import ShapeError  # noqa: F401  (re-exported: callers catch it from here)
+from tasks.errors import ShapeError, StageError  # ShapeError re-exported: callers catch it here
 from tasks.io import atomic_dir, write_json
 from tasks.params import Structure, feature_shape
 
@@ -108,8 +108,14 @@ def load_model(model_dir: str | Path) -> tuple[nn.Module, ModelSpec]:
     model_dir = Path(model_dir)
     if not (model_dir / "structure.json").exists():
         raise FileNotFoundError(f"{model_dir} holds no saved model (structure.json missing)")
-    spec = ModelSpec.from_json(json.loads((model_dir / "structure.json").read_text()))
-    model = build_model(spec)
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))  # no pickle
+    try:
+        spec = ModelSpec.from_json(json.loads((model_dir / "structure.json").read_text()))
+        model = build_model(spec)
+        model.load_state_dict(load_file(str(model_dir / "model.safetensors")))  # no pickle
+    except ShapeError:
+        raise
+    except Exception as err:  # truncated file, foreign weights, hand-edited JSON
+        raise StageError(f"{model_dir} holds a damaged model ({type(err).__name__}: {err}); "
+                         f"rerun the stage that writes it, or `dvc checkout {model_dir}`") from None
     model.eval()
     return model, spec

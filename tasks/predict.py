@@ -32,8 +32,12 @@ class Bundle:
         self.shape = tuple(self.manifest["input"]["shape"][1:])  # (C, H, W)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(folder / "model.onnx"), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own types for truncated or foreign files
+            raise ValueError(f"{folder / 'model.onnx'} cannot be loaded ({err}); rebuild the bundle "
+                             f"with the `evaluate` stage") from None
         self.input = self.session.get_inputs()[0].name
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.checkpoint import CheckpointStore, rng_state, set_rng_state
+from tasks.errors import StageError
 from tasks.params import TrainParams
 
 # loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
@@ -28,7 +29,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def resolve_device(pref: str) -> torch.device:
     if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible: "
+        raise StageError("train.device is 'cuda' but no CUDA device is visible: "
                            "set train.device to 'auto' or 'cpu', or install a CUDA build of torch")
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -116,6 +117,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
     n = len(train[0])
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    if steps > 1 and n % cfg.batch_size == 1:
+        steps -= 1  # a last batch of one image breaks BatchNorm in training mode: fold it in
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * steps)
     result = FitResult()
@@ -142,7 +145,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         bar = tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=None, file=sys.stderr)
         for i in bar:
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            end = n if i == steps - 1 else (i + 1) * cfg.batch_size
+            idx = order[i * cfg.batch_size:end]
             xb = random_shift(train[0][idx], cfg.augment_shift, gen)
             yb = train[1][idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
