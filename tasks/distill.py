@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from tasks.dataset import load_prepared
 from tasks.errors import StageError
+from tasks.io import replace_dir
 from tasks.model import load_model
 from tasks.params import DistillParams, Params, param_count
 from tasks.stage import main, markdown_table, write_report
@@ -75,12 +76,17 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
     key = {"student": params.student.model_dump(), "train": cfg.model_dump()}
     deps = [str(args.data), *CODE_DEPS]
-    scratch = train_structure("distill_scratch", params.student, cfg, prep, args.scratch_out,
+    # Each model is saved beside its target and moved in only when both trainings have
+    # finished, so a failure in KD never leaves a new scratch model next to an old student.
+    pending = {out: out.parent / f".{out.name}.pending" for out in (args.scratch_out, args.out)}
+    scratch = train_structure("distill_scratch", params.student, cfg, prep, pending[args.scratch_out],
                               key_params=key, deps=deps, keep_checkpoints=True)
-    kd = train_structure("distill", params.student, cfg, prep, args.out,
+    kd = train_structure("distill", params.student, cfg, prep, pending[args.out],
                          key_params={**key, "distill": params.distill.model_dump()},
                          deps=[*deps, str(args.teacher)],
                          loss_fn=make_kd_loss(teacher, params.distill), keep_checkpoints=True)
+    for out, tmp in pending.items():
+        replace_dir(tmp, out)
     # Both done: only now drop the checkpoints, so a kill during KD never retrains scratch.
     scratch.store.clear()
     kd.store.clear()

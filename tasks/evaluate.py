@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ import torch
 from tasks import onnx_tools as ox
 from tasks.dataset import load_prepared
 from tasks.errors import StageError
-from tasks.io import atomic_dir, write_json
+from tasks.io import atomic_dir, atomic_write_bytes, write_json
 from tasks.model import count_flops, count_params, load_model
 from tasks.params import Params
 from tasks.selection import pareto_front, select, wilson_ci
@@ -63,9 +64,11 @@ def torch_latency_ms(model, shape, warmup: int, repeats: int) -> float:
 
 
 def git_commit() -> str | None:
+    """HEAD, with "-dirty" when tracked files differ from it (the usual case mid-run,
+    since DVC updates dvc.lock only after the stage)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                              capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -130,9 +133,10 @@ def pareto_plot(variants, cost: str, label: str, path: Path, selected: str | Non
     ax.set_title(f"Accuracy vs {label} (blue: Pareto front, red: selected)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: dict, prep, hw: dict,
@@ -148,7 +152,8 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
             "selected": chosen["name"], "source": entry["source"], "opset": entry["opset"],
             "input": {"name": ox.INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
                       "pixels": "raw, 0..255; normalisation is inside the model"},
-            "quantization": {"kind": entry["quantization"], **quant_manifest.get("calibration", {})},
+            "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
+                             **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
                                                "ort_p50_ms_b1", "ort_throughput_b256")},
             "hardware": hw, "onnxruntime": hw["onnxruntime"], "git_commit": git_commit()})
@@ -176,6 +181,8 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     base, chosen = by[BASELINE], by.get(selected)
     why = "" if chosen else "no variant meets every budget: " + "; ".join(
         f"{n}: {', '.join(f)}" for n, f in failures.items() if f)
+    if chosen is None and cfg.require_selection:  # before writing: keep the last good bundle
+        raise StageError(f"evaluate.require_selection is true and {why}")
     report = {"baseline": BASELINE, "selected": selected, "variants": variants, "hardware": hw}
     summary = {"selected": selected}
     if chosen:
@@ -203,8 +210,6 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
           f"{cfg.threads} thread(s), {hw['cpu']}; comparable only on the same hardware.\n\n"
           f"{markdown_table(rows)}\n\nPareto plots: `reports/pareto_latency.png`, `reports/pareto_bytes.png`.\n")
     write_report("evaluate", report, md)
-    if chosen is None and cfg.require_selection:
-        raise StageError(f"evaluate.require_selection is true and {why}")
     print(f"evaluate: selected {selected}" + (f" ({summary['size_ratio']:.1f}x smaller, "
                                              f"{summary['latency_ratio']:.2f}x faster)" if chosen else ""), flush=True)
 

@@ -57,13 +57,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     for f in tmp.rglob("*"):  # libraries writing into tmp may create 0600 files
         os.chmod(f, 0o755 if f.is_dir() else 0o644)
-    # os.replace cannot swap a non-empty folder, so move the old one aside first;
+    # os.replace cannot swap a non-empty folder, so the old one moves aside first;
     # the window in which `path` is missing is two renames long.
+    replace_dir(tmp, path)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move a finished folder onto dst, replacing what was there (two renames)."""
+    src, dst = Path(src), Path(dst)
     old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
+        os.replace(dst, old)
+    os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

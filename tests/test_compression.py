@@ -397,7 +397,7 @@ def test_ship_bundle_files_and_manifest(ship, exported):
     assert json.loads((ship / "labels.json").read_text()) == ["0", "1", "2"]
     m = json.loads((ship / "manifest.json").read_text())
     assert m["selected"] == "m" and m["source"] == "baseline" and m["opset"] == 17
-    assert m["quantization"] == {"kind": "fp32", "batches": 2, "batch_size": 4}
+    assert m["quantization"] == {"kind": "fp32"}  # calibration settings belong to static int8 only
     assert m["input"]["shape"] == ["batch", 1, 8, 8] and m["input"]["dtype"] == "float32"
     assert m["metrics"] == {k: CHOSEN[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
                                                    "ort_p50_ms_b1", "ort_throughput_b256")}
