@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -108,23 +110,45 @@ def _kill_group(proc: subprocess.Popen, stage: str, logger) -> None:
             time.sleep(0.05)
 
 
-def _restore_outputs(root: Path, stage: str, logger) -> None:
-    """After a failed stage, put back the outputs dvc.lock records (DVC deleted them
-    before running); the cache still holds them byte for byte."""
+def uncached_outs(repo, name: str) -> list[str]:
+    """The stage's `cache: false` outputs (reports, plots): DVC deletes them before a
+    run like any output, but cannot check them out again afterwards."""
+    stage = repo.stage.collect(abs_target(repo.root_dir, name))[0]
+    return [o.fs_path for o in stage.outs if not o.use_cache]
+
+
+def _snapshot(paths: list[str], into: Path) -> dict[str, Path]:
+    saved = {}
+    for i, p in enumerate(map(Path, paths)):
+        if p.exists():
+            dst = into / str(i)
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, dst)
+            saved[str(p)] = dst
+    return saved
+
+
+def _restore_outputs(root: Path, stage: str, saved: dict[str, Path], logger) -> None:
+    """After a failed stage, put back what DVC deleted before running it: cached
+    outputs from the DVC cache (byte for byte what dvc.lock records), the rest
+    from the snapshot taken just before the run."""
     from dvc.repo import Repo
 
+    for path, copy in saved.items():
+        shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
+        (shutil.copytree if copy.is_dir() else shutil.copy2)(copy, path)
     try:
         with Repo(str(root)) as repo:
             repo.checkout(targets=[abs_target(root, stage)], force=True)
-        logger.info("%s: restored the previous outputs from the DVC cache", stage)
+        logger.info("%s: restored the previous outputs (DVC cache, and %d uncached)", stage, len(saved))
     except Exception as err:  # nothing recorded yet (first run) is not an error
-        logger.info("%s: no previous outputs to restore (%s)", stage, err)
+        logger.info("%s: no previous cached outputs to restore (%s)", stage, err)
 
 
 # NO_CACHE: DVC alone decides what is up to date; retries=0: a failing stage
 # (bad data, bad params) fails the same way again, so retrying only wastes time.
 @task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=0)
-def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: str) -> dict:
+def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: str,
+              uncached: list[str] | None = None) -> dict:
     logger = get_run_logger()
     root_path = Path(root)
     start = time.perf_counter()
@@ -137,6 +161,8 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
     logger.info("%s: running `%s`", stage, " ".join(cmd[2:]))
     tail: deque[str] = deque(maxlen=40)
     outcome = "ran"
+    snapshot_dir = Path(tempfile.mkdtemp(prefix=f"slimline-{stage.replace('@', '_')}-"))
+    saved = _snapshot(uncached or [], snapshot_dir)
     # Own process group, so cancelling the flow can stop the stage and its children.
     proc = subprocess.Popen(cmd, cwd=root, env=_stage_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
@@ -152,7 +178,9 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
         _kill_group(proc, stage, logger)  # no-op when it finished; on cancel/interrupt, stops it
     seconds = time.perf_counter() - start
     if rc != 0:
-        _restore_outputs(root_path, stage, logger)
+        _restore_outputs(root_path, stage, saved, logger)
+    shutil.rmtree(snapshot_dir, ignore_errors=True)
+    if rc != 0:
         # The stage's own message starts at its first ERROR line and may span several.
         lines = list(tail)
         first = next((i for i, l in enumerate(lines) if l.startswith("ERROR")), len(lines) - 10)
@@ -172,20 +200,25 @@ def pipeline(targets: list[str] | None = None, force: bool = False, root: str | 
     logger = get_run_logger()
     root_path = Path(root or ROOT).resolve()
     repo = Repo(str(root_path))
+    results: list[dict] = []
     try:
         order = stage_order(repo, targets)
         logger.info("stages, in DVC's order: %s", ", ".join(order))
-        results = []
         for stage in order:
             up_to_date = is_up_to_date(repo, stage)
-            result = run_stage(str(root_path), stage, up_to_date, force, key_prefix)
+            try:
+                result = run_stage(str(root_path), stage, up_to_date, force, key_prefix,
+                                   uncached_outs(repo, stage))
+            except StageFailed:
+                results.append({"stage": stage, "outcome": "failed", "seconds": 0.0})
+                raise
             results.append(result)
             if result["outcome"] != "skipped (up to date)":
                 repo.close()  # dvc.lock changed under us: read the graph state afresh
                 repo = Repo(str(root_path))
     finally:
         repo.close()
-    publish_summary(root_path, results, key_prefix)
+        publish_summary(root_path, results, key_prefix)  # failed runs get their summary too
     return results
 
 

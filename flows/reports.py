@@ -1,11 +1,14 @@
 """Turn each stage's reports/<stage>.json and .md into Prefect artifacts."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.stage import STAMP, markdown_table
 
 
 def artifact_key(prefix: str, stage: str, kind: str) -> str:
@@ -24,6 +27,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, (int, float, str, bool)) or v is None:
             out[key] = v
     return out
+
+
+def md_matches(md_path: Path, json_path: Path) -> bool:
+    """Whether the markdown report was written from this exact JSON (see tasks.stage.write_report)."""
+    digest = hashlib.sha256(json_path.read_bytes()).hexdigest()
+    return f"{STAMP}{digest}" in md_path.read_text()
 
 
 def report_stem(stage: str) -> str:
@@ -50,10 +59,14 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
         lines.append(f"Stage time: {seconds:.1f} s.")
     if errors:
         lines += ["", "```", *errors, "```"]
-    elif md_path.exists():
+    elif md_path.exists() and json_path.exists() and md_matches(md_path, json_path):
         if outcome.startswith("skipped"):
             lines.append("Nothing changed since the last run; its report follows.")
         lines += ["", md_path.read_text()]
+    elif json_path.exists():
+        # DVC restored a JSON (run cache, checkout) whose markdown was never written here.
+        lines += ["", "The readable report belongs to another run; the results DVC restored:", "",
+                  markdown_table(report_table(json.loads(json_path.read_text())))]
     lines += ["", f"Files: `{json_path}`, `{md_path}`"]
     create_markdown_artifact(key=artifact_key(prefix, stage, "report"), markdown="\n".join(lines),
                              description=f"{stage}: {outcome}")

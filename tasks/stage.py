@@ -23,6 +23,7 @@ from tasks.params import Params, ParamsError, load_params
 
 REPORTS = Path("reports")
 RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
+STAMP = "report-json-sha256: "
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -56,7 +57,11 @@ def write_report(stage: str, results: dict, markdown: str, run: dict | None = No
     run = {**run_info(), **(run or {})}
     write_json(REPORTS / f"{stage}.run.json", run)
     run_rows = "\n".join(f"- {k}: {_fmt(v)}" for k, v in sorted(run.items()))
-    write_text(REPORTS / f"{stage}.md", f"{markdown.rstrip()}\n\n### This run\n{run_rows}\n")
+    # The stamp ties this (untracked) markdown to the (tracked) JSON it describes, so a
+    # reader can tell when DVC restored a different JSON underneath it.
+    stamp = hashlib.sha256((REPORTS / f"{stage}.json").read_bytes()).hexdigest()
+    write_text(REPORTS / f"{stage}.md", f"{markdown.rstrip()}\n\n### This run\n{run_rows}\n\n"
+                                        f"<!-- {STAMP}{stamp} -->\n")
 
 
 def resume_dir(stage: str, params: dict, dep_paths: list[str | Path]) -> Path:

@@ -35,6 +35,11 @@ def artifacts(flow_run_id):
     return {a.key: a for a in asyncio.run(read())}
 
 
+def found_summary(state) -> str:
+    table = artifacts(state.state_details.flow_run_id)["pipeline-summary"].data
+    return table if isinstance(table, str) else json.dumps(table)
+
+
 def test_stage_order_comes_from_dvc(tiny_pipeline):
     from dvc.repo import Repo
 
@@ -85,14 +90,18 @@ def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, pip
     update_params(pipeline_copy, {"train": {"epochs": 3}})
     pipeline(root=str(pipeline_copy), targets=["train_baseline"])
     update_params(pipeline_copy, {"train": {"epochs": 2}})  # back to a config DVC has run before
-    results = pipeline(root=str(pipeline_copy), targets=["train_baseline"])
-    assert results[-1]["outcome"] == "restored from run cache"
+    state = pipeline(root=str(pipeline_copy), targets=["train_baseline"], return_state=True)
+    assert state.result()[-1]["outcome"] == "restored from run cache"
+    # the markdown on disk is from the 3-epoch run: the artifact must not pass it off as this one
+    report = artifacts(state.state_details.flow_run_id)["train-baseline-report"].data
+    assert "belongs to another run" in report and "| epochs | 2 |" in report
 
 
 def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeline_copy, tmp_path):
     from flows.pipeline import StageFailed, pipeline
 
     before = tree_digest(pipeline_copy / "data" / "prepared")
+    report_before = (pipeline_copy / "reports/prepare.json").read_bytes()
     bad = tmp_path / "bad.npz"
     x = np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.float32)
     x[3, 0, 0] = np.nan
@@ -104,8 +113,11 @@ def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeli
     with pytest.raises(StageFailed) as exc:
         state.result()
     assert "stage 'prepare' failed" in str(exc.value) and "pixels_finite" in str(exc.value)
-    # DVC deleted the outputs before running; the flow restored them from the cache
+    # DVC deleted the outputs before running; the flow restored them: the cached ones from
+    # the DVC cache, the uncached report from its snapshot
     assert tree_digest(pipeline_copy / "data" / "prepared") == before
+    assert (pipeline_copy / "reports/prepare.json").read_bytes() == report_before
+    assert "failed" in found_summary(state)
     found = artifacts(state.state_details.flow_run_id)
     assert "failed" in found["prepare-report"].data
     assert "train-baseline-report" not in found  # nothing downstream ran
