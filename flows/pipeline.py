@@ -174,6 +174,9 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
                 outcome = "restored from run cache"
             (logger.error if line.startswith("ERROR") else logger.info)("[%s] %s", stage, line)
         rc = proc.wait()
+    except BaseException:  # cancelled or interrupted: the rerun resumes; drop the snapshot
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
+        raise
     finally:
         _kill_group(proc, stage, logger)  # no-op when it finished; on cancel/interrupt, stops it
     seconds = time.perf_counter() - start
