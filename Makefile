@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test server server-stop bench clean-resume
+.PHONY: setup run test server server-stop bench clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -51,3 +51,23 @@ bench: setup
 # Drop interrupted-run checkpoints (they are also removed after every successful run).
 clean-resume:
 	rm -rf .slimline/resume
+
+# A local S3-compatible server (moto) on 127.0.0.1 for trying the DVC remote; production
+# uses AWS S3 or any S3-compatible store: run infra/s3.py with its --endpoint-url instead.
+S3_PORT ?= 5555
+S3_BUCKET ?= slimline
+s3-local: setup
+	@mkdir -p .slimline
+	@if ! curl -fs http://127.0.0.1:$(S3_PORT)/moto-api/ >/dev/null 2>&1; then \
+		nohup $(VENV)/bin/moto_server -H 127.0.0.1 -p $(S3_PORT) > .slimline/moto.log 2>&1 & \
+		echo $$! > .slimline/moto.pid; \
+		for i in $$(seq 50); do curl -fs http://127.0.0.1:$(S3_PORT)/moto-api/ >/dev/null 2>&1 && break; sleep 0.2; done; \
+	fi
+	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+		$(PY) -m infra.s3 bootstrap --bucket $(S3_BUCKET) --endpoint-url http://127.0.0.1:$(S3_PORT)
+	$(VENV)/bin/dvc remote add -d --local -f storage s3://$(S3_BUCKET)/dvc
+	$(VENV)/bin/dvc remote modify --local storage endpointurl http://127.0.0.1:$(S3_PORT)
+	$(VENV)/bin/dvc remote modify --local storage access_key_id testing
+	$(VENV)/bin/dvc remote modify --local storage secret_access_key testing
+	@echo "DVC remote 'storage' -> s3://$(S3_BUCKET)/dvc on the local server (in .dvc/config.local, not in git)."
+	@echo "Try: .venv/bin/dvc push   |   stop the server: kill \$$(cat .slimline/moto.pid)"
