@@ -31,8 +31,9 @@ from tasks.errors import StageError
 from tasks.io import atomic_dir, atomic_write_bytes, write_json
 from tasks.model import count_flops, count_params, load_model
 from tasks.params import Params
+from tasks.pruning import sparsity
 from tasks.selection import pareto_front, select, wilson_ci
-from tasks.stage import main, markdown_table, write_report
+from tasks.stage import cpu_model, main, markdown_table, write_report
 
 BASELINE = "baseline"
 
@@ -40,12 +41,7 @@ BASELINE = "baseline"
 def hardware(threads: int) -> dict:
     import onnxruntime
 
-    cpu = platform.processor()
-    try:  # the model name is what makes latencies comparable
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -85,22 +81,24 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> list[dict]:
             lat = ox.latency_ms(sessions[e["name"]], shape, batch=1, warmup=cfg.warmup, repeats=cfg.repeats)
             p50[e["name"]].append(lat["p50"])
             p95[e["name"]].append(lat["p95"])
+    # Each torch source backs up to four ONNX variants: load and count it once.
+    sources = {}
+    for d in dict.fromkeys(e["source_dir"] for e in entries):
+        model, _ = load_model(d)
+        sources[d] = (model, count_params(model), sparsity(model)[0])
     variants = []
     for e in entries:
         name, sess, path = e["name"], sessions[e["name"]], onnx_dir / e["file"]
         val_correct = int((ox.predict(sess, x_val).argmax(1) == y_val).sum())
         test_correct = int((ox.predict(sess, x_test).argmax(1) == y_test).sum())
-        model, _ = load_model(e["source_dir"])
+        model, params, nonzero = sources[e["source_dir"]]
         data = path.read_bytes()
         best = int(np.argmin(p50[name]))
         fp32 = e["quantization"] == "fp32"
-        from tasks.pruning import sparsity
-
-        nonzero, _ = sparsity(model)
         variants.append({
             "name": name, "source": e["source"], "quantization": e["quantization"],
             "accuracy": test_correct / len(y_test), "accuracy_ci95": list(wilson_ci(test_correct, len(y_test))),
-            "val_accuracy": val_correct / len(y_val), "params": count_params(model), "nonzero_params": nonzero,
+            "val_accuracy": val_correct / len(y_val), "params": params, "nonzero_params": nonzero,
             "bytes": len(data), "gzip_bytes": len(gzip.compress(data, mtime=0)),
             "flops": count_flops(model, shape) if fp32 else None,
             "ort_p50_ms_b1": p50[name][best], "ort_p95_ms_b1": p95[name][best],

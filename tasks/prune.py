@@ -76,7 +76,7 @@ def prune(params: Params, args: argparse.Namespace) -> None:
                          num_classes=spec.num_classes, mean=spec.mean, std=spec.std)
     save_model(model, out_spec, out)
     nonzero, total = pruning.sparsity(model)
-    cpu = to_tensors(prep, torch.device("cpu"))
+    cpu = data if device.type == "cpu" else to_tensors(prep, torch.device("cpu"))
     val_loss, val_acc = evaluate(model, *cpu["val"])
     test_loss, test_acc = evaluate(model, *cpu["test"])
     results = {"method": method, "source": cfg.source, "test_accuracy": test_acc, "val_accuracy": val_acc,

@@ -42,11 +42,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: what makes two timings comparable (or not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def run_info() -> dict:
     import torch
 
     return {"host": socket.gethostname(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "cpu": cpu_model(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

@@ -1,7 +1,6 @@
 """S3 remote: bootstrap against a real local S3-compatible server (moto), and
 cross-machine reproduction through a DVC remote."""
 import json
-import os
 import socket
 import subprocess
 import sys
