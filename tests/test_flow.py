@@ -14,13 +14,10 @@ import pytest
 from conftest import tree_digest, update_params
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    # One temporary server for the whole session; CI machines start it slowly.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+@pytest.fixture
+def prefect_server(prefect_api):
+    """The session's real Prefect server (tests/conftest.py)."""
+    return prefect_api
 
 
 def artifacts(flow_run_id):
