@@ -1,18 +1,27 @@
-"""S3 remote: bootstrap against a real local S3-compatible server (moto), and
-cross-machine reproduction through a DVC remote."""
+"""S3 remote: bootstrap against a real local S3-compatible server (moto),
+cross-machine reproduction through a DVC remote, report links, and what dvc
+says (and how often it retries) when the remote is down, refuses access or
+serves a corrupted object. The error strings asserted here are the ones dvc
+printed against these servers."""
+import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
-from conftest import dvc, sh
-from infra.s3 import S3Error, bootstrap
+from conftest import dvc, run_env, sh, tree_digest
+from infra.s3 import (S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy,
+                      is_transient, remote_config, upload_reports)
 
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1"}
@@ -24,25 +33,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto(port: int, log: Path, **env: str) -> subprocess.Popen:
+    """moto in server mode on a loopback port; returns once it answers."""
+    out = open(log, "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env})
+    out.close()  # the child keeps its own handle
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto in server mode on a free loopback port, for the whole session."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    proc = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
 
 
 @pytest.fixture
@@ -63,12 +84,13 @@ def test_bootstrap_is_idempotent_and_writes_a_least_privilege_policy(s3_server, 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     assert s3.get_bucket_versioning(Bucket="slimline-a")["Status"] == "Enabled"
     policy = json.loads((tmp_path / "iam-policy-slimline-a.json").read_text())
-    actions = sorted(a for st in policy["Statement"] for a in st["Action"])
-    assert actions == ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
-    assert {st["Resource"] for st in policy["Statement"]} == {
-        "arn:aws:s3:::slimline-a", "arn:aws:s3:::slimline-a/dvc/*"}
+    grants = {st["Resource"]: sorted(st["Action"]) for st in policy["Statement"]}
+    assert grants == {"arn:aws:s3:::slimline-a": ["s3:ListBucket"],
+                      "arn:aws:s3:::slimline-a/dvc/*": ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
+                      "arn:aws:s3:::slimline-a/reports/*": ["s3:GetObject", "s3:PutObject"]}
     assert first["commands"][0] == "dvc remote add -d storage s3://slimline-a/dvc"
-    assert f"endpointurl {s3_server}" in first["commands"][1]
+    assert first["commands"][1] == "dvc remote modify storage verify true"
+    assert f"dvc remote modify --local storage endpointurl {s3_server}" == first["commands"][2]
 
 
 def test_missing_credentials_and_dead_endpoint_are_explained(monkeypatch, tmp_path):
@@ -94,13 +116,22 @@ def test_cli_prints_the_dvc_commands(s3_server, aws_env, tmp_path):
     proc = sh([sys.executable, "-m", "infra.s3", "bootstrap", "--bucket", "slimline-cli",
                "--endpoint-url", s3_server], tmp_path, PYTHONPATH=str(ROOT), **KEYS)
     assert "created" in proc.stdout and "dvc remote add -d storage s3://slimline-cli/dvc" in proc.stdout
+    assert "dvc remote modify storage verify true" in proc.stdout
 
 
-def configure_remote(root: Path, bucket: str, url: str) -> None:
-    dvc("remote", "add", "-d", "--local", "-f", "storage", f"s3://{bucket}/dvc", cwd=root)
-    dvc("remote", "modify", "--local", "storage", "endpointurl", url, cwd=root)
-    dvc("remote", "modify", "--local", "storage", "access_key_id", KEYS["AWS_ACCESS_KEY_ID"], cwd=root)
-    dvc("remote", "modify", "--local", "storage", "secret_access_key", KEYS["AWS_SECRET_ACCESS_KEY"], cwd=root)
+def configure_remote(root: Path, bucket: str, url: str, *, prefix: str = "dvc", verify: bool = False,
+                     key_id: str | None = KEYS["AWS_ACCESS_KEY_ID"],
+                     secret: str | None = KEYS["AWS_SECRET_ACCESS_KEY"]) -> None:
+    """The default remote `storage` in .dvc/config.local, as `dvc remote add -d --local`
+    and `dvc remote modify --local` write it (through DVC's own config API: one
+    process instead of one per option). Keys None: the AWS chain applies."""
+    from dvc.config import Config
+
+    section = {"url": f"s3://{bucket}/{prefix}", "endpointurl": url, "verify": str(verify).lower()}
+    section.update({k: v for k, v in (("access_key_id", key_id), ("secret_access_key", secret)) if v})
+    with Config(dvc_dir=str(root / ".dvc")).edit("local") as conf:
+        conf["core"]["remote"] = "storage"
+        conf["remote"]["storage"] = section
 
 
 def test_cross_machine_reproduction_through_the_remote(s3_server, aws_env, pipeline_copy, tmp_path):
@@ -133,3 +164,392 @@ def test_cross_machine_reproduction_through_the_remote(s3_server, aws_env, pipel
                              Key=f"dvc/files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}")["Body"].read()
         assert hashlib.md5(body).hexdigest() == entry["md5"]
         assert body == (clone / "models/baseline" / entry["relpath"]).read_bytes()
+
+
+# ---- remote config, report links ---------------------------------------------------------
+
+def test_remote_config_merges_local_keys_and_flags_other_remotes(tmp_path):
+    from dvc.config import Config
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    assert remote_config(tmp_path) is None  # no remote: nothing to push or share
+    # What a team commits (`dvc remote add -d ...`), and what each machine adds in
+    # .dvc/config.local (`dvc remote modify --local ...`), through the API those commands use.
+    with Config(dvc_dir=str(tmp_path / ".dvc")).edit("repo") as conf:
+        conf["core"]["remote"] = "storage"
+        conf["remote"]["storage"] = {"url": "s3://team-bucket/ml/dvc"}
+        conf["remote"]["backup"] = {"url": str(tmp_path / "backup")}
+    with Config(dvc_dir=str(tmp_path / ".dvc")).edit("local") as conf:
+        conf["remote"]["storage"] = {"endpointurl": "http://127.0.0.1:9", "access_key_id": "testing",
+                                     "secret_access_key": "testing-secret"}
+    assert "testing" not in (tmp_path / ".dvc/config").read_text()  # keys stay out of git
+    assert "testing-secret" in (tmp_path / ".dvc/config.local").read_text()
+
+    cfg = remote_config(tmp_path)
+    assert (cfg.name, cfg.url, cfg.bucket, cfg.prefix, cfg.is_s3) == (
+        "storage", "s3://team-bucket/ml/dvc", "team-bucket", "ml/dvc", True)
+    assert (cfg.endpoint_url, cfg.access_key_id, cfg.secret_access_key, cfg.region) == (
+        "http://127.0.0.1:9", "testing", "testing-secret", None)  # no region: the AWS chain's
+    assert "testing-secret" not in repr(cfg)  # safe to log
+
+    backup = remote_config(tmp_path, "backup")
+    assert not backup.is_s3 and backup.bucket == "" and backup.url == str(tmp_path / "backup")
+    with pytest.raises(S3Error, match="no DVC remote named 'nope'"):
+        remote_config(tmp_path, "nope")
+
+
+def test_upload_reports_shares_the_exact_bytes_through_presigned_links(s3_server, aws_env, tmp_path):
+    import boto3
+    from dvc.repo import Repo
+
+    bootstrap("slimline-r", s3_server, prefix="team/dvc", policy_dir=tmp_path)
+    project = tmp_path / "proj"
+    Repo.init(str(project), no_scm=True).close()
+    configure_remote(project, "slimline-r", s3_server, prefix="team/dvc")
+    reports = project / "reports"
+    reports.mkdir()
+    files = {"pareto_latency.png": (b"\x89PNG\r\n\x1a\n" + os.urandom(3000), "image/png"),
+             "evaluate.json": (b'{"models": 3}', "application/json"),
+             "evaluate.md": ("| model | 2 × smaller |\n".encode(), "text/markdown; charset=utf-8")}
+    for name, (body, _) in files.items():
+        (reports / name).write_bytes(body)
+    cfg = remote_config(project)
+
+    # Relative paths are taken from the project root.
+    links = upload_reports(project, [Path("reports/evaluate.md"), reports / "evaluate.json",
+                                     reports / "pareto_latency.png"], "run-42", cfg)
+    assert set(links) == set(files)
+    for name, link in links.items():
+        assert parse_qs(urlsplit(link).query)["X-Amz-Expires"] == ["604800"]  # 7 days by default
+        with urllib.request.urlopen(link, timeout=10) as resp:  # no credentials: the link is enough
+            assert resp.read() == files[name][0]
+            assert resp.headers["Content-Type"] == files[name][1]
+    # reports/ sits beside the DVC prefix, never inside DVC's tree.
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(
+        Bucket="slimline-r")["Contents"]}
+    assert keys == {f"team/reports/run-42/{name}" for name in files}
+
+    short = upload_reports(project, [reports / "evaluate.json"], "run-43", cfg, expires_s=60)
+    assert parse_qs(urlsplit(short["evaluate.json"]).query)["X-Amz-Expires"] == ["60"]
+    with pytest.raises(ValueError, match="run id"):
+        upload_reports(project, [reports / "evaluate.json"], "../escape", cfg)
+    with pytest.raises(ValueError, match="7 days"):
+        upload_reports(project, [reports / "evaluate.json"], "run-44", cfg, expires_s=8 * 24 * 3600)
+    with pytest.raises(S3Error, match="NoSuchBucket"):
+        upload_reports(project, [reports / "evaluate.json"], "run-45", replace(cfg, bucket="no-such-bucket"))
+
+
+# ---- what a failed dvc run says ----------------------------------------------------------
+
+URL = "s3://slimline/dvc"
+# Printed by dvc 3.67 / dvc-s3 3.3 against moto (no auth; IAM auth with a read-only
+# user, a wrong secret, no keys; a tampered object; a deleted one), a dead port, a port
+# that drops or hangs, and a held lock; bucket names and paths adjusted. The live tests
+# below repeat the refused, dropped, 403, no-credentials, checkout and lock cases.
+REFUSED = ('ERROR: unexpected error - Could not connect to the endpoint URL: '
+           '"http://127.0.0.1:45671/slimline/dvc/files/md5/55/f1815dc275351c87f141814fd031d3.dir"')
+DROPPED = ('ERROR: unexpected error - Connection was closed before we received a valid response '
+           'from endpoint URL: "http://127.0.0.1:45671/slimline/dvc/files/md5/55/f1815dc2.dir".')
+HUNG = ('ERROR: unexpected error - Read timeout on endpoint URL: '
+        '"http://127.0.0.1:45672/slimline/dvc/files/md5/55/f1815dc275351c87f141814fd031d3.dir"')
+FORBIDDEN = ("ERROR: unexpected error - Forbidden: An error occurred (403) when calling the "
+             "HeadObject operation: Forbidden")
+PUT_DENIED = ("ERROR: failed to transfer '8e98e2b94dc23e15327d9d02660c588e' - Access Denied: An error "
+              "occurred (AccessDenied) when calling the PutObject operation: Access Denied\n"
+              "ERROR: failed to push data to the cloud - 3 files failed to upload")
+NO_KEYS = "ERROR: unexpected error - Unable to locate credentials"
+CORRUPT = ("3 files fetched\nERROR: failed to pull data from the cloud - Checkout failed for "
+           "following targets:\ndata\nIs your cache up to date?\n<https://error.dvc.org/missing-files>")
+CORRUPT_V = ("2026-11-27 22:54:51,239 DEBUG: corrupted cache file "
+             "'/tmp/b/.dvc/cache/files/md5/01/7ad4ad9b0eb96a7ce5fa3f16792066'.")
+MISSING = ("ERROR: failed to transfer '8e98e2b94dc23e15327d9d02660c588e' - The specified key does not "
+           "exist.: An error occurred (NoSuchKey) when calling the GetObject operation: The specified "
+           "key does not exist.\nERROR: failed to pull data from the cloud - 2 files failed to download")
+LOCK = ("ERROR: failed to push data to the cloud - Unable to acquire lock. Most likely another DVC "
+        "process is running or was terminated abruptly.")
+
+
+@pytest.mark.parametrize("output, starts, transient", [
+    (REFUSED, f"remote unreachable: {URL} (endpoint http://127.0.0.1:45671): check that the server "
+              "is running and the endpoint in .dvc/config.local (dvc remote modify --local storage "
+              "endpointurl URL)", True),
+    (DROPPED, "remote unreachable: ", True),
+    (HUNG, "remote unreachable: ", True),
+    (FORBIDDEN, f"access denied to {URL} (403): ", False),
+    (PUT_DENIED, f"access denied to {URL} (AccessDenied): ", False),
+    (NO_KEYS, f"access denied to {URL} (Unable to locate credentials): ", False),
+    (CORRUPT, f"corrupted object in {URL}: ", False),
+    (CORRUPT_V, f"corrupted object in {URL}: ", False),
+    (MISSING, None, False),  # not pushed: a different problem, no misleading hint
+    (LOCK, None, True),  # another dvc run: wait and retry, nothing to explain about the remote
+])
+def test_dvc_failures_are_classified(output, starts, transient):
+    line = explain_dvc_failure(output, URL)
+    if starts is None:
+        assert line is None
+    else:
+        assert line.startswith(starts) and "\n" not in line
+    if starts and starts.startswith("access denied"):
+        assert "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in line
+        assert "dvc remote modify --local storage access_key_id" in line
+        assert "infra/iam-policy-slimline.json" in line
+    assert is_transient(output) is transient
+
+
+def test_a_busy_dvc_lock_is_transient(tmp_path):
+    from dvc.repo import Repo
+
+    repo = Repo.init(str(tmp_path), no_scm=True)
+    with repo.lock:  # what a second dvc process sees while one runs
+        proc = dvc("push", cwd=tmp_path, check=False)
+    repo.close()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Unable to acquire lock" in out
+    assert is_transient(out) and explain_dvc_failure(out, URL) is None
+
+
+def test_bounded_env_caps_botocore_without_touching_the_input():
+    env = {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "10"}
+    out = bounded_env(env)
+    assert out == {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
+    assert env == {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "10"}
+    assert bounded_env({"AWS_MAX_ATTEMPTS": "1"}, attempts=3)["AWS_MAX_ATTEMPTS"] == "1"  # lower kept
+    assert bounded_env({"AWS_RETRY_MODE": "adaptive"})["AWS_RETRY_MODE"] == "adaptive"
+
+
+# ---- live failures: outage, refused access, corruption -----------------------------------
+
+# Counts the dvc process's own connect() calls to one port through an audit hook:
+# a refused connection never reaches a server that could count it.
+COUNT_CONNECTS = '''import os, sys
+_port = int(os.environ["COUNT_CONNECTS_PORT"])
+_log = os.environ["COUNT_CONNECTS_LOG"]
+def _hook(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple) and args[1][1:2] == (_port,):
+        with open(_log, "a") as f:
+            f.write(repr(args[1]) + "\\n")
+sys.addaudithook(_hook)
+'''
+
+
+class DroppingServer:
+    """Reads each request and hangs up without an answer (a crashed backend behind a
+    live port), counting connections. Reading first makes the client's error the same
+    every time: hanging up before the request arrives can reset its send instead."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.sock.settimeout(0.1)
+        self.count = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.count += 1
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:  # a HEAD or GET: headers only
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+
+    def close(self):
+        self.done.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def push_prepared(root: Path, env: dict) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "push", "data/prepared"], cwd=root, env=env,
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    configure_remote(pipeline_copy, "slimline-o", url)
+    cache = pipeline_copy / ".dvc/cache"
+    before = tree_digest(cache)
+    env = bounded_env(run_env())  # what the flow gives its dvc subprocesses
+    unreachable = (f"remote unreachable: s3://slimline-o/dvc (endpoint {url}): check that the server "
+                   "is running and the endpoint in .dvc/config.local (dvc remote modify --local "
+                   "storage endpointurl URL)")
+
+    # Nothing listens: each refused connect is one botocore attempt, and nothing else retries.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_CONNECTS)
+    log = tmp_path / "connects.log"
+    rc, out = push_prepared(pipeline_copy, {
+        **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])),
+        "COUNT_CONNECTS_PORT": str(port), "COUNT_CONNECTS_LOG": str(log)})
+    assert rc != 0
+    assert f'Could not connect to the endpoint URL: "{url}/slimline-o/dvc/files/md5/' in out
+    connects = log.read_text().splitlines()
+    assert 1 <= len(connects) <= 2  # AWS_MAX_ATTEMPTS=2; botocore's legacy default makes 5
+    assert explain_dvc_failure(out, "s3://slimline-o/dvc") == unreachable
+    assert is_transient(out)
+    assert tree_digest(cache) == before
+
+    # A port that takes requests and hangs up: aiohttp resends a GET/HEAD once and s3fs
+    # tries 5 times per call on top of botocore's 2, and dvc stops at the first failed call.
+    dropping = DroppingServer(port)
+    try:
+        rc, out = push_prepared(pipeline_copy, env)
+    finally:
+        dropping.close()
+    assert rc != 0 and "Connection was closed before we received a valid response" in out
+    assert 1 <= dropping.count <= 2 * 5 * 2
+    assert explain_dvc_failure(out, "s3://slimline-o/dvc") == unreachable
+    assert is_transient(out)
+    assert tree_digest(cache) == before
+
+    # The server comes back on the same port: the same push goes through.
+    moto = start_moto(port, tmp_path / "moto.log")
+    try:
+        bootstrap("slimline-o", url, policy_dir=tmp_path)
+        rc, out = push_prepared(pipeline_copy, env)
+        assert rc == 0, out
+        import boto3
+
+        listed = boto3.client("s3", endpoint_url=url).list_objects_v2(Bucket="slimline-o")
+        assert listed["KeyCount"] >= 2 and all(o["Key"].startswith("dvc/files/md5/")
+                                                for o in listed["Contents"])
+    finally:
+        stop(moto)
+    assert tree_digest(cache) == before
+
+
+@pytest.fixture
+def auth_s3(tmp_path):
+    """A separate moto that enforces IAM after its first 4 actions, which create a user
+    holding exactly bootstrap's least-privilege policy for s3://slimline-auth/dvc."""
+    import boto3
+
+    port = free_port()
+    proc = start_moto(port, tmp_path / "moto-auth.log", INITIAL_NO_AUTH_ACTION_COUNT="4")
+    url = f"http://127.0.0.1:{port}"
+    admin = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "testing",
+             "aws_secret_access_key": "testing"}
+    try:
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="slimline-dvc")
+        key = iam.create_access_key(UserName="slimline-dvc")["AccessKey"]
+        iam.put_user_policy(UserName="slimline-dvc", PolicyName="slimline",
+                            PolicyDocument=json.dumps(iam_policy("slimline-auth", "dvc")))
+        boto3.client("s3", **admin).create_bucket(Bucket="slimline-auth")
+        yield url, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        stop(proc)
+
+
+def test_refused_access_is_explained_with_the_fix(auth_s3, pipeline_copy, monkeypatch, tmp_path):
+    url, key_id, secret = auth_s3
+    for k in KEYS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    # Bootstrap's policy is enough to push and to share reports, and nothing more.
+    configure_remote(pipeline_copy, "slimline-auth", url, key_id=key_id, secret=secret)
+    dvc("push", "data/prepared", cwd=pipeline_copy)
+    report = pipeline_copy / "reports/prepare.json"
+    cfg = remote_config(pipeline_copy)
+    assert set(upload_reports(pipeline_copy, [report], "run-1", cfg)) == {"prepare.json"}
+    # A presigned GET carries the signer's s3:GetObject right. (moto checks IAM only on
+    # header-signed requests, so ask directly; the links themselves are fetched above.)
+    body = cfg.client().get_object(Bucket="slimline-auth", Key="reports/run-1/prepare.json")["Body"]
+    assert body.read() == report.read_bytes()
+
+    cases = {  # remote prefix, key id, secret -> what dvc printed
+        "outside the policy": ("other", key_id, secret, "Forbidden: An error occurred (403) when "
+                                                        "calling the HeadObject operation: Forbidden"),
+        "wrong secret": ("dvc", key_id, "not-the-secret", "An error occurred (403) when calling the "
+                                                          "HeadObject operation: Forbidden"),
+        "no credentials": ("dvc", None, None, "Unable to locate credentials"),
+    }
+    for case, (prefix, kid, sec, printed) in cases.items():
+        configure_remote(pipeline_copy, "slimline-auth", url, prefix=prefix, key_id=kid, secret=sec)
+        proc = dvc("push", "data/prepared", cwd=pipeline_copy, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and printed in out, (case, out)
+        line = explain_dvc_failure(out, f"s3://slimline-auth/{prefix}")
+        assert line.startswith(f"access denied to s3://slimline-auth/{prefix} ("), case
+        assert "dvc remote modify --local storage access_key_id" in line
+        assert "infra/iam-policy-slimline-auth.json" in line
+        assert not is_transient(out), case  # waiting will not fix it: no retries
+
+    configure_remote(pipeline_copy, "slimline-auth", url, key_id=key_id, secret="not-the-secret")
+    with pytest.raises(S3Error, match=r"access denied to bucket 'slimline-auth'.*SignatureDoesNotMatch"):
+        upload_reports(pipeline_copy, [report], "run-2", remote_config(pipeline_copy))
+
+
+def test_verify_turns_a_tampered_object_into_a_failed_pull(s3_server, aws_env, pipeline_copy, tmp_path):
+    import boto3
+
+    bootstrap("slimline-v", s3_server, policy_dir=tmp_path)
+    configure_remote(pipeline_copy, "slimline-v", s3_server, verify=True)
+    dvc("push", "data/prepared", cwd=pipeline_copy)
+
+    # Overwrite one pushed file's bytes in the bucket, keeping its name (its md5).
+    lock = yaml.safe_load((pipeline_copy / "dvc.lock").read_text())
+    out = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    listing = json.loads((pipeline_copy / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:])
+                         .read_text())
+    entry = max(listing, key=lambda e: (pipeline_copy / "data/prepared" / e["relpath"]).stat().st_size)
+    key = f"dvc/files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    good = s3.get_object(Bucket="slimline-v", Key=key)["Body"].read()
+    bad = good[:-1] + bytes([good[-1] ^ 0xFF])
+    s3.put_object(Bucket="slimline-v", Key=key, Body=bad)
+
+    def clone(name: str, verify: bool) -> Path:
+        dest = tmp_path / name
+        sh(["git", "clone", "-q", str(pipeline_copy), str(dest)], tmp_path)
+        configure_remote(dest, "slimline-v", s3_server, verify=verify)
+        return dest
+
+    # Why bootstrap recommends verify: without it DVC 3 checks the tampered bytes out
+    # and calls the workspace up to date.
+    trusting = clone("trusting", verify=False)
+    dvc("pull", "data/prepared", cwd=trusting)
+    assert (trusting / "data/prepared" / entry["relpath"]).read_bytes() == bad
+    assert "up to date" in dvc("status", "prepare", cwd=trusting).stdout
+
+    # With verify, the pull fails and nothing of data/prepared reaches the workspace.
+    checking = clone("checking", verify=True)
+    proc = dvc("pull", "data/prepared", cwd=checking, check=False)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "fetched" in printed and "Checkout failed for following targets:\ndata/prepared" in printed
+    assert not (checking / "data/prepared").exists()
+    assert explain_dvc_failure(printed, "s3://slimline-v/dvc").startswith(
+        "corrupted object in s3://slimline-v/dvc: ")
+    assert not is_transient(printed)  # (`dvc pull -v` adds the CORRUPT_V line above)
+
+    # Deleting the object and pushing again does not repair it: the pushing clone
+    # remembers data/prepared as pushed.
+    s3.delete_object(Bucket="slimline-v", Key=key)
+    assert "Everything is up to date." in dvc("push", "data/prepared", cwd=pipeline_copy).stdout
+    assert "Contents" not in s3.list_objects_v2(Bucket="slimline-v", Prefix=key)
+    # The fix the message names: restore the previous version (bootstrap turned on
+    # versioning) by removing the delete marker and the tampered version above it.
+    for kind in ("DeleteMarkers", "Versions"):
+        latest = next(v for v in s3.list_object_versions(Bucket="slimline-v", Prefix=key)[kind]
+                      if v["IsLatest"])
+        s3.delete_object(Bucket="slimline-v", Key=key, VersionId=latest["VersionId"])
+    assert s3.get_object(Bucket="slimline-v", Key=key)["Body"].read() == good
+    dvc("pull", "data/prepared", cwd=checking)
+    assert hashlib.md5((checking / "data/prepared" / entry["relpath"]).read_bytes()).hexdigest() \
+        == entry["md5"]
