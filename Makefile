@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test server server-stop bench clean-resume s3-local
+.PHONY: setup run test server server-stop deploy worker bench clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -26,11 +26,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
-# Start the local dashboard server in the background, or reuse a running one.
+# Start the local dashboard server in the background, or reuse a running one. `server stop`
+# first clears a PID file left by a server that died (reboot, kill), which would block the start.
 server: setup
 	@if $(VENV)/bin/prefect server status >/dev/null 2>&1; then \
 		echo "Prefect server already running at $(PREFECT_API_URL)"; \
 	else \
+		$(VENV)/bin/prefect server stop >/dev/null 2>&1 || true; \
 		$(VENV)/bin/prefect server start --background --host $(HOST) --port $(PORT) --analytics-off \
 		&& $(VENV)/bin/prefect server status --wait --timeout 180; \
 	fi
@@ -41,6 +43,20 @@ server-stop: setup
 run: server
 	$(PY) -m tasks.params
 	$(PY) -m flows.pipeline
+
+# Work pools (cpu, gpu), the crash automation and the deployments in prefect.yaml,
+# on the server at PREFECT_API_URL (`make server` for a local one). Idempotent.
+deploy: setup
+	$(PY) -m flows.deploy
+
+# A process worker for one pool. One per GPU: CUDA_VISIBLE_DEVICES=0 make worker POOL=gpu,
+# CUDA_VISIBLE_DEVICES=1 make worker POOL=gpu, ... Each worker checks runs out into its
+# own workspaces folder, so two workers on one machine never share a checkout.
+POOL ?= cpu
+WORKSPACES ?= $(HOME)/.slimline/workspaces/$(POOL)$(if $(CUDA_VISIBLE_DEVICES),-gpu$(CUDA_VISIBLE_DEVICES))
+worker: setup
+	SLIMLINE_WORKSPACES=$(WORKSPACES) PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 \
+		$(VENV)/bin/prefect worker start --pool $(POOL) --type process
 
 test: setup
 	$(PY) -m pytest -q
@@ -69,5 +85,7 @@ s3-local: setup
 	$(VENV)/bin/dvc remote modify --local storage endpointurl http://127.0.0.1:$(S3_PORT)
 	$(VENV)/bin/dvc remote modify --local storage access_key_id testing
 	$(VENV)/bin/dvc remote modify --local storage secret_access_key testing
+# Re-hash downloads: without it dvc pull checks out a corrupted object silently.
+	$(VENV)/bin/dvc remote modify --local storage verify true
 	@echo "DVC remote 'storage' -> s3://$(S3_BUCKET)/dvc on the local server (in .dvc/config.local, not in git)."
 	@echo "Try: .venv/bin/dvc push   |   stop the server: kill \$$(cat .slimline/moto.pid)"

@@ -1,12 +1,17 @@
 """The pipeline flow: run dvc.yaml's stages, in DVC's order, as Prefect tasks.
 
-    python -m flows.pipeline [--targets STAGE ...] [--force] [--root DIR]
+    python -m flows.pipeline [--targets STAGE ...] [--force] [-S key=value ...] [--[no-]push]
 
 The stage list comes from DVC's own graph; nothing here copies it. The status
 of each stage is read in process (cheap); only stages that changed get a
 `dvc repro --single-item` subprocess, so dvc.lock stays true and DVC alone
 decides what is up to date. Each stage's output streams into the run log and
 its report is published as artifacts.
+
+Around the stages: one run per workspace at a time (a Prefect global
+concurrency limit), overrides checked by the params schema, the regression
+gate (flows/gate.py), and, for deployment runs, the result saved as a DVC
+experiment and pushed when a remote is configured (flows/remote.py).
 """
 from __future__ import annotations
 
@@ -24,14 +29,38 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.reports import publish_stage, publish_summary
+from flows.errors import RegressionFailed, StageFailed, TransientFailure, retry_transient
+from flows.gate import regression_gate
+from flows.overrides import apply as apply_overrides
+from flows.overrides import validate as validate_overrides
+from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
+from flows.reports import Progress, publish_gate, publish_pareto, publish_stage, publish_summary
+from flows.workspace import workspace_slot
+from infra.s3 import explain_dvc_failure, is_transient
+from tasks.params import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from the run cache
+SKIP_LINE = "didn't change, skipping"  # ... and when --allow-missing skips a stage
+# prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in tasks.stage.die_with_parent, inline so the
+# guard costs no imports; the setting survives the exec into dvc.
+GUARD = ("import ctypes, os, signal, sys\n"
+         "if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+         "os.execv(sys.executable, [sys.executable, '-m', 'dvc', *sys.argv[1:]])")
 
 
-class StageFailed(RuntimeError):
-    pass
+
+def parse_set_args(items: list[str]) -> dict:
+    """`-S key=value` strings as an overrides dict (values parsed as YAML, as DVC does)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-S {item!r}: expected key=value, e.g. -S train.epochs=3")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def stage_name(repo, stage) -> str:
@@ -69,16 +98,6 @@ def abs_target(root, name: str) -> str:
 def is_up_to_date(repo, name: str) -> bool:
     """DVC's own status check, in process (no 1 s subprocess per stage)."""
     return not repo.status(targets=[abs_target(repo.root_dir, name)])
-
-
-def _stage_env() -> dict:
-    env = dict(os.environ)
-    # The flow's own interpreter first on PATH, so a worker's venv runs the stages.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"  # line-by-line logs, not 4 KB blocks at exit
-    env["TQDM_DISABLE"] = "1"  # no progress bars in logs
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
 
 
 def _group_alive(pgid: int) -> bool:
@@ -144,11 +163,24 @@ def _restore_outputs(root: Path, stage: str, saved: dict[str, Path], logger) -> 
         logger.info("%s: no previous cached outputs to restore (%s)", stage, err)
 
 
-# NO_CACHE: DVC alone decides what is up to date; retries=0: a failing stage
-# (bad data, bad params) fails the same way again, so retrying only wastes time.
-@task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=0)
+def _failure_text(stage: str, rc: int, lines: list[str], remote: Remote | None) -> str:
+    # The stage's own message starts at its first ERROR line and may span several.
+    first = next((i for i, l in enumerate(lines) if l.startswith("ERROR")), len(lines) - 10)
+    errors = lines[max(first, 0):]
+    hint = explain_dvc_failure("\n".join(lines), remote.url, remote.name) if remote else None
+    return f"stage '{stage}' failed (exit {rc}):\n" + "\n".join(([hint] if hint else []) + errors)
+
+
+# NO_CACHE: DVC alone decides what is up to date. Retries only for transient
+# failures (DVC lock busy, remote unreachable): 3 attempts, waiting 5 s then
+# 20 s, so an outage costs 25 s of waiting on top of the bounded S3 retries
+# (infra/s3.py bounded_env). A failing stage (bad data, bad params) fails the
+# same way again, so retry_transient never retries it.
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 20],
+      retry_condition_fn=retry_transient)
 def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: str,
-              uncached: list[str] | None = None) -> dict:
+              uncached: list[str] | None = None, remote: Remote | None = None,
+              no_run_cache: bool = False) -> dict:
     logger = get_run_logger()
     root_path = Path(root)
     start = time.perf_counter()
@@ -157,14 +189,22 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
         publish_stage(root_path, stage, "skipped (up to date)", 0.0, key_prefix)
         return {"stage": stage, "outcome": "skipped (up to date)", "seconds": 0.0}
 
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    logger.info("%s: running `%s`", stage, " ".join(cmd[2:]))
+    # With a remote, fetch only what this stage needs; a stage whose only change is
+    # outputs that live on the remote is skipped rather than rerun (or fully pulled).
+    pull = ["--pull", "--allow-missing"] if remote else []
+    dvc_args = ["repro", "--single-item", stage, *pull, *(["--force"] if force else []),
+                *(["--no-run-cache"] if no_run_cache else [])]
+    # dvc dies with this process (GUARD), and the stage with dvc: a SIGKILLed
+    # worker leaves no orphan training that would hold DVC's lock.
+    cmd = [sys.executable, "-c", GUARD, *dvc_args]
+    logger.info("%s: running `dvc %s`", stage, " ".join(dvc_args))
     tail: deque[str] = deque(maxlen=40)
     outcome = "ran"
+    progress = Progress(key_prefix, stage)
     snapshot_dir = Path(tempfile.mkdtemp(prefix=f"slimline-{stage.replace('@', '_')}-"))
     saved = _snapshot(uncached or [], snapshot_dir)
     # Own process group, so cancelling the flow can stop the stage and its children.
-    proc = subprocess.Popen(cmd, cwd=root, env=_stage_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=root, env=stage_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     try:
         for line in proc.stdout:
@@ -172,6 +212,9 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
             tail.append(line)
             if RUN_CACHE_LINE in line:
                 outcome = "restored from run cache"
+            elif SKIP_LINE in line and remote:
+                outcome = "skipped (up to date; outputs on the remote)"
+            progress.update(line)
             (logger.error if line.startswith("ERROR") else logger.info)("[%s] %s", stage, line)
         rc = proc.wait()
     except BaseException:  # cancelled or interrupted: the rerun resumes; drop the snapshot
@@ -184,34 +227,91 @@ def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: 
         _restore_outputs(root_path, stage, saved, logger)
     shutil.rmtree(snapshot_dir, ignore_errors=True)
     if rc != 0:
-        # The stage's own message starts at its first ERROR line and may span several.
-        lines = list(tail)
-        first = next((i for i, l in enumerate(lines) if l.startswith("ERROR")), len(lines) - 10)
-        errors = lines[max(first, 0):]
-        publish_stage(root_path, stage, f"failed (exit {rc})", seconds, key_prefix, errors)
-        raise StageFailed(f"stage '{stage}' failed (exit {rc}):\n" + "\n".join(errors))
+        message = _failure_text(stage, rc, list(tail), remote)
+        transient = is_transient("\n".join(tail))  # DVC lock busy, remote unreachable
+        publish_stage(root_path, stage, f"failed (exit {rc})" + (", will retry" if transient else ""),
+                      seconds, key_prefix, message.splitlines()[1:])
+        raise (TransientFailure if transient else StageFailed)(message)
     publish_stage(root_path, stage, outcome, seconds, key_prefix)
     return {"stage": stage, "outcome": outcome, "seconds": round(seconds, 2)}
 
 
+def _default_prefix() -> str:
+    # Artifact keys are global: a deployment's runs keep their own history
+    # ("nightly-evaluate-report"), and runs outside any deployment use "local".
+    from prefect.runtime import deployment
+
+    return deployment.name or "local"
+
+
 @flow(name="slimline-pipeline", log_prints=True)
-def pipeline(targets: list[str] | None = None, force: bool = False, root: str | None = None,
-             key_prefix: str = "") -> list[dict]:
-    """Reproduce the DVC pipeline (or `targets` and what they depend on)."""
-    from dvc.repo import Repo
+def pipeline(targets: list[str] | None = None, force: bool = False, push: bool | None = None,
+             overrides: dict | None = None, root: str | None = None,
+             key_prefix: str | None = None, save_experiment: bool | None = None,
+             no_run_cache: bool = False) -> list[dict]:
+    """Reproduce the DVC pipeline (or `targets` and what they depend on).
+
+    overrides: params keys to change for this run, e.g. {"train.epochs": 3}
+      (validated first, applied like `dvc exp run -S`, recorded in the experiment).
+    push: push outputs (and the experiment) at the end; None pushes when a DVC remote
+      is configured. save_experiment: record the run with `dvc exp save`; None does
+      it for deployment runs.
+    """
+    from prefect.runtime import deployment
 
     logger = get_run_logger()
     root_path = Path(root or ROOT).resolve()
-    repo = Repo(str(root_path))
+    prefix = key_prefix if key_prefix is not None else _default_prefix()
+    # Bad overrides fail here, naming the key, before the workspace is touched.
+    validate_overrides(root_path, overrides or {})
     results: list[dict] = []
+    with workspace_slot(root_path, logger):
+        try:
+            set_args = apply_overrides(root_path, overrides or {})
+            if set_args:
+                logger.info("params.yaml overrides (as `dvc exp run -S`): %s", " ".join(set_args))
+            remote = remote_for(root_path, logger)
+            run_stages(root_path, targets, force, prefix, remote, results, no_run_cache)
+            if any(r["stage"] == "evaluate" and r["outcome"] != "skipped (up to date)" for r in results):
+                publish_pareto(root_path, prefix, upload_evaluate(root_path, remote, logger))
+            experiment = None
+            if save_experiment if save_experiment is not None else bool(deployment.id):
+                present = [r["stage"] for r in results if "outputs on the remote" not in r["outcome"]]
+                results.append(save_run(root_path, prefix, present))
+                experiment = results[-1]["experiment"]
+            gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
+            publish_gate(gate, prefix)
+            if not gate.ok:  # saved above for inspection, but neither pushed nor passed
+                raise RegressionFailed(gate.message)
+            logger.info(gate.message)
+            if remote is None:
+                logger.info("no DVC remote configured: nothing pushed; outputs stay in this "
+                            "machine's DVC cache")
+            elif push is False:
+                logger.info("push=False: outputs not pushed to DVC remote '%s'", remote.name)
+            else:
+                results.append(push_outputs(str(root_path), remote, experiment))
+        finally:
+            publish_summary(root_path, results, prefix)  # failed runs get their summary too
+    return results
+
+
+def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, results: list[dict],
+               no_run_cache: bool = False) -> None:
+    """Run the stages in DVC's order, appending each outcome to `results` (so a
+    failed run's summary still lists what ran before the failure)."""
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    repo = Repo(str(root_path))
     try:
         order = stage_order(repo, targets)
         logger.info("stages, in DVC's order: %s", ", ".join(order))
         for stage in order:
             up_to_date = is_up_to_date(repo, stage)
             try:
-                result = run_stage(str(root_path), stage, up_to_date, force, key_prefix,
-                                   uncached_outs(repo, stage))
+                result = run_stage(str(root_path), stage, up_to_date, force, prefix,
+                                   uncached_outs(repo, stage), remote, no_run_cache)
             except StageFailed:
                 results.append({"stage": stage, "outcome": "failed", "seconds": 0.0})
                 raise
@@ -221,8 +321,6 @@ def pipeline(targets: list[str] | None = None, force: bool = False, root: str | 
                 repo = Repo(str(root_path))
     finally:
         repo.close()
-        publish_summary(root_path, results, key_prefix)  # failed runs get their summary too
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,9 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="*", help="stages to reproduce (default: all)")
     p.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     p.add_argument("--root", default=None, help="project root (default: this checkout)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params.yaml key for this run, as `dvc exp run -S`")
+    p.add_argument("--push", action=argparse.BooleanOptionalAction, default=None,
+                   help="push outputs to the DVC remote at the end (default: when one is configured)")
+    p.add_argument("--save-experiment", action="store_true", help="record the run with `dvc exp save`")
+    p.add_argument("--no-run-cache", action="store_true", help="never restore stages from DVC's run cache")
     args = p.parse_args(argv)
     try:
-        results = pipeline(targets=args.targets or None, force=args.force, root=args.root)
+        results = pipeline(targets=args.targets or None, force=args.force, root=args.root,
+                           overrides=parse_set_args(args.set), push=args.push,
+                           save_experiment=args.save_experiment or None, no_run_cache=args.no_run_cache)
     except Exception as err:
         print(f"\npipeline failed: {err}", file=sys.stderr)
         return 1

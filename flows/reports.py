@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
+                               create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from tasks.stage import STAMP, markdown_table
 
@@ -49,6 +51,48 @@ def report_table(report: dict) -> list[dict]:
     return [{"metric": k, "value": v} for k, v in flatten(report).items()]
 
 
+def provenance(root: Path, stage: str) -> list[str]:
+    """The commit the run started from and the DVC hashes of the stage's outputs."""
+    import subprocess
+
+    import yaml
+
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                            capture_output=True, text=True).stdout.strip() or "(no commit)"
+    lines = [f"Commit `{commit}`" + (" plus uncommitted changes" if _dirty(root) else "") + "."]
+    lock = root / "dvc.lock"
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {}) if lock.exists() else {}
+    outs = [f"`{o['path']}` {o.get('md5', '?')[:12]}" for o in entry.get("outs", [])]
+    if outs:
+        lines.append("Outputs (DVC md5): " + ", ".join(outs) + ".")
+    return lines
+
+
+def _dirty(root: Path) -> bool:
+    import subprocess
+
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                         capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def deltas_table(root: Path, stem: str) -> str:
+    """Key metrics against the last commit (what `dvc metrics diff HEAD` shows): the
+    stage's report and, where it has one, its headline summary (evaluate_summary.json)."""
+    from flows.gate import metric_deltas
+
+    rows = []
+    for name in (f"{stem}_summary.json", f"{stem}.json"):
+        rows += [r for r in metric_deltas(root, f"reports/{name}") if r["change"] or r["previous"] is None]
+    if not rows:
+        return "No metric changed against the last commit."
+    shown = [{"metric": r["metric"], "previous": "-" if r["previous"] is None else r["previous"],
+              "now": r["now"], "change": "new" if r["change"] is None else f"{r['change']:+.4g}"}
+             for r in rows[:20]]
+    more = f"\n\n({len(rows) - 20} more changed)" if len(rows) > 20 else ""
+    return "Changes against the last commit:\n\n" + markdown_table(shown) + more
+
+
 def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
                   errors: list[str] | None = None) -> None:
     reports = root / "reports"
@@ -57,6 +101,9 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
     lines = [f"# {stage}: {outcome}", ""]
     if seconds:
         lines.append(f"Stage time: {seconds:.1f} s.")
+    lines += provenance(root, stage)
+    if not errors and json_path.exists():
+        lines += ["", deltas_table(root, stem)]
     if errors:
         lines += ["", "```", *errors, "```"]
     elif md_path.exists() and json_path.exists() and md_matches(md_path, json_path):
@@ -67,7 +114,8 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
         # DVC restored a JSON (run cache, checkout) whose markdown was never written here.
         lines += ["", "The readable report belongs to another run; the results DVC restored:", "",
                   markdown_table(report_table(json.loads(json_path.read_text())))]
-    lines += ["", f"Files: `{json_path}`, `{md_path}`"]
+    lines += ["", f"Files: [{json_path.name}]({json_path.as_uri()}), [{md_path.name}]({md_path.as_uri()})"
+              + (" (run `dvc checkout` or `dvc pull` if missing)" if not json_path.exists() else "")]
     create_markdown_artifact(key=artifact_key(prefix, stage, "report"), markdown="\n".join(lines),
                              description=f"{stage}: {outcome}")
     if json_path.exists() and not errors:
@@ -111,3 +159,53 @@ def print_summary(root: Path, results: list[dict]) -> None:
     print("  tensorboard: .venv/bin/tensorboard --logdir logs/tensorboard")
     if ui:
         print(f"  dashboard: {ui}/runs  (artifacts: {ui}/artifacts)")
+
+
+class Progress:
+    """A progress artifact fed by the stage's epoch lines ("<name> epoch 3/15: ...")."""
+
+    PATTERN = re.compile(r"^(\S+) epoch (\d+)/(\d+):")  # tasks/training.py's epoch line
+
+    def __init__(self, prefix: str, stage: str):
+        self.key = artifact_key(prefix, stage, "progress")
+        self.stage = stage
+        self.id = None
+
+    def update(self, line: str) -> None:
+        m = self.PATTERN.match(line)
+        if not m:
+            return
+        name, epoch, total = m.group(1), int(m.group(2)), int(m.group(3))
+        pct = 100.0 * epoch / total
+        description = f"{self.stage}: {name}, epoch {epoch} of {total}"
+        if self.id is None:
+            self.id = create_progress_artifact(progress=pct, key=self.key, description=description)
+        else:
+            update_progress_artifact(artifact_id=self.id, progress=pct, description=description)
+
+
+def publish_gate(verdict, prefix: str) -> None:
+    state = "passed" if verdict.ok else "FAILED"
+    create_markdown_artifact(key=artifact_key(prefix, "regression", "gate"),
+                             markdown=f"# Regression gate: {state}\n\n{verdict.message}\n",
+                             description=f"regression gate {state}")
+
+
+def publish_pareto(root: Path, prefix: str, urls: dict[str, str] | None) -> None:
+    """The Pareto chart as an image artifact when the reports were uploaded (an image
+    artifact needs a URL); otherwise say where the PNG is."""
+    png = root / "reports" / "pareto_latency.png"
+    if urls and png.name in urls:
+        create_image_artifact(image_url=urls[png.name], key=artifact_key(prefix, "evaluate", "pareto"),
+                              description="accuracy vs ORT batch-1 latency (presigned link)")
+        links = "\n".join(f"- [{name}]({url})" for name, url in sorted(urls.items()))
+        create_markdown_artifact(key=artifact_key(prefix, "evaluate", "links"),
+                                 markdown=f"# Evaluate report files\n\n{links}\n",
+                                 description="presigned links to this run's evaluate report")
+    elif png.exists():
+        create_markdown_artifact(
+            key=artifact_key(prefix, "evaluate", "pareto"),
+            markdown=(f"# Pareto chart\n\nThe chart is at [{png.name}]({png.as_uri()}) on the machine "
+                      f"that ran this flow (`dvc plots show` renders it). Configure an S3 DVC remote "
+                      f"to see it here: the run uploads it and links a presigned URL."),
+            description="where the Pareto chart is")

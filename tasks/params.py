@@ -185,6 +185,16 @@ class EvaluateParams(Section):
     repeats: int = Field(200, ge=10)
 
 
+class GateParams(Section):
+    """`gate`: the pipeline flow's regression gate (no stage reads it, so changing it
+    reruns nothing). A run fails when its selected model is worse than the previous
+    run's (the last commit's reports/evaluate.json) by more than these margins."""
+
+    max_accuracy_drop: float = Field(0.005, ge=0, lt=1)  # fraction: 0.005 = 0.5 pt on test
+    max_latency_increase: float = Field(0.5, ge=0)  # 0.5: p50/baseline p50 up 50%; same CPU only
+    enabled: bool = True
+
+
 class Params(Section):
     data: DataParams = DataParams()
     baseline: Structure = Structure()
@@ -194,6 +204,7 @@ class Params(Section):
     prune: PruneParams = PruneParams()
     quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

@@ -87,6 +87,18 @@ def resume_dir(stage: str, params: dict, dep_paths: list[str | Path]) -> Path:
     return RESUME_ROOT / f"{stage}-{h.hexdigest()[:16]}"
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent process dies. A stage whose runner (dvc, or
+    the flow above it) was killed would otherwise train on as an orphan, holding
+    DVC's lock so that the rerun cannot start. The setting survives exec."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse args, validate ALL of params.yaml, run body; expected errors exit
@@ -96,6 +108,7 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     if add_args:
         add_args(parser)
     args = parser.parse_args()
+    die_with_parent()
     try:
         params = load_params(args.params)
         body(params, args)

@@ -29,6 +29,9 @@ TINY = {
     "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
     "quantize": {"calibration_batches": 2, "calibration_batch_size": 16},
     "evaluate": {"warmup": 2, "repeats": 20},
+    # Tiny models run in ~20 us, where timing noise exceeds any real change: the gate's
+    # latency rule has its own tests on fixed reports (test_flow_parts.py).
+    "gate": {"max_latency_increase": 100.0},
 }
 
 

@@ -33,7 +33,7 @@ def artifacts(flow_run_id):
 
 
 def found_summary(state) -> str:
-    table = artifacts(state.state_details.flow_run_id)["pipeline-summary"].data
+    table = artifacts(state.state_details.flow_run_id)["local-pipeline-summary"].data
     return table if isinstance(table, str) else json.dumps(table)
 
 
@@ -65,14 +65,16 @@ def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_s
                        "prune@unstructured": "ran", "quantize": "ran", "evaluate": "ran"}
 
     found = artifacts(state.state_details.flow_run_id)
-    keys = {"prepare-report", "train-baseline-report", "train-baseline-metrics", "distill-report",
-            "prune-layer-report", "prune-structured-metrics", "quantize-report", "evaluate-report",
-            "evaluate-metrics", "pipeline-summary"}
+    # runs outside a deployment publish under "local-": deployments keep their own history
+    keys = {f"local-{k}" for k in (
+        "prepare-report", "train-baseline-report", "train-baseline-metrics", "distill-report",
+        "prune-layer-report", "prune-structured-metrics", "quantize-report", "evaluate-report",
+        "evaluate-metrics", "pipeline-summary", "regression-gate", "distill-progress")}
     assert keys <= set(found), keys - set(found)
-    assert "skipped" in found["prepare-report"].data
-    assert "KD gain" in found["distill-report"].data
-    assert "Selected" in found["evaluate-report"].data or "No variant selected" in found["evaluate-report"].data
-    table = found["evaluate-metrics"].data
+    assert "skipped" in found["local-prepare-report"].data
+    assert "KD gain" in found["local-distill-report"].data
+    assert "Selected" in found["local-evaluate-report"].data or "No variant selected" in found["local-evaluate-report"].data
+    table = found["local-evaluate-metrics"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert {"baseline", "student", "prune_structured"} <= {row["name"] for row in table}
 
@@ -90,7 +92,7 @@ def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, pip
     state = pipeline(root=str(pipeline_copy), targets=["train_baseline"], return_state=True)
     assert state.result()[-1]["outcome"] == "restored from run cache"
     # the markdown on disk is from the 3-epoch run: the artifact must not pass it off as this one
-    report = artifacts(state.state_details.flow_run_id)["train-baseline-report"].data
+    report = artifacts(state.state_details.flow_run_id)["local-train-baseline-report"].data
     assert "belongs to another run" in report and "| epochs | 2 |" in report
 
 
@@ -116,8 +118,8 @@ def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeli
     assert (pipeline_copy / "reports/prepare.json").read_bytes() == report_before
     assert "failed" in found_summary(state)
     found = artifacts(state.state_details.flow_run_id)
-    assert "failed" in found["prepare-report"].data
-    assert "train-baseline-report" not in found  # nothing downstream ran
+    assert "failed" in found["local-prepare-report"].data
+    assert "local-train-baseline-report" not in found  # nothing downstream ran
 
 
 def processes_in(folder):

@@ -1,0 +1,69 @@
+"""Deployment overrides: `{"train.epochs": 3}` checked by the params schema, then
+written into params.yaml the way `dvc exp run -S train.epochs=3` writes it.
+
+They never bypass params.yaml: the stages read the edited file, dvc.lock
+records the values, and the run is saved as a DVC experiment that shows them
+(`dvc exp show`).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from tasks.params import ParamsError, parse_params
+
+
+class OverrideError(ValueError):
+    pass
+
+
+def as_set_args(overrides: dict) -> list[str]:
+    """`-S` arguments: key=value with the value in YAML flow style (lists, null, numbers)."""
+    out = []
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        out.append(f"{key}={text.removesuffix(chr(10) + '...').strip()}")
+    return out
+
+
+def _apply(raw: dict, overrides: dict) -> dict:
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise OverrideError(f"override '{key}': '{'.'.join(parts[:i + 1])}' is not a section "
+                                    f"of params.yaml; sections: {', '.join(sorted(raw))}")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def validate(root: Path, overrides: dict) -> list[str]:
+    """Check the overrides against the schema as if applied; returns the -S arguments.
+    Raises OverrideError naming the key (and what is allowed) before any work."""
+    if not overrides:
+        return []
+    bad = [k for k in overrides if not isinstance(k, str) or not k or "=" in k]
+    if bad:
+        raise OverrideError(f"override keys must be dotted params keys like 'train.epochs', got {bad}")
+    raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    try:
+        parse_params(_apply(raw, overrides), source="params.yaml with the overrides")
+    except ParamsError as err:
+        raise OverrideError(str(err)) from None
+    return as_set_args(overrides)
+
+
+def apply(root: Path, overrides: dict) -> list[str]:
+    """Validate, then edit params.yaml with DVC's own `-S` machinery (comments survive)."""
+    from dvc.utils.hydra import apply_overrides
+
+    args = validate(root, overrides)
+    if args:
+        apply_overrides(root / "params.yaml", args)
+    return args

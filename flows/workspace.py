@@ -1,0 +1,140 @@
+"""Where a deployment's run happens: a persistent git checkout per deployment.
+
+`checkout` is a Prefect pull step (see prefect.yaml). Before each run of a
+deployment, the worker clones the tracked branch into its workspace, or
+updates the clone it made last time, so a scheduled run always reproduces the
+latest commit of that branch. DVC outputs (ignored by git) stay in the
+workspace between runs, and the DVC cache is shared by every workspace on the
+machine, so a new commit only reruns what changed.
+
+Settings, all optional (environment of the worker):
+  SLIMLINE_REPO        git URL or path to clone (default: the repository the
+                       worker's own code was installed from)
+  SLIMLINE_WORKSPACES  folder holding one checkout per deployment
+                       (default: ~/.slimline/workspaces)
+  SLIMLINE_DVC_CACHE   DVC cache shared by the workspaces (default:
+                       ~/.cache/slimline/dvc-cache)
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise WorkspaceError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def default_repository() -> str:
+    """The worker's own repository: its `origin` if it has one, else the folder itself."""
+    url = git("remote", "get-url", "origin", cwd=ROOT, check=False)
+    return url or str(ROOT)
+
+
+def _deployment_name() -> str:
+    from prefect.runtime import deployment
+
+    return deployment.name or "adhoc"
+
+
+def checkout(branch: str = "main", depth: int = 50, repository: str | None = None,
+             workspace: str | None = None) -> dict:
+    """Prefect pull step: clone or update `branch` in this deployment's workspace.
+
+    `depth` keeps history for `dvc metrics diff` and the regression gate (they
+    compare with earlier commits); Prefect's own git_clone step clones 1 commit.
+    Returns {"directory", "commit"} for later steps (`{{ checkout.directory }}`).
+    """
+    repository = repository or os.environ.get("SLIMLINE_REPO") or default_repository()
+    base = Path(os.environ.get("SLIMLINE_WORKSPACES", Path.home() / ".slimline" / "workspaces"))
+    directory = (base / (workspace or _deployment_name())).resolve()
+    if not (directory / ".git").exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "--depth", str(depth), "--branch", branch, "--no-single-branch",
+            repository, str(directory))
+    else:
+        git("remote", "set-url", "origin", repository, cwd=directory)
+        git("fetch", "--depth", str(depth), "origin", branch, cwd=directory)
+        # The tracked branch wins: params.yaml edits left by an earlier run's
+        # overrides are dropped. DVC outputs are git-ignored, so they stay.
+        git("checkout", "--force", "-B", branch, "FETCH_HEAD", cwd=directory)
+        git("clean", "-fd", cwd=directory)
+    cache = Path(os.environ.get("SLIMLINE_DVC_CACHE", Path.home() / ".cache" / "slimline" / "dvc-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)],
+                   cwd=directory, check=True, capture_output=True)
+    _use_workspace_code(directory)
+    return {"directory": str(directory), "commit": git("rev-parse", "HEAD", cwd=directory)}
+
+
+def _use_workspace_code(directory: Path) -> None:
+    """Make this process import `flows` and `tasks` from the fresh checkout, not from
+    the worker's installed copy, so the flow runs the same code as its stages."""
+    sys.path.insert(0, str(directory))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks")]:
+        del sys.modules[name]
+
+
+def head_commit(root: Path) -> str | None:
+    return git("rev-parse", "HEAD", cwd=root, check=False) or None
+
+
+def dvc_remote(root: Path) -> str | None:
+    """The default DVC remote's name, from every config level (repo, local, global)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        name = repo.config.get("core", {}).get("remote")
+        return name if name and name in repo.config.get("remote", {}) else None
+
+
+def git_remote(root: Path) -> str | None:
+    remotes = git("remote", cwd=root, check=False).split()
+    return "origin" if "origin" in remotes else (remotes[0] if remotes else None)
+
+
+def slot_name(root: Path) -> str:
+    """The global concurrency limit guarding one workspace (host + path: the same path
+    on two machines is two workspaces)."""
+    import hashlib
+    import socket
+
+    digest = hashlib.sha1(f"{socket.gethostname()}:{Path(root).resolve()}".encode()).hexdigest()
+    return f"slimline-workspace-{digest[:12]}"
+
+
+# A killed holder stops renewing its lease; the server frees the slot 60 s later
+# (the shortest lease the server accepts), so a dead run never blocks the next forever.
+LEASE_S = 60
+
+
+@contextmanager
+def workspace_slot(root: Path, logger):
+    """Hold the workspace's one slot: a second run of the pipeline on this checkout
+    (another trigger, `make run`) waits here instead of racing the first on params.yaml,
+    dvc.lock and the outputs. DVC's own lock still guards against a bare `dvc repro`."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = slot_name(root)
+    with get_client(sync_client=True) as client:
+        # Creates the limit (1 slot) the first time; without it `concurrency` would not limit.
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        busy = client.read_global_concurrency_limit_by_name(name).active_slots
+    if busy:
+        logger.info("another pipeline run holds workspace %s (%s): waiting for it to finish", root, name)
+    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
+        logger.info("holding workspace slot %s", name)
+        yield

@@ -1,0 +1,330 @@
+"""Deployments, workers, concurrency, crash detection and the dashboard, against a
+real Prefect server (tests/conftest.py `prefect_api`) and real process workers.
+
+The project copy made from the finished tiny pipeline plays the team's git
+repository: workers clone it into their own workspaces (flows/workspace.py),
+sharing its DVC cache as workers on one machine do, so unchanged stages are
+restored rather than recomputed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import dvc, sh
+
+pytestmark = pytest.mark.timeout(900)
+
+
+# --- helpers ---------------------------------------------------------------------
+
+def client_call(fn):
+    """Run `await fn(client)` against the session's server."""
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            return await fn(client)
+
+    return asyncio.run(go())
+
+
+def worker_env(server, origin: Path, base: Path) -> dict:
+    return server.env(SLIMLINE_REPO=str(origin), SLIMLINE_WORKSPACES=str(base / "workspaces"),
+                      SLIMLINE_DVC_CACHE=str(origin / ".dvc" / "cache"),
+                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+
+
+def start_worker(server, pool: str, origin: Path, base: Path, once: bool) -> subprocess.Popen:
+    cli = str(Path(sys.executable).parent / "prefect")
+    log = (base / f"worker-{pool}-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen([cli, "worker", "start", "--pool", pool, "--type", "process",
+                             *(["--run-once"] if once else [])],
+                            cwd=base, env=worker_env(server, origin, base), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def trigger(name: str, **parameters):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(f"slimline-pipeline/{name}", parameters=parameters, timeout=0)
+
+
+def wait_for(flow_run_id, done, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = client_call(lambda c: c.read_flow_run(flow_run_id))
+        if done(run):
+            return run
+        assert time.monotonic() < deadline, f"{what}: still {run.state.name} after {timeout_s} s"
+        time.sleep(1)
+
+
+def finished(run) -> bool:
+    return run.state.is_final()
+
+
+def descendants(pid: int) -> list[int]:
+    """The whole process tree under pid (Linux /proc), whatever groups it made."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of pids still running (zombies, dead but not yet reaped, do not count)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            out.append(pid)
+    return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def artifacts_of(flow_run_id) -> dict:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    arts = client_call(lambda c: c.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
+    return {a.key: a for a in arts}
+
+
+def state_names(flow_run_id) -> list[str]:
+    return [s.name for s in client_call(lambda c: c.read_flow_run_states(flow_run_id))]
+
+
+# --- fixtures --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def team(prefect_api, tiny_pipeline, tmp_path_factory):
+    """The tiny project as the team's repository, deployed with `python -m flows.deploy`."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("team")
+    origin = base / "origin"
+    shutil.copytree(tiny_pipeline, origin, symlinks=True)
+    out = sh([sys.executable, "-m", "flows.deploy", "--root", str(origin)], origin, **prefect_api.env())
+    return {"server": prefect_api, "origin": origin, "base": base, "deploy_output": out.stdout}
+
+
+@pytest.fixture(scope="module")
+def manual_run(team):
+    """One run of the `manual` deployment with an override, executed by a real worker."""
+    run = trigger("manual", overrides={"evaluate.repeats": 25})
+    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=True)
+    try:
+        worker.wait(timeout=600)
+    finally:
+        stop(worker)
+    return wait_for(run.id, finished, 30, "manual run")
+
+
+@pytest.fixture(scope="module")
+def killed_nightly(team):
+    """A nightly run whose worker is SIGKILLed mid-training, with its whole process tree
+    (a lost machine). Requested by the module's first test, so that the ~90 s until
+    the crash automation fires overlaps the other tests; the last test checks it."""
+    run = trigger("nightly", overrides={"train.epochs": 400}, targets=["train_baseline"])
+    worker = start_worker(team["server"], "gpu", team["origin"], team["base"], once=False)
+    try:
+        wait_for(run.id, lambda r: r.state.is_running(), 300, "nightly run start")
+        workspace = team["base"] / "workspaces" / "nightly"
+        deadline = time.monotonic() + 300
+        while not list(workspace.glob(".slimline/resume/train_baseline-*/epoch-0001.pt")):
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.5)
+        tree = [worker.pid, *descendants(worker.pid)]
+    finally:
+        stop(worker)  # SIGKILL to the worker and every process under it
+    deadline = time.monotonic() + 20
+    while alive(tree):
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {alive(tree)}"
+        time.sleep(0.2)
+    state = client_call(lambda c: c.read_flow_run(run.id)).state
+    return {"run": run, "still_running_after_kill": state.is_running()}
+
+
+# --- deployments -----------------------------------------------------------------
+
+def test_deploy_creates_pools_schedule_automation_and_is_idempotent(team, killed_nightly):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    assert "work pools created: ['cpu', 'gpu']" in team["deploy_output"]
+    pools = {p.name: p.type for p in client_call(lambda c: c.read_work_pools())}
+    assert pools.get("cpu") == "process" and pools.get("gpu") == "process"
+
+    deps = client_call(lambda c: c.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly", "manual"]))))
+    by_name = {d.name: d for d in deps}
+    nightly = by_name["nightly"]
+    assert nightly.work_pool_name == "gpu" and by_name["manual"].work_pool_name == "cpu"
+    (sched,) = nightly.schedules
+    assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "Europe/Berlin"
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
+    assert nightly.pull_steps[0]["flows.workspace.checkout"]["depth"] == 50
+    assert nightly.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    # the server's own schedule logic puts the next runs at 02:00 Berlin time
+    from prefect.server.schemas.schedules import CronSchedule
+
+    dates = CronSchedule(cron=sched.schedule.cron, timezone=sched.schedule.timezone).get_dates(n=2)
+    dates = asyncio.run(dates) if asyncio.iscoroutine(dates) else dates
+    assert [(d.hour, d.minute, str(d.tzinfo)) for d in dates] == [(2, 0, "Europe/Berlin")] * 2
+    assert sched.active
+
+    autos = {a.name: a for a in client_call(lambda c: c.read_automations())}
+    crash = autos["slimline-crash-unresponsive-runs"]
+    assert crash.trigger.posture == "Proactive" and crash.trigger.within.total_seconds() == 90
+    assert crash.actions[0].type == "change-flow-run-state" and crash.actions[0].state == "CRASHED"
+
+    again = sh([sys.executable, "-m", "flows.deploy", "--root", str(team["origin"])], team["origin"],
+               **team["server"].env())
+    assert "work pools created: none" in again.stdout and "automations created: none" in again.stdout
+
+
+def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_run):
+    assert manual_run.state.is_completed(), manual_run.state.message
+    found = artifacts_of(manual_run.id)
+    keys = {"manual-prepare-report", "manual-train-baseline-report", "manual-evaluate-report",
+            "manual-evaluate-metrics", "manual-regression-gate", "manual-pipeline-summary",
+            "manual-evaluate-pareto"}
+    assert keys <= set(found), keys - set(found)
+    evaluate = found["manual-evaluate-report"].data
+    assert "# evaluate: ran" in evaluate and "Commit `" in evaluate and "DVC md5" in evaluate
+    assert "Changes against the last commit" in evaluate  # repeats changed: latencies moved
+    # unchanged stages come back from the shared DVC cache instead of being recomputed
+    logs = "\n".join(sorted((team["base"]).glob("worker-cpu-*.log"))[0].read_text().splitlines()[-400:])
+    assert "restored from run cache" in found["manual-prepare-report"].data, logs
+    assert "passed" in found["manual-regression-gate"].data
+    # no remote here: the Pareto artifact says where the chart is
+    assert "pareto_latency.png" in found["manual-evaluate-pareto"].data
+
+
+def test_artifact_is_visible_through_the_rest_api(team, manual_run):
+    body = json.dumps({"artifacts": {"key": {"any_": ["manual-evaluate-report"]}},
+                       "sort": "CREATED_DESC", "limit": 1}).encode()
+    req = urllib.request.Request(f"{team['server'].url}/artifacts/filter", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        (latest,) = json.loads(resp.read())
+    assert latest["flow_run_id"] == str(manual_run.id)
+    assert "Selected" in latest["data"] or "No variant selected" in latest["data"]
+
+
+def test_override_is_applied_and_recorded_as_a_dvc_experiment(team, manual_run):
+    workspace = team["base"] / "workspaces" / "manual"
+    shown = json.loads(dvc("exp", "show", "--json", cwd=workspace).stdout)
+    exps = [e for row in shown for e in (row.get("experiments") or [])]
+    names = {(x.get("name") or "") for e in exps for x in e.get("revs", [])}
+    expected = f"manual-{manual_run.name}"
+    assert expected in names, names
+    rev = next(x for e in exps for x in e["revs"] if x.get("name") == expected)
+    params = rev["data"]["params"]["params.yaml"]["data"]
+    assert params["evaluate"]["repeats"] == 25
+    # the experiment is a ref, never a commit on the tracked branch
+    assert sh(["git", "rev-parse", "main"], workspace).stdout == sh(["git", "rev-parse", "main"],
+                                                                    team["origin"]).stdout
+
+
+def test_invalid_override_fails_at_once_naming_the_key(team):
+    run = trigger("manual", overrides={"train.epochz": 3})
+    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=True)
+    try:
+        worker.wait(timeout=300)
+    finally:
+        stop(worker)
+    run = wait_for(run.id, finished, 30, "bad override run")
+    assert run.state.is_failed()
+    assert "train.epochz: unknown key" in run.state.message and "epochs" in run.state.message
+    # nothing ran: no stage reports were published for it
+    assert not any((k or "").endswith("-report") for k in artifacts_of(run.id))
+
+
+def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_path):
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium is missing: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    art = artifacts_of(manual_run.id)["manual-evaluate-report"]
+    ui = team["server"].url.removesuffix("/api")
+    report = json.loads((team["base"] / "workspaces" / "manual" / "reports" / "evaluate.json").read_text())
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{ui}/artifacts/artifact/{art.id}", wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_text("evaluate: ran").first.wait_for(timeout=120_000)
+            if report.get("selected"):
+                page.get_by_text(report["selected"]).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "evaluate-artifact.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "evaluate-artifact.png").stat().st_size > 10_000
+
+
+def test_two_triggers_run_one_after_the_other(team):
+    first, second = trigger("manual"), trigger("manual")
+    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=False)
+    try:
+        runs = [wait_for(r.id, finished, 600, "queued run") for r in (first, second)]
+    finally:
+        stop(worker)
+    assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
+    # the later one waited for the deployment's single slot instead of racing the first
+    waited = [r for r in runs if "AwaitingConcurrencySlot" in state_names(r.id)]
+    assert waited, [state_names(r.id) for r in runs]
+    a, b = sorted(runs, key=lambda r: r.start_time)
+    assert b.start_time >= a.end_time
+
+
+def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team, killed_nightly):
+    run = killed_nightly["run"]
+    assert killed_nightly["still_running_after_kill"]  # nobody had told the server
+    # heartbeats every 30 s; the automation fires after 90 s without one (the wait
+    # mostly overlapped the tests above: the fixture killed the worker before them)
+    crashed = wait_for(run.id, lambda r: r.state.is_crashed(), 240, "killed run")
+    assert "No heartbeat" in crashed.state.message
+    # the deployment's single slot is free again: the next trigger runs to completion
+    again = trigger("nightly", targets=["train_baseline"])
+    worker = start_worker(team["server"], "gpu", team["origin"], team["base"], once=True)
+    try:
+        worker.wait(timeout=600)
+    finally:
+        stop(worker)
+    assert wait_for(again.id, finished, 30, "rerun").state.is_completed()
