@@ -158,3 +158,27 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, pipeline_copy
     assert processes_in(pipeline_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
     assert list(pipeline_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))
+
+
+def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, pipeline_copy):
+    """The last commit shipped a better model than this run selects: the run fails,
+    visibly, with the change in its message and its own artifact."""
+    from flows.errors import RegressionFailed
+    from flows.pipeline import pipeline
+    from conftest import sh
+
+    report = json.loads((pipeline_copy / "reports/evaluate.json").read_text())
+    selected = next(v for v in report["variants"] if v["name"] == report["selected"])
+    better = json.loads(json.dumps(report))
+    next(v for v in better["variants"] if v["name"] == report["selected"])["accuracy"] = selected["accuracy"] + 0.05
+    (pipeline_copy / "reports/evaluate.json").write_text(json.dumps(better))
+    sh(["git", "commit", "-qam", "a better model was shipped"], pipeline_copy)
+    (pipeline_copy / "reports/evaluate.json").write_text(json.dumps(report))  # what DVC restores
+
+    state = pipeline(root=str(pipeline_copy), targets=["evaluate"],
+                     overrides={"gate.max_accuracy_drop": 0.005}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RegressionFailed, match=r"test accuracy of the selected model fell 5\.00 pt"):
+        state.result()
+    gate = artifacts(state.state_details.flow_run_id)["local-regression-gate"].data
+    assert "FAILED" in gate and "gate.max_accuracy_drop is 0.50 pt" in gate
