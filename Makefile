@@ -51,12 +51,13 @@ deploy: setup
 
 # A process worker for one pool. One per GPU: CUDA_VISIBLE_DEVICES=0 make worker POOL=gpu,
 # CUDA_VISIBLE_DEVICES=1 make worker POOL=gpu, ... Each worker checks runs out into its
-# own workspaces folder, so two workers on one machine never share a checkout.
+# own workspaces folder, so two workers on one machine never share a checkout, and takes
+# one run at a time (--limit 1): one GPU, and no two runs of a deployment in one checkout.
 POOL ?= cpu
 WORKSPACES ?= $(HOME)/.slimline/workspaces/$(POOL)$(if $(CUDA_VISIBLE_DEVICES),-gpu$(CUDA_VISIBLE_DEVICES))
 worker: setup
 	SLIMLINE_WORKSPACES=$(WORKSPACES) PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 \
-		$(VENV)/bin/prefect worker start --pool $(POOL) --type process
+		$(VENV)/bin/prefect worker start --pool $(POOL) --type process --limit 1
 
 test: setup
 	$(PY) -m pytest -q

@@ -22,7 +22,7 @@ from tasks.io import replace_dir
 from tasks.model import load_model
 from tasks.params import DistillParams, Params, param_count
 from tasks.stage import main, markdown_table, write_report
-from tasks.trainer import train_structure
+from tasks.trainer import keep_run_record, latency_line, train_structure
 
 CODE_DEPS = ["tasks"]
 
@@ -109,10 +109,12 @@ def distill(params: Params, args: argparse.Namespace) -> None:
           f"({cfg.seed}) and recipe ({cfg.epochs} epochs):\n\n{markdown_table(rows)}\n\n"
           f"KD gain: **{results['kd_gain_test'] * 100:+.2f} pt** test, "
           f"{results['kd_gain_val'] * 100:+.2f} pt val (one seed; `python -m benchmarks.kd_gain` "
-          f"gives the paired mean over seeds).\n")
+          f"gives the paired mean over seeds).\n\nDistilled student: {latency_line(kd.run)}\n")
     run = {"kd_train_seconds": kd.run["train_seconds"], "scratch_train_seconds": scratch.run["train_seconds"],
-           "device": kd.run["device"]}
+           "device": kd.run["device"],
+           **{k: kd.run[k] for k in ("ort_p50_ms_b1", "ort_p95_ms_b1", "ort_error") if k in kd.run}}
     write_report("distill", results, md, run)
+    keep_run_record("distill")
     print(f"distill: KD {r_kd['test_accuracy']:.4f} vs scratch {r_sc['test_accuracy']:.4f} "
           f"({results['kd_gain_test'] * 100:+.2f} pt)", flush=True)
 

@@ -195,6 +195,73 @@ class GateParams(Section):
     enabled: bool = True
 
 
+STRUCTURE_KEYS = ("conv_channels", "hidden", "activation", "dropout")  # what a search may vary
+
+
+class SearchSpace(Section):
+    """`search.space`: the choices per structure key; a key left out keeps the target's value."""
+
+    conv_channels: Optional[list[list[int]]] = Field(None, min_length=1)  # one list per choice
+    hidden: Optional[list[list[int]]] = Field(None, min_length=1)  # [] = no hidden layer
+    activation: Optional[list[Literal["relu", "leaky_relu", "elu", "gelu", "silu"]]] = Field(None, min_length=1)
+    dropout: Optional[list[float]] = Field(None, min_length=1)
+
+    def choices(self) -> dict[str, list]:
+        """{key: choices} for the keys being searched, in STRUCTURE_KEYS order."""
+        return {k: getattr(self, k) for k in STRUCTURE_KEYS if getattr(self, k) is not None}
+
+
+class SearchParams(Section):
+    """`search`: structure search (python -m flows.search). No stage reads it: each
+    candidate is a DVC experiment of the target's training stage with `-S` overrides."""
+
+    target: Literal["baseline", "student"] = "baseline"  # baseline: train_baseline; student: distill
+    space: SearchSpace = SearchSpace(activation=["relu", "leaky_relu", "elu"], hidden=[[128], [128, 64]])
+    strategy: Literal["grid", "random"] = "grid"
+    n: Optional[int] = Field(None, ge=1)  # random: candidates drawn from the grid, without repeats
+    seed: int = Field(0, ge=0)  # random: the draw
+    objective: Literal["accuracy", "score"] = "accuracy"  # score = val accuracy - latency_weight x p50 ms
+    latency_weight: float = Field(0.0, ge=0)
+    max_params: Optional[int] = Field(None, ge=1)  # budgets a recommended structure must meet
+    max_flops: Optional[int] = Field(None, ge=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)  # recipe for every candidate: {"train.epochs": 5}
+    workers: int = Field(2, ge=1)  # local mode: candidates at a time (torch threads split between them)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchParams":
+        choices = self.space.choices()
+        if not choices:
+            raise ValueError("space names no structure key; give choices for at least one of "
+                             + ", ".join(STRUCTURE_KEYS))
+        for key, values in choices.items():
+            seen = [repr(v) for v in values]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"space.{key} lists a choice twice: {values}")
+        size = 1
+        for values in choices.values():
+            size *= len(values)
+        if self.strategy == "random":
+            if self.n is None:
+                raise ValueError("strategy random needs n (how many candidates to draw)")
+            if self.n > size:
+                raise ValueError(f"n ({self.n}) exceeds the {size} combinations of space; "
+                                 f"use strategy: grid")
+        for key in self.overrides:
+            section, _, name = key.partition(".")
+            if key == "train.num_threads":
+                raise ValueError("overrides.train.num_threads: the search sets threads itself, "
+                                 "so that workers x threads fits the machine's cores")
+            if section in ("search", self.target) or name in STRUCTURE_KEYS:
+                raise ValueError(f"overrides.{key}: overrides set the recipe; structure "
+                                 f"keys belong in search.space, and search cannot override itself")
+            model = Params.model_fields.get(section)
+            sub = getattr(model, "annotation", None)
+            if not name or not (isinstance(sub, type) and name in sub.model_fields):
+                raise ValueError(f"overrides.{key}: not a key of params.yaml (write section.key, "
+                                 f"e.g. train.epochs)")
+        return self
+
+
 class Params(Section):
     data: DataParams = DataParams()
     baseline: Structure = Structure()
@@ -205,6 +272,7 @@ class Params(Section):
     quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    search: SearchParams = SearchParams()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
@@ -228,7 +296,20 @@ class Params(Section):
             if need > train_n:
                 raise ValueError(f"quantize.calibration_batches x calibration_batch_size = {need} images, "
                                  f"but the data leaves about {train_n} training images; lower them")
+        self._check_search_choices()
         return self
+
+    def _check_search_choices(self) -> None:
+        """Each choice must make a valid structure of the target (input size aside: only
+        the stage knows the data's shape, so a too-small structure fails there)."""
+        base = getattr(self, self.search.target).model_dump()
+        for key, values in self.search.space.choices().items():
+            for i, value in enumerate(values):
+                try:
+                    Structure.model_validate({**base, key: value})
+                except ValidationError as err:
+                    msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"search.space.{key}[{i}] = {value!r}: {msg}") from None
 
 
 class ParamsError(Exception):

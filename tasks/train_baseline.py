@@ -13,7 +13,7 @@ from pathlib import Path
 from tasks.dataset import load_prepared
 from tasks.params import Params
 from tasks.stage import main, markdown_table, write_report
-from tasks.trainer import train_structure
+from tasks.trainer import keep_run_record, latency_line, train_structure
 
 CODE_DEPS = ["tasks"]  # code that shapes the result: a change must not resume a stale run
 
@@ -29,9 +29,10 @@ def train_baseline(params: Params, args: argparse.Namespace) -> None:
           f"{r['flops'] / 1e6:.2f} MFLOPs per image.\n\n"
           f"Structure: `{r['structure']}`\n\n"
           f"Trained in {t.run['train_seconds']:.1f} s on {t.run['device']} "
-          f"({t.run['samples_per_s']:.0f} samples/s).\n\n### Epochs\n\n"
+          f"({t.run['samples_per_s']:.0f} samples/s). {latency_line(t.run)}\n\n### Epochs\n\n"
           f"{markdown_table(t.fit.history)}\n")
     write_report("train_baseline", r, md, t.run)
+    keep_run_record("train_baseline")
     print(f"train_baseline: test accuracy {r['test_accuracy']:.4f}, wrote {args.out}", flush=True)
 
 

@@ -6,7 +6,9 @@ stages (distillation, fine-tuning) reuse it instead of copying it.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from tasks.checkpoint import CheckpointStore
 from tasks.dataset import Prepared
 from tasks.model import ModelSpec, build_model, count_flops, count_params, save_model
 from tasks.params import Structure, TrainParams
-from tasks.stage import resume_dir
+from tasks.stage import REPORTS, resume_dir
 from tasks.training import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
 
@@ -68,6 +70,44 @@ def to_tensors(prep: Prepared, device: torch.device) -> dict[str, tuple[torch.Te
             for name, (x, y) in prep.splits.items()}
 
 
+def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
+    """Batch-1 ONNX Runtime p50/p95 (ms, 1 thread) of the model's fp32 export: the
+    latency a structure search compares. It goes in the run record, never in the
+    tracked metrics (timings vary between identical runs; dvc.lock must not). The
+    export is a temporary file, not an output; it costs a few hundred ms."""
+    from tasks.onnx_tools import export_onnx, latency_ms
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="slimline-latency-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, input_shape, path)
+            t = latency_ms(path, input_shape, batch=1, warmup=20, repeats=200)
+    except Exception as err:  # a timing problem must not fail a finished training
+        return {"ort_p50_ms_b1": None, "ort_p95_ms_b1": None, "ort_error": f"{type(err).__name__}: {err}"}
+    return {"ort_p50_ms_b1": t["p50"], "ort_p95_ms_b1": t["p95"]}
+
+
+def latency_line(run: dict) -> str:
+    """The report's sentence on onnx_latency()'s result."""
+    if run.get("ort_p50_ms_b1") is None:
+        return f"ONNX Runtime latency not measured ({run.get('ort_error', 'no timing')})."
+    return (f"ONNX Runtime fp32, batch 1, 1 thread: p50 {run['ort_p50_ms_b1'] * 1e3:.0f} µs "
+            f"(p95 {run['ort_p95_ms_b1'] * 1e3:.0f} µs).")
+
+
+def keep_run_record(stage: str) -> None:
+    """Copy reports/<stage>.run.json to $SLIMLINE_RUN_RECORD_DIR when that is set.
+
+    flows/search.py sets it for the DVC experiments it starts: DVC runs those in a
+    throwaway copy of the repository and commits only tracked files, so the
+    untracked run record (train time, ORT latency) would vanish with the copy.
+    """
+    folder = os.environ.get("SLIMLINE_RUN_RECORD_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPORTS / f"{stage}.run.json", Path(folder) / f"{stage}.run.json")
+
+
 def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Prepared,
                     out_dir: str | Path, key_params: dict, deps: list[str],
                     loss_fn: LossFn | None = None, keep_checkpoints: bool = False) -> Trained:
@@ -104,5 +144,6 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
     run = {"device": str(device), "bf16_autocast": autocast, "train_seconds": result.train_seconds,
            "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
-           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           **onnx_latency(model, spec.input_shape)}
     return Trained(model=model, spec=spec, fit=result, results=results, run=run, store=store)
