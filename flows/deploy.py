@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"work pools created: {result['pools_created'] or 'none (all existed)'}")
     print(f"automations created: {result['automations_created'] or 'none (all existed)'}")
-    print("deployments registered from prefect.yaml: nightly (pool gpu), manual (pool cpu)")
+    spec = yaml.safe_load((args.root / "prefect.yaml").read_text())["deployments"]
+    print("deployments registered from prefect.yaml: "
+          + ", ".join(f"{d['name']} (pool {d['work_pool']['name']})" for d in spec))
     print("start a worker: make worker POOL=gpu   (one per GPU: CUDA_VISIBLE_DEVICES=N make worker POOL=gpu)")
     return 0
 

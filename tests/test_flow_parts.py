@@ -3,7 +3,6 @@ progress parsing and the workspace checkout step."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 

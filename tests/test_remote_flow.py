@@ -3,7 +3,6 @@ machine that pulls only what its stages need, and presigned report links."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import urllib.request
 from pathlib import Path
 
