@@ -59,8 +59,10 @@ worker: setup
 	SLIMLINE_WORKSPACES=$(WORKSPACES) PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 \
 		$(VENV)/bin/prefect worker start --pool $(POOL) --type process --limit 1
 
+# Two pytest workers (pytest-xdist), a test file each at a time: most end-to-end tests
+# run on one core, and many wait on servers and subprocesses.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(PY) -m benchmarks.train_loop
