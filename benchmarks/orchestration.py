@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = {"data": {"limit": 400, "min_per_class": 5}, "train": {"epochs": 2, "num_threads": 1},
         "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
         "quantize": {"calibration_batches": 2, "calibration_batch_size": 16},
-        "evaluate": {"warmup": 2, "repeats": 20}}
+        "evaluate": {"warmup": 2, "repeats": 20},
+        "gate": {"max_latency_increase": 100.0, "max_accuracy_drop": 0.99}}  # noise at this size
 
 
 def env(**extra: str) -> dict:
@@ -134,7 +135,9 @@ def child(root: str) -> None:
 
 def noop(cmd: list[str], root: Path, api: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=root, env=env(PREFECT_API_URL=api), check=True, capture_output=True)
+    proc = subprocess.run(cmd, cwd=root, env=env(PREFECT_API_URL=api), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t0
 
 
@@ -153,6 +156,10 @@ def main() -> None:
             order = stages(root)
             subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env(), check=True,
                            capture_output=True)  # warm: every stage has run once
+            # ...and is committed, so the flow's regression gate compares like with like
+            for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid",
+                                                 "commit", "-qm", "warm"]):
+                subprocess.run(cmd, cwd=root, check=True, capture_output=True)
             b_runs, f_runs, f_tot = [], [], []
             for r in range(args.rounds):
                 for mode in (("bare", "flow") if r % 2 == 0 else ("flow", "bare")):

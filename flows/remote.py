@@ -114,7 +114,7 @@ def upload_evaluate(root: Path, remote: Remote | None, logger) -> dict[str, str]
     (the run's results are already safe locally; the push step reports the remote)."""
     from prefect.runtime import flow_run
 
-    from infra.s3 import S3Error, remote_config, upload_reports
+    from infra.s3 import remote_config, upload_reports
 
     cfg = remote_config(root, remote.name) if remote else None
     if cfg is None or not cfg.is_s3:
@@ -124,6 +124,6 @@ def upload_evaluate(root: Path, remote: Remote | None, logger) -> dict[str, str]
              if p.exists()]
     try:
         return upload_reports(root, files, flow_run.id or "local", cfg)
-    except S3Error as err:
+    except Exception as err:  # S3Error, or a botocore config error: the results stand anyway
         logger.warning("could not upload the evaluate report: %s", err)
         return None

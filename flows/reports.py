@@ -61,7 +61,9 @@ def provenance(root: Path, stage: str) -> list[str]:
                             capture_output=True, text=True).stdout.strip() or "(no commit)"
     lines = [f"Commit `{commit}`" + (" plus uncommitted changes" if _dirty(root) else "") + "."]
     lock = root / "dvc.lock"
-    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {}) if lock.exists() else {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is long: 10x faster in C
+    entry = ((yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {}).get(stage, {})
+             if lock.exists() else {})
     outs = [f"`{o['path']}` {o.get('md5', '?')[:12]}" for o in entry.get("outs", [])]
     if outs:
         lines.append("Outputs (DVC md5): " + ", ".join(outs) + ".")

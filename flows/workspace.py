@@ -14,10 +14,14 @@ Settings, all optional (environment of the worker):
                        (default: ~/.slimline/workspaces)
   SLIMLINE_DVC_CACHE   DVC cache shared by the workspaces (default:
                        ~/.cache/slimline/dvc-cache)
+  SLIMLINE_DVC_CONFIG_LOCAL  a file copied to each workspace's .dvc/config.local:
+                       the DVC remote's endpoint and keys (or use `dvc remote
+                       add --global` on the worker machine)
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -49,12 +53,12 @@ def _deployment_name() -> str:
     return deployment.name or "adhoc"
 
 
-def checkout(branch: str = "main", depth: int = 50, repository: str | None = None,
-             workspace: str | None = None) -> dict:
+def checkout(branch: str = "main", repository: str | None = None, workspace: str | None = None) -> dict:
     """Prefect pull step: clone or update `branch` in this deployment's workspace.
 
-    `depth` keeps history for `dvc metrics diff` and the regression gate (they
-    compare with earlier commits); Prefect's own git_clone step clones 1 commit.
+    The clone keeps the whole commit history (blobs fetched as needed): `dvc metrics
+    diff` and the regression gate compare with earlier commits, and `dvc exp` commands
+    fail in shallow clones; Prefect's own git_clone step clones 1 commit.
     Returns {"directory", "commit"} for later steps (`{{ checkout.directory }}`).
     """
     repository = repository or os.environ.get("SLIMLINE_REPO") or default_repository()
@@ -62,15 +66,20 @@ def checkout(branch: str = "main", depth: int = 50, repository: str | None = Non
     directory = (base / (workspace or _deployment_name())).resolve()
     if not (directory / ".git").exists():
         directory.parent.mkdir(parents=True, exist_ok=True)
-        git("clone", "--depth", str(depth), "--branch", branch, "--no-single-branch",
+        git("clone", "--filter=blob:none", "--no-single-branch", "--branch", branch,
             repository, str(directory))
     else:
         git("remote", "set-url", "origin", repository, cwd=directory)
-        git("fetch", "--depth", str(depth), "origin", branch, cwd=directory)
+        git("fetch", "origin", branch, cwd=directory)
         # The tracked branch wins: params.yaml edits left by an earlier run's
         # overrides are dropped. DVC outputs are git-ignored, so they stay.
         git("checkout", "--force", "-B", branch, "FETCH_HEAD", cwd=directory)
         git("clean", "-fd", cwd=directory)
+    # The worker's DVC remote settings (endpoint, keys: never in git), if it keeps them
+    # in a file rather than in DVC's global config.
+    local = os.environ.get("SLIMLINE_DVC_CONFIG_LOCAL")
+    if local:
+        shutil.copyfile(local, directory / ".dvc" / "config.local")
     cache = Path(os.environ.get("SLIMLINE_DVC_CACHE", Path.home() / ".cache" / "slimline" / "dvc-cache"))
     cache.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)],
@@ -128,13 +137,21 @@ def workspace_slot(root: Path, logger):
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
+    from prefect.exceptions import ObjectAlreadyExists
+
     name = slot_name(root)
     with get_client(sync_client=True) as client:
         # Creates the limit (1 slot) the first time; without it `concurrency` would not limit.
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        except ObjectAlreadyExists:  # another run created it between the read and the create
+            pass
         busy = client.read_global_concurrency_limit_by_name(name).active_slots
     if busy:
         logger.info("another pipeline run holds workspace %s (%s): waiting for it to finish", root, name)
-    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
+    # strict: fail if the limit vanished; but a server blip while renewing the lease must
+    # not cancel hours of training, so renewal failures only log.
+    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True,
+                     raise_on_lease_renewal_failure=False):
         logger.info("holding workspace slot %s", name)
         yield

@@ -37,12 +37,13 @@ def params_dir(tmp_path):
 
 def test_overrides_are_written_like_dvc_exp_run_set(params_dir):
     args = apply(params_dir, {"train.epochs": 3, "student.hidden": [64, 32], "data.limit": None,
-                              "baseline.activation": "elu"})
+                              "baseline.activation": "elu", "data.path": "a,b=c'd"})
     assert args == ["train.epochs=3", "student.hidden=[64, 32]", "data.limit=null",
-                    "baseline.activation=elu"]
+                    "baseline.activation='elu'", "data.path='a,b=c\\'d'"]
     raw = yaml.safe_load((params_dir / "params.yaml").read_text())
     assert raw["train"]["epochs"] == 3 and raw["student"]["hidden"] == [64, 32]
     assert raw["data"]["limit"] is None and raw["baseline"]["activation"] == "elu"
+    assert raw["data"]["path"] == "a,b=c'd"  # not a sweep of "a" and "b=c'd"
     assert raw["train"]["lr"] == yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["lr"]
 
 
@@ -52,6 +53,7 @@ def test_overrides_are_written_like_dvc_exp_run_set(params_dir):
     ({"baseline.activation": "tanh"}, "baseline.activation: Input should be 'relu'"),
     ({"train.epochs": 0}, "train.epochs"),
     ({"train": 3}, "train"),
+    ({"gate.max_latency_increase": float("inf")}, "not a usable value"),
 ])
 def test_bad_overrides_name_the_key_and_leave_params_untouched(params_dir, overrides, expected):
     before = (params_dir / "params.yaml").read_bytes()
@@ -173,21 +175,28 @@ def test_checkout_clones_then_follows_the_branch_with_history(tmp_path, monkeypa
     monkeypatch.setattr("flows.workspace._use_workspace_code", switched.append)
     path_before = list(sys.path)
     try:
-        out = checkout(repository=str(origin), workspace="nightly", depth=2)
+        # file://, so git clones as it would over the network (a plain path ignores filters)
+        out = checkout(repository=origin.as_uri(), workspace="nightly")
         assert switched == [Path(out["directory"])]
         ws = Path(out["directory"])
         assert ws == (tmp_path / "ws" / "nightly").resolve() and (ws / "f.txt").read_text() == "2"
-        # deep enough for `dvc metrics diff HEAD~1`
-        assert sh(["git", "rev-parse", "HEAD~1"], ws).returncode == 0
+        # the whole history, not a shallow clone: `dvc metrics diff HEAD~1` and `dvc exp` work
+        assert sh(["git", "rev-parse", "--is-shallow-repository"], ws).stdout.strip() == "false"
+        assert sh(["git", "rev-list", "--count", "HEAD"], ws).stdout.strip() == "3"
         assert sh([sys.executable, "-m", "dvc", "cache", "dir"], ws).stdout.strip() == str(tmp_path / "cache")
 
         (ws / "f.txt").write_text("local edit")  # an earlier run's override, say
         (ws / "untracked.txt").write_text("x")
         (origin / "f.txt").write_text("3")
         commit(origin, "c3")
-        out2 = checkout(repository=str(origin), workspace="nightly", depth=2)
+        (tmp_path / "remote.conf").write_text("[core]\n    remote = storage\n")
+        monkeypatch.setenv("SLIMLINE_DVC_CONFIG_LOCAL", str(tmp_path / "remote.conf"))
+        out2 = checkout(repository=origin.as_uri(), workspace="nightly")
         assert out2["directory"] == out["directory"]
         assert (ws / "f.txt").read_text() == "3" and not (ws / "untracked.txt").exists()
         assert out2["commit"] == sh(["git", "rev-parse", "HEAD"], origin).stdout.strip()
+        # the worker's remote settings arrive, and the shared cache setting survives them
+        config = (ws / ".dvc" / "config.local").read_text()
+        assert "remote = storage" in config and str(tmp_path / "cache") in config
     finally:
         sys.path[:] = path_before

@@ -195,7 +195,7 @@ def test_deploy_creates_pools_schedule_automation_and_is_idempotent(team, killed
     assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "Europe/Berlin"
     assert nightly.global_concurrency_limit.limit == 1
     assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
-    assert nightly.pull_steps[0]["flows.workspace.checkout"]["depth"] == 50
+    assert nightly.pull_steps[0]["flows.workspace.checkout"]["branch"] == "main"
     assert nightly.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     # the server's own schedule logic puts the next runs at 02:00 Berlin time
     from prefect.server.schemas.schedules import CronSchedule
@@ -314,7 +314,8 @@ def test_two_triggers_run_one_after_the_other(team):
     assert b.start_time >= a.end_time
 
 
-def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team, killed_nightly):
+def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team, killed_nightly,
+                                                                          manual_run):
     run = killed_nightly["run"]
     assert killed_nightly["still_running_after_kill"]  # nobody had told the server
     # heartbeats every 30 s; the automation fires after 90 s without one (the wait
@@ -329,3 +330,5 @@ def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team,
     finally:
         stop(worker)
     assert wait_for(again.id, finished, 30, "rerun").state.is_completed()
+    # runs that finished long ago were left alone by the automation
+    assert client_call(lambda c: c.read_flow_run(manual_run.id)).state.is_completed()
