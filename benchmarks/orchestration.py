@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
+from benchmarks.project import copy_project
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"data": {"limit": 400, "min_per_class": 5}, "train": {"epochs": 2, "num_threads": 1},
@@ -39,24 +38,6 @@ def env(**extra: str) -> dict:
     e = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", **extra)
     e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])
     return e
-
-
-def copy_project(dest: Path, tiny: bool) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    if tiny:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        for section, values in TINY.items():
-            params[section].update(values)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    return dest
 
 
 def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
@@ -150,7 +131,7 @@ def main() -> None:
     if args.child:
         return child(args.child)
     with tempfile.TemporaryDirectory() as tmp:
-        root = copy_project(Path(tmp) / "proj", args.tiny)
+        root = copy_project(Path(tmp) / "proj", TINY if args.tiny else None)
         server, api, startup = start_server(Path(tmp) / "prefect")
         try:
             order = stages(root)

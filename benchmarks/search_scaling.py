@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.project import copy_project
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,19 +45,6 @@ def sh(cmd: list[str], cwd: Path) -> str:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout
-
-
-def copy_project(dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    sh(["git", "init", "-q", "-b", "main"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh(["git", "commit", "-qm", "benchmark copy"], dest)
-    return dest
 
 
 def configure(root: Path, candidates: int, epochs: int) -> None:

@@ -59,6 +59,17 @@ def trigger(name: str, **parameters):
     return run_deployment(f"slimline-pipeline/{name}", parameters=parameters, timeout=0)
 
 
+def run_once(team, name: str, pool: str, what: str, **parameters):
+    """Trigger a deployment, let a `--run-once` worker execute it, return the finished run."""
+    run = trigger(name, **parameters)
+    worker = start_worker(team["server"], pool, team["origin"], team["base"], once=True)
+    try:
+        worker.wait(timeout=600)
+    finally:
+        stop(worker)
+    return wait_for(run.id, finished, 30, what)
+
+
 def wait_for(flow_run_id, done, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -142,13 +153,7 @@ def team(prefect_api, tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def manual_run(team):
     """One run of the `manual` deployment with an override, executed by a real worker."""
-    run = trigger("manual", overrides={"evaluate.repeats": 25})
-    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=True)
-    try:
-        worker.wait(timeout=600)
-    finally:
-        stop(worker)
-    return wait_for(run.id, finished, 30, "manual run")
+    return run_once(team, "manual", "cpu", "manual run", overrides={"evaluate.repeats": 25})
 
 
 @pytest.fixture(scope="module")
@@ -260,13 +265,7 @@ def test_override_is_applied_and_recorded_as_a_dvc_experiment(team, manual_run):
 
 
 def test_invalid_override_fails_at_once_naming_the_key(team):
-    run = trigger("manual", overrides={"train.epochz": 3})
-    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=True)
-    try:
-        worker.wait(timeout=300)
-    finally:
-        stop(worker)
-    run = wait_for(run.id, finished, 30, "bad override run")
+    run = run_once(team, "manual", "cpu", "bad override run", overrides={"train.epochz": 3})
     assert run.state.is_failed()
     assert "train.epochz: unknown key" in run.state.message and "epochs" in run.state.message
     # nothing ran: no stage reports were published for it
@@ -323,12 +322,6 @@ def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team,
     crashed = wait_for(run.id, lambda r: r.state.is_crashed(), 240, "killed run")
     assert "No heartbeat" in crashed.state.message
     # the deployment's single slot is free again: the next trigger runs to completion
-    again = trigger("nightly", targets=["train_baseline"])
-    worker = start_worker(team["server"], "gpu", team["origin"], team["base"], once=True)
-    try:
-        worker.wait(timeout=600)
-    finally:
-        stop(worker)
-    assert wait_for(again.id, finished, 30, "rerun").state.is_completed()
+    assert run_once(team, "nightly", "gpu", "rerun", targets=["train_baseline"]).state.is_completed()
     # runs that finished long ago were left alone by the automation
     assert client_call(lambda c: c.read_flow_run(manual_run.id)).state.is_completed()
