@@ -17,12 +17,11 @@ export DVC_NO_ANALYTICS := 1
 
 setup: $(STAMP)
 
-# torch first, alone: a looser resolve could pull a multi-GB CUDA build on a CPU machine.
-# For a GPU machine, see README ("GPU machines").
+# One resolve against the exact versions: torch 2.14.1 + torchvision 0.29.1 is one build
+# for CPU and CUDA machines alike (README, "GPU machines").
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 $(TORCH_INDEX)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 

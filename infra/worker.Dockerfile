@@ -12,11 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     DVC_NO_ANALYTICS=1
 
-# torch first, alone, before the code: a looser resolve could pull a multi-GB CUDA
-# build, and this layer stays cached while the code changes. For a CUDA image pass
-# TORCH_INDEX="--index-url <PyTorch's wheel index for your CUDA version>".
-ARG TORCH_INDEX=""
-RUN pip install torch==2.13.0 ${TORCH_INDEX}
+# torch and torchvision first, before the code: this multi-GB layer stays cached while
+# the code changes. The pinned pair is one build that runs on CPU and on CUDA GPUs.
+RUN pip install torch==2.14.1 torchvision==0.29.1
 
 # Flow runs write DVC outputs into the checkout, so they run as its owner, not root.
 RUN useradd --create-home --uid 1000 slimline
