@@ -112,6 +112,7 @@ def distill(params: Params, args: argparse.Namespace) -> None:
           f"gives the paired mean over seeds).\n\nDistilled student: {latency_line(kd.run)}\n")
     run = {"kd_train_seconds": kd.run["train_seconds"], "scratch_train_seconds": scratch.run["train_seconds"],
            "device": kd.run["device"],
+           **{k: v for k, v in kd.run.items() if k.startswith("numerics")},
            **{k: kd.run[k] for k in ("ort_p50_ms_b1", "ort_p95_ms_b1", "ort_error") if k in kd.run}}
     write_report("distill", results, md, run)
     keep_run_record("distill")

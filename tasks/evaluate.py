@@ -33,7 +33,8 @@ from tasks.model import count_flops, count_params, load_model
 from tasks.params import Params
 from tasks.pruning import sparsity
 from tasks.selection import pareto_front, select, wilson_ci
-from tasks.stage import cpu_model, main, markdown_table, write_report
+from tasks.numerics import cpu_info
+from tasks.stage import main, markdown_table, write_report
 
 BASELINE = "baseline"
 
@@ -41,7 +42,7 @@ BASELINE = "baseline"
 def hardware(threads: int) -> dict:
     import onnxruntime
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
+    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 

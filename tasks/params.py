@@ -125,7 +125,10 @@ class TrainParams(Section):
     grad_clip: Optional[float] = Field(None, gt=0)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(2, ge=1)
+    num_threads: int = Field(2, ge=1)  # fixed, because the thread count sets the summation order
+    # portable: bit-identical on any x86-64 CPU with AVX2+FMA, Intel or AMD (see tasks/numerics.py);
+    # fast: each CPU's fastest kernels, reproducible only on the same kind of CPU
+    numerics: Literal["portable", "fast"] = "portable"
 
 
 class DistillParams(Section):

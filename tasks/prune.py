@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tasks import numerics as numerics_mod
 from tasks.checkpoint import CheckpointStore
 from tasks.dataset import load_prepared
 from tasks.distill import load_teacher, make_kd_loss
@@ -49,7 +50,7 @@ def prune(params: Params, args: argparse.Namespace) -> None:
         stage = "train_baseline" if cfg.source == "baseline" else "distill"
         raise StageError(f"no source model in {src_dir}: run the `{stage}` stage first")
     prep = load_prepared(args.data)
-    seed_everything(params.train.seed, params.train.num_threads)
+    numerics = seed_everything(params.train.seed, params.train.num_threads, params.train.numerics)
     device = resolve_device(params.train.device)
     model, spec = load_model(src_dir)
     model = model.to(device)
@@ -92,7 +93,7 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     if ablation:
         md += "\n### Layer ablation (val accuracy after removing each unit)\n\n" + markdown_table(
             [{k: v for k, v in row.items() if k != "structure"} for row in ablation]) + "\n"
-    write_report(f"prune_{method}", results, md)
+    write_report(f"prune_{method}", results, md, run=numerics_mod.record(numerics, device))
     print(f"prune {method}: test accuracy {test_acc:.4f}, {results['params']:,} params, "
           f"{nonzero:,} non-zero; wrote {out}", flush=True)
 

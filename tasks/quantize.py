@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks import numerics
 from tasks import onnx_tools as ox
 from tasks.dataset import load_prepared
 from tasks.errors import StageError
@@ -62,6 +63,8 @@ def calibration_set(prep, cfg) -> np.ndarray:
 
 def quantize(params: Params, args: argparse.Namespace) -> None:
     cfg = params.quantize
+    # The fp32 export runs torch (tracing, constant folding): same CPU math as training.
+    state = numerics.apply(params.train.numerics, params.train.num_threads)
     torch.set_num_threads(params.train.num_threads)
     prep = load_prepared(args.data)
     x_test = prep.splits["test"][0].astype(np.float32)
@@ -114,7 +117,8 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
     md = (f"## quantize\n\n{len(rows) - len(failed)} ONNX models written to `{args.out}` "
           f"(opset {cfg.opset}); {len(failed)} variant(s) failed the "
           f"{cfg.min_agreement:.0%} top-1 agreement check.\n\n{markdown_table(rows)}\n")
-    write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed]}, md)
+    write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed]}, md,
+                 run=numerics.record(state, "cpu"))
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from tasks.errors import StageError
 from tasks.io import write_json, write_text
+from tasks.numerics import PROMISE, cpu_info
 from tasks.params import Params, ParamsError, load_params
 
 REPORTS = Path("reports")
@@ -42,21 +43,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def cpu_model() -> str:
-    """The CPU's model name: what makes two timings comparable (or not)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def run_info() -> dict:
     import torch
 
+    cpu = cpu_info()
     return {"host": socket.gethostname(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": cpu_model(),
-            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cpu": cpu["model"], "cpu_vendor": cpu["vendor"],
+            "cpu_isa": " ".join(cpu["isa"]), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -66,6 +59,8 @@ def write_report(stage: str, results: dict, markdown: str, run: dict | None = No
     run = {**run_info(), **(run or {})}
     write_json(REPORTS / f"{stage}.run.json", run)
     run_rows = "\n".join(f"- {k}: {_fmt(v)}" for k, v in sorted(run.items()))
+    if "numerics" in run:  # said whatever the mode: fast-mode users must not assume it
+        run_rows += f"\n\nNumerics: `{run['numerics']}`. {PROMISE}"
     # The stamp ties this (untracked) markdown to the (tracked) JSON it describes, so a
     # reader can tell when DVC restored a different JSON underneath it.
     stamp = hashlib.sha256((REPORTS / f"{stage}.json").read_bytes()).hexdigest()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks import numerics as numerics_mod
 from tasks.checkpoint import CheckpointStore
 from tasks.dataset import Prepared
 from tasks.model import ModelSpec, build_model, count_flops, count_params, save_model
@@ -116,7 +117,7 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
     keep_checkpoints: leave the resume folder for the caller to clear, for stages
     that train several models and must resume all of them after a kill.
     """
-    seed_everything(cfg.seed, cfg.num_threads)
+    numerics = seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     device = resolve_device(cfg.device)
     spec = ModelSpec(structure=structure.model_dump(), input_shape=prep.input_shape,
                      num_classes=prep.num_classes, mean=tuple(prep.meta["mean"]),
@@ -144,6 +145,7 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
     run = {"device": str(device), "bf16_autocast": autocast, "train_seconds": result.train_seconds,
            "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
+           **numerics_mod.record(numerics, device),
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            **onnx_latency(model, spec.input_shape)}
     return Trained(model=model, spec=spec, fit=result, results=results, run=run, store=store)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks import numerics as numerics_mod
 from tasks.checkpoint import CheckpointStore, rng_state, set_rng_state
 from tasks.errors import StageError
 from tasks.params import TrainParams
@@ -36,7 +37,9 @@ def resolve_device(pref: str) -> torch.device:
     return torch.device("cpu")
 
 
-def seed_everything(seed: int, num_threads: int) -> None:
+def seed_everything(seed: int, num_threads: int, numerics: str = numerics_mod.DEFAULT) -> dict:
+    """Seed every generator and fix the CPU math; returns the numerics state for the run record."""
+    state = numerics_mod.apply(numerics, num_threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -44,6 +47,7 @@ def seed_everything(seed: int, num_threads: int) -> None:
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return state
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:

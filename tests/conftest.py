@@ -20,6 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Before anything imports torch: pins this process's CPU math for train.numerics
+# (portable by default), as every stage process gets it. A test that needs the
+# other mode trains in a subprocess.
+import tasks  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Small enough for CI, large enough that every class has examples in every split.

@@ -32,6 +32,19 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
     assert "test_accuracy" in shown and "kd_gain_test" in shown
 
 
+def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):
+    from tasks.numerics import PROMISE, cpu_info
+
+    cpu = cpu_info()
+    for stage in ("train_baseline", "distill", "prune_structured", "quantize"):
+        run = json.loads((tiny_pipeline / f"reports/{stage}.run.json").read_text())
+        assert run["cpu"] == cpu["model"] and run["cpu_isa"] == " ".join(cpu["isa"]), stage
+        assert run["numerics"] == "portable" and run["numerics_bit_identical_across_cpus"] is True, stage
+        assert run["numerics_aten_capability"] == "AVX2" and run["numerics_onednn_conv"] is False
+        assert run["numerics_nnpack_conv"] is False and run["numerics_portable_dropout"] is True
+        assert PROMISE in (tiny_pipeline / f"reports/{stage}.md").read_text(), stage
+
+
 REQUIRED = {"name", "accuracy", "params", "nonzero_params", "bytes", "gzip_bytes", "flops",
             "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_throughput_b256", "torch_p50_ms_b1"}
 
@@ -108,13 +121,14 @@ def test_resume_folder_removed_after_success(tiny_pipeline):
 
 
 def test_fresh_clone_reproduces_committed_hashes_bit_for_bit(tmp_path):
-    """The committed dvc.lock (default config) is reproduced exactly on this kind of machine,
-    for the data and the baseline (later stages are covered on the tiny config: their full
-    default run would cost minutes of CI)."""
+    """The committed dvc.lock (default config, portable numerics) is reproduced exactly on any
+    x86-64 CPU with AVX2+FMA, whichever made it, for the data and the baseline (later stages
+    are covered on the tiny config: their full default run would cost minutes of CI)."""
     if not (ROOT / "dvc.lock").exists():
         pytest.skip("no committed dvc.lock yet")
     root = copy_project(tmp_path / "fresh")
     committed = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert committed["train_baseline"]["params"]["params.yaml"]["train"]["numerics"] == "portable"
     dvc("repro", "train_baseline", cwd=root)
     now = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     for stage in ("prepare", "train_baseline"):
