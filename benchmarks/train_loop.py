@@ -1,4 +1,5 @@
-"""Training-step throughput: the pipeline's loop against a minimal hand-written loop.
+"""Training-step throughput: the pipeline's loop against a minimal hand-written loop,
+and portable against fast CPU numerics (train.numerics).
 
     python -m benchmarks.train_loop [--epochs 3] [--rounds 3] [--threads 2] [--device cpu|cuda]
 
@@ -9,9 +10,13 @@ same threads, same optimizer and schedule. Two ratios are printed:
   loop. Target: >= 0.95.
 - whole fit(): also counts the per-epoch validation pass and checkpoint
   write, which the minimal loop does not do at all.
-Rounds alternate which loop runs first, since this machine is shared and noisy.
+- portable / fast: fit() throughput with train.numerics portable against fast, each
+  in a fresh process (the mode is fixed when torch loads). Target: >= 0.7.
+Rounds alternate which side runs first, since this machine is shared and noisy.
 """
 from __future__ import annotations
+
+import tasks  # noqa: F401  (first: pins CPU math for params.yaml's train.numerics)
 
 import argparse
 import statistics
@@ -52,7 +57,7 @@ def new_model(params, shape, device):
 
 def pipeline_loop(params, cfg, train, val) -> tuple[float, float]:
     """(seconds in training steps, seconds for the whole fit() call)."""
-    seed_everything(cfg.seed, cfg.num_threads)
+    seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     model = new_model(params, tuple(train[0].shape[1:]), train[0].device)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -62,7 +67,7 @@ def pipeline_loop(params, cfg, train, val) -> tuple[float, float]:
 
 def minimal_loop(params, cfg, train, val) -> tuple[float, float]:
     """What a person writes by hand: shuffle, forward, loss, backward, step."""
-    seed_everything(cfg.seed, cfg.num_threads)
+    seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     model = new_model(params, tuple(train[0].shape[1:]), train[0].device)
     x, y = train
     steps = (len(x) + cfg.batch_size - 1) // cfg.batch_size
@@ -121,6 +126,27 @@ def main() -> None:
     print(f"ratio pipeline/minimal, training steps: {med['minimal'] / med['pipeline']:.3f} (target >= 0.95)")
     print(f"ratio pipeline/minimal, whole fit() incl. validation + checkpoints: "
           f"{wall['minimal'] / wall['pipeline']:.3f}")
+    if args.device == "cpu":
+        compare_numerics(args, len(train[0]), cfg.num_threads)
+
+
+def compare_numerics(args, samples: int, threads: int) -> None:
+    """fit() samples/s in portable and in fast mode, fresh processes, alternating order."""
+    from benchmarks.numerics import params_file, run_child
+
+    speed = {"portable": [], "fast": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {m: params_file(Path(tmp), m, threads) for m in speed}
+        for r in range(args.rounds):
+            for mode in (["portable", "fast"] if r % 2 == 0 else ["fast", "portable"]):
+                speed[mode].append(run_child(files[mode], samples, args.epochs)["samples_per_s"])
+            print(f"round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} samples/s" for m, v in speed.items()),
+                  flush=True)
+    med = {m: statistics.median(v) for m, v in speed.items()}
+    print(f"\nfit() with augmentation, {threads} threads: portable {med['portable']:.0f} samples/s, "
+          f"fast {med['fast']:.0f} samples/s")
+    print(f"ratio portable/fast: {med['portable'] / med['fast']:.3f} (target >= 0.7)")
+
 
 if __name__ == "__main__":
     main()
