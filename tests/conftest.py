@@ -32,7 +32,9 @@ TINY = {
     "data": {"limit": 400, "min_per_class": 5},
     "train": {"epochs": 2, "num_threads": 1},
     "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
-    "quantize": {"calibration_batches": 2, "calibration_batch_size": 16},
+    # Barely trained models have near-tied logits: int8 flips 1 of the 80 test images on some
+    # CPUs, which the default 0.99 would reject, and then a variant the tests expect is missing.
+    "quantize": {"calibration_batches": 2, "calibration_batch_size": 16, "min_agreement": 0.9},
     "evaluate": {"warmup": 2, "repeats": 20},
     # Tiny models (~40% accurate, ~20 us) swap places on timing noise alone, which the
     # gate would rightly call a regression; its rules are tested on fixed reports
