@@ -40,7 +40,7 @@ server-stop: setup
 	$(VENV)/bin/prefect server stop
 
 run: server
-	$(PY) -m tasks.params
+	$(PY) -m slimline.params
 	$(PY) -m flows.pipeline
 
 # Work pools (cpu, gpu), the crash automation and the deployments in prefect.yaml,

@@ -17,11 +17,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tasks.dataset import load_prepared
-from tasks.distill import make_kd_loss
-from tasks.params import load_params
-from tasks.trainer import train_structure
-from tasks.training import resolve_device
+from slimline.data.dataset import load_prepared
+from slimline.compress.kd import make_kd_loss
+from slimline.params import load_params
+from slimline.training.trainer import train_structure
+from slimline.training.loop import resolve_device
 
 
 def main() -> None:

@@ -44,9 +44,9 @@ def child(params_path: str, samples: int, epochs: int) -> dict:
     import torch
 
     from benchmarks.train_loop import load_data, new_model
-    from tasks.checkpoint import CheckpointStore
-    from tasks.params import load_params
-    from tasks.training import fit, seed_everything
+    from slimline.training.checkpoint import CheckpointStore
+    from slimline.params import load_params
+    from slimline.training.loop import fit, seed_everything
 
     params = load_params(params_path)
     cfg = params.train.model_copy(update={"epochs": epochs, "device": "cpu"})
@@ -96,7 +96,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.params, args.samples, args.epochs)), flush=True)
         return
-    from tasks.numerics import cpu_info
+    from slimline.numerics import cpu_info
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['vendor']}); ISA: {' '.join(cpu['isa'])}")

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sh(cmd: list[str], cwd: Path) -> str:
-    from tasks.search_runs import env
+    from slimline.search.runs import env
 
     proc = subprocess.run(cmd, cwd=cwd, env=env(GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.invalid",
                                                 GIT_COMMITTER_NAME="bench",

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.checkpoint import CheckpointStore
-from tasks.dataset import load_prepared
-from tasks.model import ModelSpec, build_model
-from tasks.params import load_params
-from tasks.training import fit, make_optimizer, make_scheduler, seed_everything
+from slimline.training.checkpoint import CheckpointStore
+from slimline.data.dataset import load_prepared
+from slimline.model import ModelSpec, build_model
+from slimline.params import load_params
+from slimline.training.loop import fit, make_optimizer, make_scheduler, seed_everything
 
 
 def load_data(device):
@@ -41,7 +41,7 @@ def load_data(device):
         prep = load_prepared("data/prepared")
         (x, y), (xv, yv) = prep.splits["train"], prep.splits["val"]
     else:
-        from tasks.sources import load_mnist5k
+        from slimline.data.sources import load_mnist5k
 
         raw = load_mnist5k()
         x, y, xv, yv = raw.x[:4000], raw.y[:4000], raw.x[4000:4500], raw.y[4000:4500]

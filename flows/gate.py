@@ -8,40 +8,10 @@ accepted, not against another unreviewed run.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.reports import flatten
-
-
-def at_revision(root: Path, rel: str, rev: str = "HEAD") -> dict | None:
-    """A JSON report as committed at `rev`, or None if it was not there."""
-    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        return None
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        return None
-
-
-def metric_deltas(root: Path, rel: str, rev: str = "HEAD") -> list[dict]:
-    """Numeric metrics of reports/<stage>.json against `rev`, as `dvc metrics diff` shows them."""
-    path = root / rel
-    if not path.exists():
-        return []
-    now = flatten(json.loads(path.read_text()))
-    before = flatten(at_revision(root, rel, rev) or {})
-    rows = []
-    for key, value in now.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        old = before.get(key)
-        old = old if isinstance(old, (int, float)) and not isinstance(old, bool) else None
-        rows.append({"metric": key, "previous": old, "now": value,
-                     "change": None if old is None else value - old})
-    return rows
+from flows.history import at_revision
 
 
 @dataclass
@@ -68,7 +38,7 @@ def _relative_p50(report: dict) -> float | None:
 
 def regression_gate(root: Path, gate, rev: str = "HEAD") -> Verdict:
     """Whether this run's selected model is no worse than the one at `rev`, within `gate`
-    (tasks.params.GateParams)."""
+    (slimline.params.GateParams)."""
     rel = "reports/evaluate.json"
     if not gate.enabled:
         return Verdict(True, "regression gate disabled (gate.enabled: false)")

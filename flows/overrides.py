@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.params import ParamsError, parse_params
+from slimline.params import ParamsError, parse_params
 
 
 class OverrideError(ValueError):

@@ -37,12 +37,12 @@ from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, 
 from flows.reports import Progress, publish_gate, publish_pareto, publish_stage, publish_summary
 from flows.workspace import workspace_slot
 from infra.s3 import LOCKED, explain_dvc_failure, is_transient
-from tasks.params import load_params
+from slimline.params import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from the run cache
 SKIP_LINE = "didn't change, skipping"  # ... and when --allow-missing skips a stage
-# prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in tasks.stage.die_with_parent, inline so the
+# prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in slimline.stage.die_with_parent, inline so the
 # guard costs no imports; the setting survives the exec into dvc.
 GUARD = ("import ctypes, os, signal, sys\n"
          "if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"

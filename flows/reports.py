@@ -10,7 +10,8 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
                                create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from tasks.stage import STAMP, markdown_table
+from flows.history import flatten, metric_deltas
+from slimline.stage import STAMP, markdown_table
 
 
 def artifact_key(prefix: str, stage: str, kind: str) -> str:
@@ -19,20 +20,8 @@ def artifact_key(prefix: str, stage: str, kind: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Scalar leaves of a nested report as dotted keys (lists are left out)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[key] = v
-    return out
-
-
 def md_matches(md_path: Path, json_path: Path) -> bool:
-    """Whether the markdown report was written from this exact JSON (see tasks.stage.write_report)."""
+    """Whether the markdown report was written from this exact JSON (see slimline.stage.write_report)."""
     digest = hashlib.sha256(json_path.read_bytes()).hexdigest()
     return f"{STAMP}{digest}" in md_path.read_text()
 
@@ -81,8 +70,6 @@ def _dirty(root: Path) -> bool:
 def deltas_table(root: Path, stem: str) -> str:
     """Key metrics against the last commit (what `dvc metrics diff HEAD` shows): the
     stage's report and, where it has one, its headline summary (evaluate_summary.json)."""
-    from flows.gate import metric_deltas
-
     rows = []
     for name in (f"{stem}_summary.json", f"{stem}.json"):
         rows += [r for r in metric_deltas(root, f"reports/{name}") if r["change"] or r["previous"] is None]
@@ -166,7 +153,7 @@ def print_summary(root: Path, results: list[dict]) -> None:
 class Progress:
     """A progress artifact fed by the stage's epoch lines ("<name> epoch 3/15: ...")."""
 
-    PATTERN = re.compile(r"^(\S+) epoch (\d+)/(\d+):")  # tasks/training.py's epoch line
+    PATTERN = re.compile(r"^(\S+) epoch (\d+)/(\d+):")  # slimline/training/loop.py's epoch line
 
     def __init__(self, prefix: str, stage: str):
         self.key = artifact_key(prefix, stage, "progress")

@@ -31,12 +31,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.io import write_text
-from tasks.params import ParamsError, parse_params
-from tasks.search_board import leaderboard, markdown, table_rows
-from tasks.search_runs import (METRIC_KEYS, base_record, code_state, git, head, known,
+from slimline.io import write_text
+from slimline.params import ParamsError, parse_params
+from slimline.search.board import leaderboard, markdown, table_rows
+from slimline.search.runs import (METRIC_KEYS, base_record, code_state, git, head, known,
                                push_experiment, run_experiment, shared_stages_ready)
-from tasks.search_space import Candidate, apply_structure, artifact_key, build_candidates
+from slimline.search.space import Candidate, apply_structure, artifact_key, build_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "slimline-candidate/candidate"
@@ -195,7 +195,7 @@ def check_committed(root: Path, raw: dict) -> None:
     that would shape the results: code, the stage graph, params outside `search`."""
     if code_state(root):
         raise RuntimeError("pool mode: workers run the committed code; commit (and push) the "
-                           "changes to tasks/ and dvc.yaml first")
+                           "changes to tasks/, slimline/ and dvc.yaml first")
     committed = yaml.safe_load(git(root, "show", "HEAD:params.yaml")) or {}
     changed = sorted(k for k in set(raw) | set(committed)
                      if k != "search" and raw.get(k) != committed.get(k))

@@ -89,15 +89,11 @@ def checkout(branch: str = "main", repository: str | None = None, workspace: str
 
 
 def _use_workspace_code(directory: Path) -> None:
-    """Make this process import `flows` and `tasks` from the fresh checkout, not from
-    the worker's installed copy, so the flow runs the same code as its stages."""
+    """Make this process import `flows`, `tasks` and `slimline` from the fresh checkout,
+    not from the worker's installed copy, so the flow runs the same code as its stages."""
     sys.path.insert(0, str(directory))
-    for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks", "slimline")]:
         del sys.modules[name]
-
-
-def head_commit(root: Path) -> str | None:
-    return git("rev-parse", "HEAD", cwd=root, check=False) or None
 
 
 def dvc_remote(root: Path) -> str | None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.io import write_json
+from slimline.io import write_json
 
 
 class S3Error(Exception):

@@ -1,5 +1,5 @@
 """Slimline's stages and library. Importing the package pins CPU numerics for the
 mode params.yaml asks for (train.numerics), before anything imports torch."""
-from tasks.numerics import pin_for_this_process as _pin
+from slimline.numerics import pin_for_this_process as _pin
 
 _pin()

@@ -13,53 +13,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from slimline.codedeps import code_files
+from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.data.dataset import load_prepared
+from slimline.errors import StageError
+from slimline.io import replace_dir
+from slimline.params import Params, param_count
+from slimline.stage import main, markdown_table, write_report
+from slimline.training.trainer import keep_run_record, latency_line, train_structure
 
-from tasks.dataset import load_prepared
-from tasks.errors import StageError
-from tasks.io import replace_dir
-from tasks.model import load_model
-from tasks.params import DistillParams, Params, param_count
-from tasks.stage import main, markdown_table, write_report
-from tasks.trainer import keep_run_record, latency_line, train_structure
-
-CODE_DEPS = ["tasks"]
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float, alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
-
-    T^2 keeps the soft term's gradients on the scale of the hard term's
-    (Hinton et al. 2015), so alpha means the same at any temperature.
-    """
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams):
-    """A loss for training.fit: the teacher sees exactly the (augmented) batch the student sees."""
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def loss(logits, xb, yb):
-        with torch.no_grad():
-            t_logits = teacher(xb).float()
-        return kd_loss(logits, t_logits, yb, cfg.temperature, cfg.alpha)
-
-    return loss
-
-
-def load_teacher(path: Path, device) -> torch.nn.Module:
-    if not (Path(path) / "structure.json").exists():
-        raise StageError(f"no teacher model in {path}: run the `train_baseline` stage first "
-                         f"(`dvc repro train_baseline`)")
-    model, _ = load_model(path)
-    return model.to(device)
+# The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
+CODE_DEPS = code_files("tasks.distill")
 
 
 def distill(params: Params, args: argparse.Namespace) -> None:
@@ -71,7 +35,7 @@ def distill(params: Params, args: argparse.Namespace) -> None:
         if s >= t:
             raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
                              f"smaller. Shrink `student`, or set distill.require_smaller: false")
-    from tasks.training import resolve_device
+    from slimline.training.loop import resolve_device
 
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
     key = {"student": params.student.model_dump(), "train": cfg.model_dump()}

@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks import onnx_tools as ox
-from tasks.dataset import load_prepared
-from tasks.errors import StageError
-from tasks.io import atomic_dir, atomic_write_bytes, write_json
-from tasks.model import count_flops, count_params, load_model
-from tasks.params import Params
-from tasks.pruning import sparsity
-from tasks.selection import pareto_front, select, wilson_ci
-from tasks.numerics import cpu_info
-from tasks.stage import main, markdown_table, write_report
+from slimline.compress import onnx_tools as ox
+from slimline.data.dataset import load_prepared
+from slimline.errors import StageError
+from slimline.io import atomic_dir, atomic_write_bytes, write_json
+from slimline.model import count_flops, count_params, load_model
+from slimline.params import Params
+from slimline.compress.pruning import sparsity
+from slimline.evaluation.selection import pareto_front, select, wilson_ci
+from slimline.numerics import cpu_info
+from slimline.stage import main, markdown_table, write_report
 
 BASELINE = "baseline"
 

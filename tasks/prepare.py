@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.dataset import Prepared, save_prepared
-from tasks.params import DataParams, Params
-from tasks.errors import StageError
-from tasks.stage import main, markdown_table, write_report
+from slimline.data.dataset import Prepared, save_prepared
+from slimline.params import DataParams, Params
+from slimline.errors import StageError
+from slimline.stage import main, markdown_table, write_report
 
 
 def stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +58,7 @@ def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def build_splits(cfg: DataParams):
-    from tasks.sources import load_source
+    from slimline.data.sources import load_source
 
     raw = load_source(cfg.source, cfg.path)
     rng = np.random.default_rng(cfg.seed)
@@ -91,7 +91,7 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     all_y = np.concatenate([y for _, y in splits.values()])
     num_classes = cfg.num_classes or int(all_y.max()) + 1
 
-    from tasks.validate import validate_splits
+    from slimline.data.validate import validate_splits
 
     report = validate_splits(splits, num_classes=num_classes, min_per_class=cfg.min_per_class,
                              pixel_min=0.0, pixel_max=cfg.pixel_max,

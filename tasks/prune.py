@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from tasks import numerics as numerics_mod
-from tasks.checkpoint import CheckpointStore
-from tasks.dataset import load_prepared
-from tasks.distill import load_teacher, make_kd_loss
-from tasks.errors import StageError
-from tasks.model import ModelSpec, count_flops, count_params, load_model, save_model
-from tasks.params import Params, Structure
-from tasks.stage import main, markdown_table, write_report
-from tasks.trainer import to_tensors
-from tasks.training import evaluate, fit, resolve_device, seed_everything
+from slimline import numerics as numerics_mod
+from slimline.training.checkpoint import CheckpointStore
+from slimline.data.dataset import load_prepared
+from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.errors import StageError
+from slimline.model import ModelSpec, count_flops, count_params, load_model, save_model
+from slimline.params import Params, Structure
+from slimline.stage import main, markdown_table, write_report
+from slimline.training.trainer import to_tensors
+from slimline.training.loop import evaluate, fit, resolve_device, seed_everything
 
 
 def make_finetune(params: Params, data, loss_fn):
@@ -40,7 +40,7 @@ def make_finetune(params: Params, data, loss_fn):
 
 
 def prune(params: Params, args: argparse.Namespace) -> None:
-    from tasks import pruning
+    from slimline.compress import pruning
 
     cfg = params.prune
     method = args.method

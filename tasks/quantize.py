@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks import numerics
-from tasks import onnx_tools as ox
-from tasks.dataset import load_prepared
-from tasks.errors import StageError
-from tasks.io import atomic_dir, write_json
-from tasks.model import load_model
-from tasks.params import Params
-from tasks.stage import main, markdown_table, write_report
+from slimline import numerics
+from slimline.compress import onnx_tools as ox
+from slimline.data.dataset import load_prepared
+from slimline.errors import StageError
+from slimline.io import atomic_dir, write_json
+from slimline.model import load_model
+from slimline.params import Params
+from slimline.stage import main, markdown_table, write_report
 
 # Variants made only for models worth shipping; the scratch student is the KD ablation.
 FP32_ONLY = {"student_scratch"}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.dataset import load_prepared
-from tasks.params import Params
-from tasks.stage import main, markdown_table, write_report
-from tasks.trainer import keep_run_record, latency_line, train_structure
+from slimline.codedeps import code_files
+from slimline.data.dataset import load_prepared
+from slimline.params import Params
+from slimline.stage import main, markdown_table, write_report
+from slimline.training.trainer import keep_run_record, latency_line, train_structure
 
-CODE_DEPS = ["tasks"]  # code that shapes the result: a change must not resume a stale run
+# The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
+CODE_DEPS = code_files("tasks.train_baseline")
 
 
 def train_baseline(params: Params, args: argparse.Namespace) -> None:

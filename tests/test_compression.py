@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.distill import kd_loss, make_kd_loss
-from tasks.params import DistillParams, EvaluateParams, ParamsError, Structure, parse_params
-from tasks.selection import budget_failures, pareto_front, select, wilson_ci
+from slimline.compress.kd import kd_loss, make_kd_loss
+from slimline.params import DistillParams, EvaluateParams, ParamsError, Structure, parse_params
+from slimline.evaluation.selection import budget_failures, pareto_front, select, wilson_ci
 
 # ---------------------------------------------------------------------------
 # 1. kd_loss against a hand computation
@@ -348,9 +348,9 @@ SHAPE = (1, 8, 8)
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny seeded model exported to ONNX: (torch model, onnx dir, quant manifest, prep)."""
-    from tasks import onnx_tools as ox
-    from tasks.dataset import Prepared
-    from tasks.model import ModelSpec, build_model
+    from slimline.compress import onnx_tools as ox
+    from slimline.data.dataset import Prepared
+    from slimline.model import ModelSpec, build_model
 
     torch.manual_seed(0)
     spec = ModelSpec(structure=Structure(conv_channels=[4], hidden=[8]).model_dump(), input_shape=SHAPE,
@@ -407,7 +407,7 @@ def test_ship_bundle_files_and_manifest(ship, exported):
 
 
 def test_bundle_predict_matches_torch(ship, exported):
-    from tasks.predict import Bundle
+    from slimline.predict import Bundle
 
     model = exported[0]
     b = Bundle(ship)
@@ -424,7 +424,7 @@ def test_bundle_predict_matches_torch(ship, exported):
 
 
 def test_predict_cli_npz_json(ship, exported, tmp_path, capsys):
-    from tasks.predict import main
+    from slimline.predict import main
 
     model = exported[0]
     x = np.random.default_rng(2).uniform(0, 255, (7, 8, 8)).astype(np.float32)
@@ -442,7 +442,7 @@ def test_predict_cli_npz_json(ship, exported, tmp_path, capsys):
 def test_predict_cli_png(ship, exported, tmp_path, capsys):
     from PIL import Image
 
-    from tasks.predict import main
+    from slimline.predict import main
 
     model = exported[0]
     pixels = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
@@ -463,7 +463,7 @@ def test_predict_cli_png(ship, exported, tmp_path, capsys):
 def test_predict_cli_wrong_png_size_exits_2(ship, tmp_path, capsys):
     from PIL import Image
 
-    from tasks.predict import main
+    from slimline.predict import main
 
     png = tmp_path / "big.png"
     Image.fromarray(np.zeros((6, 10), np.uint8)).save(png)  # 10 wide, 6 high
@@ -473,7 +473,7 @@ def test_predict_cli_wrong_png_size_exits_2(ship, tmp_path, capsys):
 
 
 def test_predict_cli_npz_without_x_exits_2(ship, tmp_path, capsys):
-    from tasks.predict import main
+    from slimline.predict import main
 
     path = tmp_path / "bad.npz"
     np.savez(path, images=np.zeros((2, 8, 8)))
@@ -506,7 +506,7 @@ def test_write_ship_without_choice_replaces_previous_bundle(exported, tmp_path):
 
 def test_predict_cli_unselected_bundle_exits_2_with_reason(exported, tmp_path, capsys):
     from tasks.evaluate import write_ship
-    from tasks.predict import Bundle, main
+    from slimline.predict import Bundle, main
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path / "ship"
@@ -521,7 +521,7 @@ def test_predict_cli_unselected_bundle_exits_2_with_reason(exported, tmp_path, c
 
 
 def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
-    from tasks.predict import main
+    from slimline.predict import main
 
     img = tmp_path / "x.npz"
     np.savez(img, x=np.zeros((1, 8, 8), np.float32))
@@ -530,7 +530,7 @@ def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
 
 
 def test_quantize_takes_pruned_models_from_params_not_from_stale_folders(tmp_path):
-    from tasks.errors import StageError
+    from slimline.errors import StageError
     from tasks.quantize import find_models
 
     for name in ("baseline", "student", "pruned/layer", "pruned/structured"):

@@ -33,7 +33,7 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
 
 
 def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):
-    from tasks.numerics import PROMISE, cpu_info
+    from slimline.numerics import PROMISE, cpu_info
 
     cpu = cpu_info()
     for stage in ("train_baseline", "distill", "prune_structured", "quantize"):
@@ -76,9 +76,9 @@ def test_ship_bundle_matches_its_torch_source(tiny_pipeline):
     import numpy as np
     import torch
 
-    from tasks.dataset import load_prepared
-    from tasks.model import load_model
-    from tasks.predict import Bundle
+    from slimline.data.dataset import load_prepared
+    from slimline.model import load_model
+    from slimline.predict import Bundle
 
     ship = tiny_pipeline / "models/ship"
     manifest = json.loads((ship / "manifest.json").read_text())

@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, sh
-from flows.gate import metric_deltas, regression_gate
+from flows.gate import regression_gate
+from flows.history import metric_deltas
 from flows.overrides import OverrideError, apply, as_set_args, validate
 from flows.reports import Progress, artifact_key
-from tasks.params import GateParams
+from slimline.params import GateParams
 
 
 def git_repo(path: Path) -> Path:

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.model import ModelSpec, ShapeError, build_model, count_flops, count_params, load_model, save_model
-from tasks.params import Structure
+from slimline.model import ModelSpec, ShapeError, build_model, count_flops, count_params, load_model, save_model
+from slimline.params import Structure
 
 
 def spec(shape=(1, 28, 28), classes=10, **structure):

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_env
-from tasks import numerics
+from slimline import numerics
 
 
 def test_portable_pins_and_fast_drops_only_inherited_pins():
@@ -55,7 +55,7 @@ def test_portable_dropout_draws_from_torchs_own_generator():
 
 
 def test_portable_refuses_a_process_whose_torch_loaded_unpinned(tmp_path):
-    code = ("import torch, tasks.training as t\n"
+    code = ("import torch, slimline.training.loop as t\n"
             "try:\n    t.seed_everything(0, 1, 'portable')\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n")
     env = run_env()

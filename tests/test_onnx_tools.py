@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from tasks import onnx_tools as ot
-from tasks.model import ModelSpec, build_model
-from tasks.params import Structure
+from slimline.compress import onnx_tools as ot
+from slimline.model import ModelSpec, build_model
+from slimline.params import Structure
 
 SHAPE = (1, 12, 12)
 CORNERS = [(1, 1), (1, 7), (7, 4)]  # where each class's bright square sits

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.params import Params, ParamsError, load_params, parse_params
+from slimline.params import Params, ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

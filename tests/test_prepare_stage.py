@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import sh, tree_digest
-from tasks.dataset import load_prepared
-from tasks.errors import StageError
-from tasks.params import parse_params
+from slimline.data.dataset import load_prepared
+from slimline.errors import StageError
+from slimline.params import parse_params
 from tasks.prepare import prepare
 
 K = 4  # classes in the synthetic sets

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.errors import StageError
-from tasks.model import ModelSpec, build_model, count_params, load_model, save_model
-from tasks.params import Structure
-from tasks.pruning import prune_layers, prune_structured, prune_unstructured, sparsity, structure_of
+from slimline.errors import StageError
+from slimline.model import ModelSpec, build_model, count_params, load_model, save_model
+from slimline.params import Structure
+from slimline.compress.pruning import prune_layers, prune_structured, prune_unstructured, sparsity, structure_of
 
 SHAPE = (1, 12, 12)
 CLASSES = 3

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from conftest import dvc, sh, update_params
-from tasks.params import ParamsError, SearchParams, Structure, param_count, parse_params
-from tasks.search_board import choice_summary, leaderboard, markdown
-from tasks.search_space import apply_structure, build_candidates, combinations
+from slimline.params import ParamsError, SearchParams, Structure, param_count, parse_params
+from slimline.search.board import choice_summary, leaderboard, markdown
+from slimline.search.space import apply_structure, build_candidates, combinations
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -191,7 +191,7 @@ def grid_run(prefect_api, search_copy):
 
 def test_four_candidate_grid_completes_locally_two_at_a_time(grid_run, search_copy):
     from flows.search import cores, split_threads
-    from tasks.search_runs import head, record_dir
+    from slimline.search.runs import head, record_dir
 
     records = grid_run["records"]
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}, records
@@ -226,7 +226,7 @@ def test_dvc_exp_show_lists_the_candidates_with_their_overrides(grid_run, search
 def test_rerun_skips_done_candidates_and_apply_best_changes_exactly_the_structure_keys(
         grid_run, search_copy, capsys):
     from flows.search import main
-    from tasks.search_runs import exp_refs, head
+    from slimline.search.runs import exp_refs, head
 
     before_text = (search_copy / "params.yaml").read_text()
     refs = exp_refs(search_copy, head(search_copy))
@@ -282,7 +282,7 @@ def test_pool_mode_runs_candidates_on_a_process_worker(prefect_api, search_copy,
     fails in its stage on the worker, the other finishes and is pushed, so `dvc exp
     show` here lists it."""
     from flows.search import search
-    from tasks.search_runs import exp_refs, head
+    from slimline.search.runs import exp_refs, head
 
     remote = tmp_path / "dvc-remote"
     dvc("remote", "add", "-d", "shared", str(remote), cwd=search_copy)

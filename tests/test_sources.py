@@ -1,4 +1,4 @@
-"""Tests for tasks.sources: valid round-trips and every malformed-input message."""
+"""Tests for slimline.data.sources: valid round-trips and every malformed-input message."""
 import gzip
 import struct
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.sources import DataError, RawDataset, load_idx, load_mnist5k, load_npz, load_source
+from slimline.data.sources import DataError, RawDataset, load_idx, load_mnist5k, load_npz, load_source
 
 TRAIN_IMG, TRAIN_LAB = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMG, TEST_LAB = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from conftest import run_env, sh, tree_digest, update_params
-from tasks.checkpoint import CheckpointStore
-from tasks.dataset import Prepared
-from tasks.params import Structure, TrainParams
-from tasks.trainer import train_structure
-from tasks.training import random_shift
+from slimline.training.checkpoint import CheckpointStore
+from slimline.data.dataset import Prepared
+from slimline.params import Structure, TrainParams
+from slimline.training.trainer import train_structure
+from slimline.training.loop import random_shift
 
 
 def tiny_prepared(n=60, seed=0) -> Prepared:
@@ -112,7 +112,7 @@ def test_resume_after_sigkill_is_bit_identical(pipeline_copy):
 
 def test_changed_params_never_resume_a_stale_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from tasks.stage import resume_dir
+    from slimline.stage import resume_dir
 
     dep = tmp_path / "dep.bin"
     dep.write_bytes(b"a")

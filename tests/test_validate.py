@@ -1,4 +1,4 @@
-"""Tests for tasks/validate.py: clean data passes, each corruption fails its own check.
+"""Tests for slimline/data/validate.py: clean data passes, each corruption fails its own check.
 
 Data is tiny (10 classes x 8 random 8x8 images per split), so each
 validate_splits call is a fraction of a second after the one-off GX import.
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.validate import CHECK_NAMES, Check, ValidationReport, validate_splits
+from slimline.data.validate import CHECK_NAMES, Check, ValidationReport, validate_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, PER_CLASS = 10, 8
@@ -158,7 +158,7 @@ def test_report_summary_and_json():
 
 def test_gx_error_becomes_failed_check(monkeypatch):
     """If GX raises while evaluating one expectation, that check fails with the reason."""
-    import tasks.validate as validate
+    import slimline.data.validate as validate
 
     table = validate._image_table
     monkeypatch.setattr(validate, "_image_table",
@@ -178,6 +178,6 @@ def test_report_without_gx():
 
 
 def test_import_is_cheap():
-    """Other stages import tasks.validate; GX (seconds to import) must stay lazy."""
-    code = "import sys, tasks.validate; assert 'great_expectations' not in sys.modules"
+    """Other stages import slimline.data.validate; GX (seconds to import) must stay lazy."""
+    code = "import sys, slimline.data.validate; assert 'great_expectations' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -23,8 +23,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from tasks.errors import StageError
-from tasks.io import atomic_write_bytes
+from slimline.errors import StageError
+from slimline.io import atomic_write_bytes
 
 INPUT, OUTPUT = "pixels", "logits"
 
@@ -101,7 +101,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     CNNs it gives the same minimal graph as the dynamo exporter, 20-80x faster,
     natively at opset 17, without onnxscript, and without the dynamo exporter's
     per-node metadata, which embeds absolute source paths and line numbers (the
-    bytes would change with the checkout folder or a comment in tasks/model.py).
+    bytes would change with the checkout folder or a comment in slimline/model.py).
     """
     net = copy.deepcopy(model).cpu().eval()  # the caller's module (device, train flag) is untouched
     _fuse_linear_bn(net)

@@ -1,6 +1,6 @@
 """Classify images with the ship bundle, using ONNX Runtime alone (no torch).
 
-    python -m tasks.predict PATH... [--bundle models/ship] [--json]
+    python -m slimline.predict PATH... [--bundle models/ship] [--json]
 
 PATH is a PNG/JPEG image or an .npz holding an array `x` of (N,H,W) or
 (N,C,H,W) raw pixels. Images are converted to the bundle's channel count and
@@ -71,7 +71,7 @@ def load_inputs(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m slimline.predict", description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="+", type=Path)
     ap.add_argument("--bundle", default="models/ship", type=Path)
     ap.add_argument("--json", action="store_true", help="one JSON line per input")

@@ -1,4 +1,4 @@
-"""Three ways to shrink a trained CNN built by `tasks.model.build_model`.
+"""Three ways to shrink a trained CNN built by `slimline.model.build_model`.
 
 * unstructured: zero the smallest weights globally (same shapes, sparse tensors);
 * structured: remove whole channels/neurons with Torch-Pruning (physically smaller);
@@ -17,9 +17,9 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
-from tasks.errors import StageError
-from tasks.model import ModelSpec, ShapeError, build_model, count_params
-from tasks.params import Structure
+from slimline.errors import StageError
+from slimline.model import ModelSpec, ShapeError, build_model, count_params
+from slimline.params import Structure
 
 FineTune = Callable[[nn.Module, int], None]  # finetune(model, epochs): trains in place
 Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from tasks.io import atomic_dir, write_json
+from slimline.io import atomic_dir, write_json
 
 SPLITS = ("train", "val", "test")
 

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tasks.errors import StageError
-from tasks.io import write_json, write_text
-from tasks.numerics import PROMISE, cpu_info
-from tasks.params import Params, ParamsError, load_params
+from slimline.errors import StageError
+from slimline.io import write_json, write_text
+from slimline.numerics import PROMISE, cpu_info
+from slimline.params import Params, ParamsError, load_params
 
 REPORTS = Path("reports")
 RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out

@@ -9,9 +9,9 @@ test accuracy is only reported.
 """
 from __future__ import annotations
 
-from tasks.params import SearchParams
-from tasks.search_space import describe
-from tasks.selection import pareto_front
+from slimline.params import SearchParams
+from slimline.search.space import describe
+from slimline.evaluation.selection import pareto_front
 
 
 def objective_value(r: dict, cfg: SearchParams) -> float | None:

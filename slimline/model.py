@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.errors import ShapeError, StageError  # ShapeError re-exported: callers catch it here
-from tasks.io import atomic_dir, write_json
-from tasks.params import Structure, feature_shape
+from slimline.errors import ShapeError, StageError  # ShapeError re-exported: callers catch it here
+from slimline.io import atomic_dir, write_json
+from slimline.params import Structure, feature_shape
 
 
 @dataclass(frozen=True)

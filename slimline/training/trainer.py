@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tasks import numerics as numerics_mod
-from tasks.checkpoint import CheckpointStore
-from tasks.dataset import Prepared
-from tasks.model import ModelSpec, build_model, count_flops, count_params, save_model
-from tasks.params import Structure, TrainParams
-from tasks.stage import REPORTS, resume_dir
-from tasks.training import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
+from slimline import numerics as numerics_mod
+from slimline.training.checkpoint import CheckpointStore
+from slimline.data.dataset import Prepared
+from slimline.model import ModelSpec, build_model, count_flops, count_params, save_model
+from slimline.params import Structure, TrainParams
+from slimline.stage import REPORTS, resume_dir
+from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
 
 @dataclass
@@ -76,7 +76,7 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     latency a structure search compares. It goes in the run record, never in the
     tracked metrics (timings vary between identical runs; dvc.lock must not). The
     export is a temporary file, not an output; it costs a few hundred ms."""
-    from tasks.onnx_tools import export_onnx, latency_ms
+    from slimline.compress.onnx_tools import export_onnx, latency_ms
 
     try:
         with tempfile.TemporaryDirectory(prefix="slimline-latency-") as tmp:

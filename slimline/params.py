@@ -2,7 +2,7 @@
 
 Every stage calls `load_params()` before doing any work, so an unknown key or a
 bad value anywhere in the file stops the run at once with a message naming the
-key, the value and what is allowed.  `python -m tasks.params` checks the file.
+key, the value and what is allowed.  `python -m slimline.params` checks the file.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import ShapeError
+from slimline.errors import ShapeError
 
 NOMINAL_INPUT = (1, 28, 28)  # for size checks made before the data is known
 
@@ -122,11 +122,11 @@ class TrainParams(Section):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
     augment_shift: int = Field(2, ge=0, le=8)  # random +/- pixel shifts; 0 turns it off
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: Optional[float] = Field(2.0, gt=0)  # clip the gradient norm; null turns it off
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(2, ge=1)  # fixed, because the thread count sets the summation order
-    # portable: bit-identical on any x86-64 CPU with AVX2+FMA, Intel or AMD (see tasks/numerics.py);
+    # portable: bit-identical on any x86-64 CPU with AVX2+FMA, Intel or AMD (see slimline/numerics.py);
     # fast: each CPU's fastest kernels, reproducible only on the same kind of CPU
     numerics: Literal["portable", "fast"] = "portable"
 
@@ -267,7 +267,7 @@ class SearchParams(Section):
 
 class Params(Section):
     data: DataParams = DataParams()
-    baseline: Structure = Structure()
+    baseline: Structure = Structure(dropout=0.3)  # the seed network, as params.yaml ships it
     train: TrainParams = TrainParams()
     student: Structure = Structure(conv_channels=[8, 16], hidden=[32], dropout=0.0)
     distill: DistillParams = DistillParams()

@@ -169,7 +169,7 @@ def apply(mode: str, num_threads: int) -> dict:
         raise ValueError(f"train.numerics: {mode!r} is not one of {', '.join(MODES)}")
     state = state_now()
     if mode == "portable":
-        from tasks.errors import StageError
+        from slimline.errors import StageError
 
         missing = [f for f in REQUIRED_FLAGS if f not in cpu_info()["isa"]]
         if missing and cpu_info()["isa"]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from tasks.params import EvaluateParams
+from slimline.params import EvaluateParams
 
 
 def wilson_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

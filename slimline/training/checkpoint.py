@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.io import atomic_write_bytes
+from slimline.io import atomic_write_bytes
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 

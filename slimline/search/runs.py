@@ -10,7 +10,7 @@ there). DVC runs the stages the target's stage depends on only if they are not
 up to date (`prepare` is normally restored from the cache), never the stages
 after it. The experiment commit holds params.yaml, dvc.lock and the stage's
 metrics; the stage leaves its untracked run record (train time, ORT latency)
-in the folder named by SLIMLINE_RUN_RECORD_DIR (tasks/trainer.py).
+in the folder named by SLIMLINE_RUN_RECORD_DIR (slimline/training/trainer.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from tasks.search_space import THREADS_KEY, Candidate
+from slimline.search.space import THREADS_KEY, Candidate
 
 RECORDS = Path(".slimline/search")  # under the repository root; ignored by git
 FAILED = "failed.json"
@@ -57,8 +57,8 @@ def head(root: Path) -> str:
 def code_state(root: Path) -> str:
     """A digest of uncommitted changes to the code and the stage graph ("" when clean).
     Experiments include them, so a candidate's identity must too."""
-    diff = git(root, "diff", "HEAD", "--", "tasks", "dvc.yaml")
-    new = git(root, "ls-files", "--others", "--exclude-standard", "--", "tasks").split()
+    diff = git(root, "diff", "HEAD", "--", "tasks", "slimline", "dvc.yaml")
+    new = git(root, "ls-files", "--others", "--exclude-standard", "--", "tasks", "slimline").split()
     if not diff and not new:
         return ""
     h = hashlib.sha256(diff.encode())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import StageError
+from slimline.errors import StageError
 
 
 class DataError(StageError):
@@ -191,7 +191,7 @@ def _check_npz_arrays(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str
     elif y.dtype.kind not in "biu":
         raise DataError(f"{path}: labels '{yk}' have dtype {y.dtype}; save integer class ids")
     # NaN/inf pixels and out-of-set labels are left to the validation suite
-    # (tasks.validate), which reports them with counts and examples.
+    # (slimline.data.validate), which reports them with counts and examples.
     return x, y.astype(np.int64)
 
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks import numerics as numerics_mod
-from tasks.checkpoint import CheckpointStore, rng_state, set_rng_state
-from tasks.errors import StageError
-from tasks.params import TrainParams
+from slimline import numerics as numerics_mod
+from slimline.training.checkpoint import CheckpointStore, rng_state, set_rng_state
+from slimline.errors import StageError
+from slimline.params import TrainParams
 
 # loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

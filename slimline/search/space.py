@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.params import ParamsError, SearchParams, Structure, parse_params
+from slimline.params import ParamsError, SearchParams, Structure, parse_params
 
 # The training stage that builds each target, and the report holding its metrics.
 STAGE = {"baseline": "train_baseline", "student": "distill"}

@@ -1,0 +1,54 @@
+"""dvc.yaml's code deps are each stage's import closure, no more and no less."""
+import yaml
+
+from conftest import ROOT
+from slimline.codedeps import closure, code_files, dvc_deps, stage_modules
+
+CODE = ("tasks/", "slimline/", "flows/")
+
+
+def declared_code_deps(stage: dict) -> list[str]:
+    deps = (stage.get("do") or stage)["deps"]
+    return sorted(d for d in deps if d.startswith(CODE))
+
+
+def test_every_stage_declares_exactly_the_code_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    modules = stage_modules()
+    assert set(modules) == set(stages)
+    for name, stage in stages.items():
+        assert declared_code_deps(stage) == dvc_deps(modules[name]), (
+            f"dvc.yaml stage {name}: code deps drifted from its imports; "
+            f"`python -m slimline.codedeps {modules[name]}` prints the right list")
+
+
+def test_closure_follows_imports_inside_functions_and_stops_at_the_project():
+    prepare = code_files("tasks.prepare")
+    # prepare imports sources and validate inside its function body
+    assert {"slimline/data/sources.py", "slimline/data/validate.py", "tasks/prepare.py"} <= set(prepare)
+    assert all(p.startswith(("tasks/", "slimline/")) for p in prepare)
+    # pruning reuses the KD loss from the library, not from the distill stage's script
+    assert "tasks/distill.py" not in code_files("tasks.prune")
+    assert "slimline/compress/kd.py" in code_files("tasks.prune")
+    # search code is in no stage's closure: editing it reruns nothing
+    for module in set(stage_modules().values()):
+        assert not any(p.startswith("slimline/search/") for p in code_files(module)), module
+
+
+def test_resume_keys_cover_the_same_code():
+    import tasks.distill
+    import tasks.train_baseline
+
+    assert tasks.train_baseline.CODE_DEPS == code_files("tasks.train_baseline")
+    assert tasks.distill.CODE_DEPS == code_files("tasks.distill")
+    assert all(not p.startswith("/") for p in tasks.distill.CODE_DEPS)
+
+
+def test_folder_deps_stand_for_all_their_code():
+    deps = dvc_deps("tasks.prune")
+    files = {p.relative_to(ROOT).as_posix() for p in closure("tasks.prune")}
+    for dep in deps:
+        if (ROOT / dep).is_dir():
+            inside = {p.relative_to(ROOT).as_posix() for p in (ROOT / dep).rglob("*.py")
+                      if "__pycache__" not in p.parts and p.read_text().strip()}
+            assert inside <= files, dep
