@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 setup: $(STAMP)
 
 # One resolve against the exact versions: torch 2.14.1 + torchvision 0.29.1 is one build
-# for CPU and CUDA machines alike (README, "GPU machines").
+# for CPU and CUDA machines alike (docs/operations.md, "GPU machines").
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -40,13 +40,13 @@ server-stop: setup
 	$(VENV)/bin/prefect server stop
 
 run: server
-	$(PY) -m slimline.params
-	$(PY) -m flows.pipeline
+	$(VENV)/bin/slimline check
+	$(VENV)/bin/slimline run
 
 # Work pools (cpu, gpu), the crash automation and the deployments in prefect.yaml,
 # on the server at PREFECT_API_URL (`make server` for a local one). Idempotent.
 deploy: setup
-	$(PY) -m flows.deploy
+	$(VENV)/bin/slimline deploy
 
 # A process worker for one pool. One per GPU: CUDA_VISIBLE_DEVICES=0 make worker POOL=gpu,
 # CUDA_VISIBLE_DEVICES=1 make worker POOL=gpu, ... Each worker checks runs out into its
@@ -71,7 +71,7 @@ clean-resume:
 	rm -rf .slimline/resume
 
 # A local S3-compatible server (moto) on 127.0.0.1 for trying the DVC remote; production
-# uses AWS S3 or any S3-compatible store: run infra/s3.py with its --endpoint-url instead.
+# uses AWS S3 or any S3-compatible store: run `slimline s3 bootstrap` with its --endpoint-url instead.
 S3_PORT ?= 5555
 S3_BUCKET ?= slimline
 s3-local: setup
@@ -82,7 +82,7 @@ s3-local: setup
 		for i in $$(seq 50); do curl -fs http://127.0.0.1:$(S3_PORT)/moto-api/ >/dev/null 2>&1 && break; sleep 0.2; done; \
 	fi
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
-		$(PY) -m infra.s3 bootstrap --bucket $(S3_BUCKET) --endpoint-url http://127.0.0.1:$(S3_PORT)
+		$(VENV)/bin/slimline s3 bootstrap --bucket $(S3_BUCKET) --endpoint-url http://127.0.0.1:$(S3_PORT)
 	$(VENV)/bin/dvc remote add -d --local -f storage s3://$(S3_BUCKET)/dvc
 	$(VENV)/bin/dvc remote modify --local storage endpointurl http://127.0.0.1:$(S3_PORT)
 	$(VENV)/bin/dvc remote modify --local storage access_key_id testing

@@ -36,7 +36,7 @@ from flows.overrides import validate as validate_overrides
 from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
 from flows.reports import Progress, publish_gate, publish_pareto, publish_stage, publish_summary
 from flows.workspace import workspace_slot
-from infra.s3 import LOCKED, explain_dvc_failure, is_transient
+from slimline.s3 import LOCKED, explain_dvc_failure, is_transient
 from slimline.params import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +190,7 @@ def _failure_text(stage: str, rc: int, lines: list[str], remote: Remote | None) 
 # NO_CACHE: DVC alone decides what is up to date. Retries only for transient
 # failures (DVC lock busy, remote unreachable): 3 attempts, waiting 5 s then
 # 20 s, so an outage costs 25 s of waiting on top of the bounded S3 retries
-# (infra/s3.py bounded_env). A failing stage (bad data, bad params) fails the
+# (slimline/s3.py bounded_env). A failing stage (bad data, bad params) fails the
 # same way again, so retry_transient never retries it.
 @task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 20],
       retry_condition_fn=retry_transient)

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.errors import StageFailed, TransientFailure, retry_transient
 from flows.workspace import dvc_remote, git_remote
-from infra.s3 import bounded_env, explain_dvc_failure, is_transient
+from slimline.s3 import bounded_env, explain_dvc_failure, is_transient
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def remote_for(root: Path, logger) -> Remote | None:
 
 def stage_env() -> dict:
     """Environment for dvc and stage subprocesses."""
-    env = bounded_env(dict(os.environ))  # an outage costs seconds: see infra/s3.py
+    env = bounded_env(dict(os.environ))  # an outage costs seconds: see slimline/s3.py
     # The flow's own interpreter first on PATH, so a worker's venv runs the stages.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"  # line-by-line logs, not 4 KB blocks at exit
@@ -81,7 +81,7 @@ def save_run(root: Path, prefix: str, stages: list[str]) -> dict:
 
 # 3 attempts, waiting 5 s then 20 s, only when the remote is unreachable; within
 # an attempt botocore tries each request at most twice (AWS_MAX_ATTEMPTS from
-# infra/s3.py bounded_env: 2 connects per object when the port refuses).
+# slimline/s3.py bounded_env: 2 connects per object when the port refuses).
 # Bad credentials or a corrupt object fail at once: waiting does not fix them.
 @task(task_run_name="dvc push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 20],
       retry_condition_fn=retry_transient)
@@ -114,7 +114,7 @@ def upload_evaluate(root: Path, remote: Remote | None, logger) -> dict[str, str]
     (the run's results are already safe locally; the push step reports the remote)."""
     from prefect.runtime import flow_run
 
-    from infra.s3 import remote_config, upload_reports
+    from slimline.s3 import remote_config, upload_reports
 
     cfg = remote_config(root, remote.name) if remote else None
     if cfg is None or not cfg.is_s3:

@@ -368,6 +368,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: slimline check [PARAMS_FILE]  (default params.yaml): validate it, exit 2 if invalid")
+        return 0
     path = argv[0] if argv else "params.yaml"
     try:
         load_params(path)

@@ -10,33 +10,19 @@ saved as safetensors + structure.json, so it rebuilds without pickle.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import torch
 
 from slimline import numerics as numerics_mod
-from slimline.training.checkpoint import CheckpointStore
-from slimline.data.dataset import load_prepared
 from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.model import ModelSpec, count_flops, count_params, load_model, save_model
 from slimline.params import Params, Structure
 from slimline.stage import main, markdown_table, write_report
+from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 from slimline.training.trainer import to_tensors
-from slimline.training.loop import evaluate, fit, resolve_device, seed_everything
-
-
-def make_finetune(params: Params, data, loss_fn):
-    """finetune(model, epochs): the `train` recipe for a few epochs, no resume folder needed."""
-    def finetune(model: torch.nn.Module, epochs: int) -> None:
-        if epochs <= 0:
-            return
-        cfg = params.train.model_copy(update={"epochs": epochs})
-        with tempfile.TemporaryDirectory() as tmp:
-            fit(model, data["train"], data["val"], cfg, CheckpointStore(tmp), loss_fn=loss_fn,
-                desc="finetune")
-    return finetune
 
 
 def prune(params: Params, args: argparse.Namespace) -> None:
@@ -56,20 +42,11 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     model = model.to(device)
     data = to_tensors(prep, device)
     loss_fn = make_kd_loss(load_teacher(Path("models/baseline"), device), params.distill) if cfg.distill else None
-    finetune = make_finetune(params, data, loss_fn)
+    finetune = make_finetune(params.train, data, loss_fn)
     source_acc = evaluate(model, *data["val"])[1]
-    ablation: list[dict] = []
 
-    if method == "unstructured":
-        model = pruning.prune_unstructured(model, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs)
-    elif method == "structured":
-        example = data["train"][0][:2]
-        model = pruning.prune_structured(model, example, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs)
-    else:
-        val = data["val"]
-        model, spec, ablation = pruning.prune_layers(
-            model, spec, cfg.layers_to_remove, lambda m: evaluate(m, *val)[1], finetune, cfg.ablation_epochs)
-        finetune(model, cfg.finetune_epochs * cfg.steps)  # the same budget as the other methods
+    model, spec, ablation = pruning.prune_with(method, model, spec, cfg, data, finetune,
+                                               lambda m: evaluate(m, *data["val"])[1])
 
     model = model.cpu().eval()
     structure = pruning.structure_of(model, Structure.model_validate(spec.structure))

@@ -377,7 +377,7 @@ HW = {"cpu": "test cpu", "cores": 1, "threads": 1, "onnxruntime": "x.y.z", "torc
 
 @pytest.fixture(scope="module")
 def ship(exported, tmp_path_factory):
-    from tasks.evaluate import write_ship
+    from slimline.evaluation.ship import write_ship
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path_factory.mktemp("ship") / "ship"
@@ -482,7 +482,7 @@ def test_predict_cli_npz_without_x_exits_2(ship, tmp_path, capsys):
 
 
 def test_write_ship_without_choice(exported, tmp_path):
-    from tasks.evaluate import write_ship
+    from slimline.evaluation.ship import write_ship
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path / "ship"
@@ -493,7 +493,7 @@ def test_write_ship_without_choice(exported, tmp_path):
 
 
 def test_write_ship_without_choice_replaces_previous_bundle(exported, tmp_path):
-    from tasks.evaluate import write_ship
+    from slimline.evaluation.ship import write_ship
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path / "ship"
@@ -505,7 +505,7 @@ def test_write_ship_without_choice_replaces_previous_bundle(exported, tmp_path):
 
 
 def test_predict_cli_unselected_bundle_exits_2_with_reason(exported, tmp_path, capsys):
-    from tasks.evaluate import write_ship
+    from slimline.evaluation.ship import write_ship
     from slimline.predict import Bundle, main
 
     _, onnx_dir, manifest, prep = exported
@@ -531,7 +531,7 @@ def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
 
 def test_quantize_takes_pruned_models_from_params_not_from_stale_folders(tmp_path):
     from slimline.errors import StageError
-    from tasks.quantize import find_models
+    from slimline.compress.variants import find_models
 
     for name in ("baseline", "student", "pruned/layer", "pruned/structured"):
         (tmp_path / name).mkdir(parents=True)

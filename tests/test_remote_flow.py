@@ -44,7 +44,7 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
 
     import flows.pipeline as fp
     from flows.remote import push_outputs
-    from infra.s3 import bootstrap
+    from slimline.s3 import bootstrap
 
     for k, v in KEYS.items():
         monkeypatch.setenv(k, v)

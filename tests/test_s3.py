@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import dvc, run_env, sh, tree_digest
-from infra.s3 import (S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy,
+from slimline.s3 import (S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy,
                       is_transient, remote_config, upload_reports)
 
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -1,6 +1,6 @@
 """No credentials in git: scan every file a commit would include.
 
-The project talks to S3 (DVC remote, infra/s3.py) and a shared Prefect server, so
+The project talks to S3 (DVC remote, slimline/s3.py) and a shared Prefect server, so
 keys end up in shells and local config; this catches one that slips into a file.
 """
 from __future__ import annotations

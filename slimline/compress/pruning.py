@@ -183,3 +183,17 @@ def prune_layers(model: nn.Module, spec: ModelSpec, n_remove: int, evaluate: Eva
         _, model, spec, row = best
         row["chosen"] = True
     return model, spec, table
+
+
+def prune_with(method: str, model: nn.Module, spec: ModelSpec, cfg, data: dict, finetune,
+               val_accuracy) -> tuple[nn.Module, ModelSpec, list[dict]]:
+    """Apply one prune.methods entry: (model, spec, layer-ablation table or [])."""
+    if method == "unstructured":
+        return prune_unstructured(model, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs), spec, []
+    if method == "structured":
+        example = data["train"][0][:2]
+        return prune_structured(model, example, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs), spec, []
+    model, spec, ablation = prune_layers(model, spec, cfg.layers_to_remove, val_accuracy, finetune,
+                                         cfg.ablation_epochs)
+    finetune(model, cfg.finetune_epochs * cfg.steps)  # the same budget as the other methods
+    return model, spec, ablation

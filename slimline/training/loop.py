@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -185,3 +186,14 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             on_epoch(metrics)
     model.eval()
     return result
+
+
+def make_finetune(cfg: TrainParams, data: dict, loss_fn: Optional[LossFn] = None):
+    """finetune(model, epochs): the `cfg` recipe for a few epochs, no resume folder needed."""
+    def finetune(model: nn.Module, epochs: int) -> None:
+        if epochs <= 0:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            fit(model, data["train"], data["val"], cfg.model_copy(update={"epochs": epochs}),
+                CheckpointStore(tmp), loss_fn=loss_fn, desc="finetune")
+    return finetune

@@ -1,0 +1,76 @@
+"""ONNX variants of each trained model: the fp32 export (checked against torch), then
+dynamic int8, static int8 (QDQ) and fp16 as quantize.variants asks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimline.compress import onnx_tools as ox
+from slimline.errors import StageError
+from slimline.model import load_model
+from slimline.params import QuantizeParams
+
+# Variants made only for models worth shipping; the scratch student is the KD ablation.
+FP32_ONLY = {"student_scratch"}
+
+
+def find_models(models: Path, prune_methods: list[str]) -> dict[str, Path]:
+    """name -> model folder, for every model the current DAG produces.
+
+    Pruned variants come from prune.methods, not from a directory listing: a
+    method dropped from params leaves its old folder on disk, which must not
+    be evaluated as if it were current.
+    """
+    found = {}
+    for name in ("baseline", "student", "student_scratch"):
+        if (models / name / "structure.json").exists():
+            found[name] = models / name
+    for method in sorted(prune_methods):  # params order must not change the outputs
+        folder = models / "pruned" / method
+        if not (folder / "structure.json").exists():
+            raise StageError(f"no pruned model in {folder}: run the `prune@{method}` stage first")
+        found[f"prune_{method}"] = folder
+    if "baseline" not in found:
+        raise StageError("no models/baseline: run the `train_baseline` stage first")
+    return found
+
+
+def calibration_set(prep, cfg) -> np.ndarray:
+    x = prep.splits["train"][0]
+    need = cfg.calibration_batches * cfg.calibration_batch_size
+    if need > len(x):
+        raise StageError(f"quantize.calibration_batches x calibration_batch_size = {need} images, but "
+                         f"the train split has {len(x)}; lower them")
+    order = np.random.default_rng(0).permutation(len(x))[:need]  # a fixed, spread-out sample
+    return x[np.sort(order)].astype(np.float32)
+
+
+
+def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib: np.ndarray,
+                  cfg: QuantizeParams) -> list[tuple[Path, str, float | None]]:
+    """Write `name`'s ONNX files into `out`: [(path, variant, top-1 agreement with fp32)],
+    the fp32 export first (agreement None)."""
+    model, spec = load_model(folder)
+    fp32 = out / f"{name}.onnx"
+    ox.export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(x_test)).numpy()
+    ref = ox.predict(fp32, x_test)
+    diff = float(np.abs(ref - torch_logits).max())
+    if ox.agreement(ref, torch_logits) < 1.0 or diff > 1e-3:
+        raise StageError(f"ONNX export of {name} does not match torch (max |diff| {diff:.2e}); "
+                         f"this is an exporter bug, not a data problem: report it")
+    entries = [(fp32, "fp32", None)]
+    if name not in FP32_ONLY:
+        for variant in cfg.variants:
+            path = out / f"{name}.{variant if variant == 'fp16' else 'int8_' + variant}.onnx"
+            if variant == "dynamic":
+                ox.quantize_dynamic_int8(fp32, path)
+            elif variant == "static":
+                ox.quantize_static_int8(fp32, path, calib, cfg.calibration_batch_size)
+            else:
+                ox.convert_fp16(fp32, path)
+            entries.append((path, variant, ox.agreement(ox.predict(path, x_test), ref)))
+    return entries

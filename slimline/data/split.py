@@ -1,0 +1,75 @@
+"""Split a loaded source into train/val/test: stratified, seeded, without duplicates."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from slimline.params import DataParams
+
+
+def stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a per-class random `fraction` of y (at least one per class)."""
+    picked = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        picked.append(idx[: max(1, int(round(len(idx) * fraction)))])
+    return np.sort(np.concatenate(picked))
+
+
+def split_indices(y: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded split of range(len(y)); the remainder goes to `train`."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list] = {name: [] for name in [*fractions, "train"]}
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        start = 0
+        for name, frac in fractions.items():
+            k = int(round(len(idx) * frac))
+            parts[name].append(idx[start:start + k])
+            start += k
+        parts["train"].append(idx[start:])
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+def image_hashes(x: np.ndarray) -> list[str]:
+    flat = np.ascontiguousarray(x).reshape(len(x), -1)
+    return [hashlib.sha1(row.tobytes()).hexdigest() for row in flat]
+
+
+def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keep the first of exact-duplicate images, so a random split cannot create
+    train/test leakage by itself. (Leakage in a source's own test split is
+    still caught by validation.)"""
+    _, first = np.unique(np.array(image_hashes(x)), return_index=True)
+    keep = np.sort(first)
+    return x[keep], y[keep], len(x) - len(keep)
+
+
+def build_splits(cfg: DataParams):
+    from slimline.data.sources import load_source
+
+    raw = load_source(cfg.source, cfg.path)
+    rng = np.random.default_rng(cfg.seed)
+    x, y = raw.x, raw.y.astype(np.int64)
+    x, y, dropped = drop_duplicates(x, y)
+    has_test = raw.x_test is not None
+    if cfg.limit is not None:
+        pool_share = 1.0 - (cfg.test_fraction if has_test else 0.0)
+        keep = stratified_take(y, min(1.0, cfg.limit * pool_share / len(y)), rng)
+        x, y = x[keep], y[keep]
+    if has_test:
+        xt, yt = raw.x_test, raw.y_test.astype(np.int64)
+        if cfg.limit is not None:
+            keep = stratified_take(yt, min(1.0, cfg.limit * cfg.test_fraction / len(yt)), rng)
+            xt, yt = xt[keep], yt[keep]
+        idx = split_indices(y, {"val": cfg.val_fraction}, cfg.seed)
+        splits = {"train": (x[idx["train"]], y[idx["train"]]),
+                  "val": (x[idx["val"]], y[idx["val"]]), "test": (xt, yt)}
+    else:
+        idx = split_indices(y, {"test": cfg.test_fraction, "val": cfg.val_fraction}, cfg.seed)
+        splits = {name: (x[idx[name]], y[idx[name]]) for name in ("train", "val", "test")}
+    splits = {k: (v[0].astype(np.float32) if v[0].dtype.kind == "f" else v[0], v[1])
+              for k, v in splits.items()}
+    return raw, splits, dropped
+

@@ -1,0 +1,39 @@
+"""The ship bundle: the selected ONNX model with its labels and manifest, in models/ship/."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from slimline.compress import onnx_tools as ox
+from slimline.io import atomic_dir, write_json
+
+
+def git_commit() -> str | None:
+    """HEAD, with "-dirty" when tracked files differ from it (the usual case mid-run,
+    since DVC updates dvc.lock only after the stage)."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: dict, prep, hw: dict,
+               why: str) -> None:
+    with atomic_dir(ship) as tmp:
+        if chosen is None:
+            write_json(tmp / "manifest.json", {"selected": None, "reason": why})
+            return
+        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
+        (tmp / "model.onnx").write_bytes((onnx_dir / entry["file"]).read_bytes())
+        write_json(tmp / "labels.json", [str(i) for i in range(prep.num_classes)])
+        write_json(tmp / "manifest.json", {
+            "selected": chosen["name"], "source": entry["source"], "opset": entry["opset"],
+            "input": {"name": ox.INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
+                      "pixels": "raw, 0..255; normalisation is inside the model"},
+            "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
+                             **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
+            "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
+                                               "ort_p50_ms_b1", "ort_throughput_b256")},
+            "hardware": hw, "onnxruntime": hw["onnxruntime"], "git_commit": git_commit()})
+
