@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test server server-stop deploy worker bench clean-resume s3-local
+.PHONY: setup run test server server-stop deploy worker bench docs clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -65,6 +65,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.train_loop
+
+# docs/params.md from the schema's descriptions; a test fails when it is stale.
+docs: setup
+	$(PY) -m slimline.params_doc --write
 
 # Drop interrupted-run checkpoints (they are also removed after every successful run).
 clean-resume:

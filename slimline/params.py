@@ -27,15 +27,26 @@ class Section(BaseModel):
 class DataParams(Section):
     """`data`: where the images come from and how they are split (stage `prepare`)."""
 
-    source: Literal["mnist5k", "idx", "npz"] = "mnist5k"
-    path: Optional[str] = None  # folder (idx) or file (npz); unused for mnist5k
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)  # only when the source has no test split
-    seed: int = Field(0, ge=0)
-    min_per_class: int = Field(10, ge=1)
-    limit: Optional[int] = Field(None, ge=20)  # stratified cap on samples, for tiny configs
-    pixel_max: float = Field(255.0, gt=0)  # pixels must lie in [0, pixel_max]
-    num_classes: Optional[int] = Field(None, ge=2)  # None: inferred as max label + 1
+    source: Literal["mnist5k", "idx", "npz"] = Field(
+        "mnist5k", description="Where the images come from: mnist5k (the packaged MNIST digits, "
+                               "offline), idx (a folder of MNIST IDX files) or npz (a file of x, y arrays).")
+    path: Optional[str] = Field(
+        None, description="The folder (idx) or .npz file (npz) to read; required for those sources, "
+                          "unused for mnist5k.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of the images held out for "
+                                                             "validation, stratified by class.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of the images held out for testing; used only when "
+                                     "the source has no test split of its own.")
+    seed: int = Field(0, ge=0, description="Seed of the split and of the `limit` sample.")
+    min_per_class: int = Field(10, ge=1, description="Fewest train images each class must have; "
+                                                     "fewer fails validation before anything is written.")
+    limit: Optional[int] = Field(None, ge=20, description="Stratified cap on the number of images, "
+                                                          "for tiny configs; null: use them all.")
+    pixel_max: float = Field(255.0, gt=0, description="Largest allowed pixel value: every pixel "
+                                                      "must lie in [0, pixel_max].")
+    num_classes: Optional[int] = Field(None, ge=2, description="Number of classes; null: inferred "
+                                                               "as the largest label + 1.")
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
@@ -49,20 +60,31 @@ class DataParams(Section):
 
 
 class Structure(BaseModel):
-    """A network's structure choices; reused by the baseline and (later) the student."""
+    """A network's structure choices; the `baseline` (teacher) and `student` sections."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    conv_channels: list[int] = Field(default_factory=lambda: [32, 64])  # one conv block each
-    kernel_size: int = Field(3, ge=1, le=11)
-    padding: int = Field(0, ge=0)
-    pool: int = Field(2, ge=1, le=4)  # max-pool size after each conv block; 1 = no pooling
-    hidden: list[int] = Field(default_factory=lambda: [128])  # one fully-connected layer each
-    activation: Literal["relu", "leaky_relu", "elu", "gelu", "silu"] = "relu"
-    negative_slope: float = Field(0.01, gt=0, lt=1)  # leaky_relu only
-    alpha: float = Field(1.0, gt=0)  # elu only
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
+    conv_channels: list[int] = Field(
+        default_factory=lambda: [32, 64],
+        description="Output channels of each conv block, one block per entry (conv, optional batch "
+                    "norm, activation, max-pool); [] for none.")
+    kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv block, in pixels.")
+    padding: int = Field(0, ge=0, description="Zero padding on each side of every conv block's input, "
+                                              "in pixels.")
+    pool: int = Field(2, ge=1, le=4, description="Max-pool size and stride after each conv block; "
+                                                 "1 turns pooling off.")
+    hidden: list[int] = Field(
+        default_factory=lambda: [128],
+        description="Width of each fully-connected hidden layer, one layer per entry; [] for none.")
+    activation: Literal["relu", "leaky_relu", "elu", "gelu", "silu"] = Field(
+        "relu", description="Activation after every conv and hidden layer (never after the output logits).")
+    negative_slope: float = Field(0.01, gt=0, lt=1, description="Slope for negative inputs; "
+                                                                "leaky_relu only.")
+    alpha: float = Field(1.0, gt=0, description="Saturation value for negative inputs; elu only.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability after each hidden layer; "
+                                                        "0 turns it off.")
+    batch_norm: bool = Field(False, description="Batch norm after each conv and hidden layer, "
+                                                "before the activation.")
 
     @model_validator(mode="after")
     def _check(self) -> "Structure":
@@ -114,30 +136,45 @@ def param_count(s: "Structure", input_shape: tuple[int, int, int], num_classes: 
 class TrainParams(Section):
     """`train`: the recipe every trained model gets (stage `train_baseline`)."""
 
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
-    augment_shift: int = Field(2, ge=0, le=8)  # random +/- pixel shifts; 0 turns it off
-    grad_clip: Optional[float] = Field(2.0, gt=0)  # clip the gradient norm; null turns it off
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(2, ge=1)  # fixed, because the thread count sets the summation order
-    # portable: bit-identical on any x86-64 CPU with AVX2+FMA, Intel or AMD (see slimline/numerics.py);
-    # fast: each CPU's fastest kernels, reproducible only on the same kind of CPU
-    numerics: Literal["portable", "fast"] = "portable"
+    epochs: int = Field(15, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Images per optimizer step.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (Nesterov momentum) or adamw.")
+    lr: float = Field(0.05, gt=0, le=10, description="Learning rate; the peak rate under the "
+                                                     "onecycle schedule.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov when above 0); "
+                                                         "unused by adamw.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay of either optimizer; 0 turns it off.")
+    schedule: Literal["onecycle", "cosine", "none"] = Field(
+        "onecycle", description="Learning-rate schedule over all steps; none keeps lr constant.")
+    augment_shift: int = Field(2, ge=0, le=8, description="Largest random shift of each train image, "
+                                                          "in pixels either way; 0 turns it off.")
+    grad_clip: Optional[float] = Field(
+        2.0, gt=0, description="Largest gradient norm; keeps KD at high alpha from collapsing; "
+                               "null turns clipping off.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation, shuffling and augmentation.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; auto uses CUDA when a device is visible, else the CPU.")
+    num_threads: int = Field(
+        2, ge=1, description="CPU threads for training; part of the result, because the thread "
+                             "count sets the summation order.")
+    numerics: Literal["portable", "fast"] = Field(
+        "portable", description="CPU math: portable is bit-identical on any x86-64 CPU with AVX2+FMA, "
+                                "Intel or AMD (see slimline/numerics.py); fast uses each CPU's fastest "
+                                "kernels, reproducible only on the same kind of CPU.")
 
 
 class DistillParams(Section):
     """`distill`: Hinton KD from models/baseline into the `student` structure."""
 
-    temperature: float = Field(4.0, gt=0, le=20)
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term; 1 - alpha weighs the labels
-    epochs: Optional[int] = Field(None, ge=1)  # None: train.epochs; never more than the baseline got
-    require_smaller: bool = True  # reject a student that is not smaller than the teacher
+    temperature: float = Field(4.0, gt=0, le=20, description="Softmax temperature of the teacher's "
+                                                             "and student's logits in the KD term.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (teacher) KD term; "
+                                                      "1 - alpha weighs the labels.")
+    epochs: Optional[int] = Field(
+        None, ge=1, description="Student training epochs; null: train.epochs, and never more than "
+                                "the baseline got.")
+    require_smaller: bool = Field(True, description="Reject a student with no fewer params than "
+                                                    "the baseline (teacher).")
 
 
 PRUNE_METHODS = ("unstructured", "structured", "layer")
@@ -146,15 +183,22 @@ PRUNE_METHODS = ("unstructured", "structured", "layer")
 class PruneParams(Section):
     """`prune`: each listed method makes its own variant (stage prune@<method>)."""
 
-    source: Literal["baseline", "student"] = "baseline"
+    source: Literal["baseline", "student"] = Field(
+        "baseline", description="The model to prune: models/baseline or the distilled models/student.")
     methods: list[Literal["unstructured", "structured", "layer"]] = Field(
-        default_factory=lambda: list(PRUNE_METHODS), min_length=1)
-    amount: float = Field(0.75, ge=0, lt=1)  # weights (unstructured) or channels (structured) removed
-    steps: int = Field(3, ge=1)  # prune in this many steps, fine-tuning after each
-    finetune_epochs: int = Field(2, ge=0)  # per step
-    layers_to_remove: int = Field(1, ge=1)  # layer method: whole hidden layers / conv blocks
-    ablation_epochs: int = Field(1, ge=0)  # layer method: fine-tuning before scoring each candidate
-    distill: bool = True  # fine-tune with the KD loss from models/baseline
+        default_factory=lambda: list(PRUNE_METHODS), min_length=1,
+        description="Pruning methods to run, each a stage prune@<method> with its own variant.")
+    amount: float = Field(0.75, ge=0, lt=1, description="Fraction of weights (unstructured) or "
+                                                        "channels (structured) removed.")
+    steps: int = Field(3, ge=1, description="Prune in this many steps, fine-tuning after each.")
+    finetune_epochs: int = Field(2, ge=0, description="Fine-tuning epochs per step; 0 turns "
+                                                      "fine-tuning off.")
+    layers_to_remove: int = Field(1, ge=1, description="Layer method: whole hidden layers or conv "
+                                                       "blocks to remove.")
+    ablation_epochs: int = Field(1, ge=0, description="Layer method: fine-tuning epochs before "
+                                                      "scoring each candidate removal.")
+    distill: bool = Field(True, description="Fine-tune with the KD loss from models/baseline "
+                                            "instead of the labels alone.")
 
     @field_validator("methods")
     @classmethod
@@ -168,24 +212,36 @@ class QuantizeParams(Section):
     """`quantize`: ONNX export of every model, then ONNX Runtime variants."""
 
     variants: list[Literal["dynamic", "static", "fp16"]] = Field(
-        default_factory=lambda: ["dynamic", "static", "fp16"])
-    calibration_batches: int = Field(8, ge=1)
-    calibration_batch_size: int = Field(32, ge=1)
-    min_agreement: float = Field(0.99, gt=0, le=1)  # top-1 agreement with the fp32 source
-    opset: int = Field(17, ge=17, le=21)
+        default_factory=lambda: ["dynamic", "static", "fp16"],
+        description="Variants made from each fp32 ONNX model: dynamic int8, static int8 (QDQ, "
+                    "calibrated) and fp16; [] exports fp32 only.")
+    calibration_batches: int = Field(8, ge=1, description="Batches of train images that calibrate "
+                                                          "static int8.")
+    calibration_batch_size: int = Field(32, ge=1, description="Images per calibration batch.")
+    min_agreement: float = Field(
+        0.99, gt=0, le=1, description="Least top-1 agreement with the fp32 source on the test split; "
+                                      "a variant below it is left out.")
+    opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 
 class EvaluateParams(Section):
     """`evaluate`: measure every variant and choose the one to ship."""
 
-    objective: Literal["latency", "size"] = "latency"
-    max_accuracy_drop: float = Field(0.005, ge=0, lt=1)  # fraction: 0.005 = 0.5 pt below the baseline
-    max_bytes: Optional[int] = Field(None, ge=1)
-    max_p50_ms: Optional[float] = Field(None, gt=0)
-    require_selection: bool = False  # fail the stage when no variant meets every budget
-    threads: int = Field(1, ge=1)  # ONNX Runtime / torch threads for timing
-    warmup: int = Field(20, ge=0)
-    repeats: int = Field(200, ge=10)
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="What the shipped variant minimises among those within every budget: "
+                               "p50 latency or file size.")
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, lt=1, description="Largest val accuracy drop below the baseline, as a fraction "
+                                       "(0.005 = 0.5 pt).")
+    max_bytes: Optional[int] = Field(None, ge=1, description="Largest model file size in bytes; "
+                                                             "null: no size budget.")
+    max_p50_ms: Optional[float] = Field(None, gt=0, description="Largest ONNX Runtime p50 latency at batch 1, in ms; "
+                                                                "null: no latency budget.")
+    require_selection: bool = Field(False, description="Fail the stage when no variant meets every "
+                                                       "budget; false ships no model and records why.")
+    threads: int = Field(1, ge=1, description="ONNX Runtime and torch threads for timing.")
+    warmup: int = Field(20, ge=0, description="Untimed runs before timing each variant.")
+    repeats: int = Field(200, ge=10, description="Timed runs per variant; the p50 is over these.")
 
 
 class GateParams(Section):
@@ -193,9 +249,13 @@ class GateParams(Section):
     reruns nothing). A run fails when its selected model is worse than the previous
     run's (the last commit's reports/evaluate.json) by more than these margins."""
 
-    max_accuracy_drop: float = Field(0.005, ge=0, lt=1)  # fraction: 0.005 = 0.5 pt on test
-    max_latency_increase: float = Field(0.5, ge=0)  # 0.5: p50/baseline p50 up 50%; same CPU only
-    enabled: bool = True
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, lt=1, description="Largest fall in the shipped model's test accuracy, as a "
+                                       "fraction (0.005 = 0.5 pt).")
+    max_latency_increase: float = Field(
+        0.5, ge=0, description="Largest rise in the shipped model's p50 relative to the baseline's "
+                               "p50, as a fraction (0.5 = 50%); compared on the same CPU model only.")
+    enabled: bool = Field(True, description="Run the gate; false lets every run pass.")
 
 
 STRUCTURE_KEYS = ("conv_channels", "hidden", "activation", "dropout")  # what a search may vary
@@ -204,10 +264,16 @@ STRUCTURE_KEYS = ("conv_channels", "hidden", "activation", "dropout")  # what a 
 class SearchSpace(Section):
     """`search.space`: the choices per structure key; a key left out keeps the target's value."""
 
-    conv_channels: Optional[list[list[int]]] = Field(None, min_length=1)  # one list per choice
-    hidden: Optional[list[list[int]]] = Field(None, min_length=1)  # [] = no hidden layer
-    activation: Optional[list[Literal["relu", "leaky_relu", "elu", "gelu", "silu"]]] = Field(None, min_length=1)
-    dropout: Optional[list[float]] = Field(None, min_length=1)
+    conv_channels: Optional[list[list[int]]] = Field(
+        None, min_length=1, description="Choices of conv_channels, one list per choice, e.g. "
+                                        "[[32, 64], [16, 32]]; null: keep the target's value.")
+    hidden: Optional[list[list[int]]] = Field(
+        None, min_length=1, description="Choices of hidden (layer count and widths), one list per "
+                                        "choice; [] is no hidden layer; null: keep the target's value.")
+    activation: Optional[list[Literal["relu", "leaky_relu", "elu", "gelu", "silu"]]] = Field(
+        None, min_length=1, description="Choices of activation; null: keep the target's value.")
+    dropout: Optional[list[float]] = Field(
+        None, min_length=1, description="Choices of dropout; null: keep the target's value.")
 
     def choices(self) -> dict[str, list]:
         """{key: choices} for the keys being searched, in STRUCTURE_KEYS order."""
@@ -218,17 +284,31 @@ class SearchParams(Section):
     """`search`: structure search (python -m flows.search). No stage reads it: each
     candidate is a DVC experiment of the target's training stage with `-S` overrides."""
 
-    target: Literal["baseline", "student"] = "baseline"  # baseline: train_baseline; student: distill
-    space: SearchSpace = SearchSpace(activation=["relu", "leaky_relu", "elu"], hidden=[[128], [128, 64]])
-    strategy: Literal["grid", "random"] = "grid"
-    n: Optional[int] = Field(None, ge=1)  # random: candidates drawn from the grid, without repeats
-    seed: int = Field(0, ge=0)  # random: the draw
-    objective: Literal["accuracy", "score"] = "accuracy"  # score = val accuracy - latency_weight x p50 ms
-    latency_weight: float = Field(0.0, ge=0)
-    max_params: Optional[int] = Field(None, ge=1)  # budgets a recommended structure must meet
-    max_flops: Optional[int] = Field(None, ge=1)
-    overrides: dict[str, Any] = Field(default_factory=dict)  # recipe for every candidate: {"train.epochs": 5}
-    workers: int = Field(2, ge=1)  # local mode: candidates at a time (torch threads split between them)
+    target: Literal["baseline", "student"] = Field(
+        "baseline", description="The structure searched: baseline (stage train_baseline) or student "
+                                "(stage distill).")
+    space: SearchSpace = Field(
+        SearchSpace(activation=["relu", "leaky_relu", "elu"], hidden=[[128], [128, 64]]),
+        description="Choices per structure key; every combination is one candidate (a DVC experiment).")
+    strategy: Literal["grid", "random"] = Field(
+        "grid", description="grid runs every combination; random draws n of them with seed.")
+    n: Optional[int] = Field(None, ge=1, description="random: candidates drawn from the grid, without "
+                                                     "repeats; unused by grid.")
+    seed: int = Field(0, ge=0, description="random: seed of the draw.")
+    objective: Literal["accuracy", "score"] = Field(
+        "accuracy", description="Ranking: val accuracy, or score = val accuracy - latency_weight x "
+                                "ONNX Runtime p50 ms.")
+    latency_weight: float = Field(0.0, ge=0, description="score: val accuracy (a fraction) charged per ms "
+                                                                   "of p50 latency.")
+    max_params: Optional[int] = Field(None, ge=1, description="Most params a recommended structure "
+                                                              "may have; null: no budget.")
+    max_flops: Optional[int] = Field(None, ge=1, description="Most FLOPs per image a recommended "
+                                                             "structure may have; null: no budget.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe for every candidate, as section.key: value, e.g. "
+                                          "{train.epochs: 5}; part of each candidate's identity.")
+    workers: int = Field(2, ge=1, description="Local mode: candidates at a time; each gets "
+                                              "cores // workers torch threads.")
 
     @model_validator(mode="after")
     def _check(self) -> "SearchParams":
