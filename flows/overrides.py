@@ -8,33 +8,12 @@ records the values, and the run is saved as a DVC experiment that shows them
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import yaml
 
+from slimline.overrides import OverrideError, as_set_args
 from slimline.params import ParamsError, parse_params
-
-
-class OverrideError(ValueError):
-    pass
-
-
-def as_set_args(overrides: dict) -> list[str]:
-    """`-S` arguments: key=value, in the override grammar DVC parses `-S` with (Hydra's):
-    lists, null and numbers in flow style; strings quoted, since a bare `a,b` would
-    be read as a sweep of two values."""
-    out = []
-    for key, value in overrides.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OverrideError(f"override '{key}': {value} is not a usable value")
-        if isinstance(value, str):
-            text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        else:
-            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-            text = text.removesuffix("\n...").strip()
-        out.append(f"{key}={text}")
-    return out
 
 
 def _apply(raw: dict, overrides: dict) -> dict:

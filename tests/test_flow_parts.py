@@ -71,6 +71,18 @@ def test_set_args_round_trip_through_yaml():
     assert validate(ROOT, {}) == []
 
 
+def test_set_args_survive_dvcs_own_parser(tmp_path):
+    """The one -S writer (flow overrides and search candidates): a string with a comma
+    stays one string, where a bare `a,b` would be a sweep of two values to Hydra."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  path: null\ntrain:\n  lr: 0.05\n  grad_clip: 2.0\n")
+    apply_overrides(path, as_set_args({"data.path": "a,b", "train.lr": 0.02, "train.grad_clip": None}))
+    assert yaml.safe_load(path.read_text()) == {"data": {"path": "a,b"},
+                                                "train": {"lr": 0.02, "grad_clip": None}}
+
+
 # --- the regression gate ---------------------------------------------------------
 
 def report(acc: float, p50: float, base_p50: float = 0.1, cpu: str = "cpu A", selected="student"):

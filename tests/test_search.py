@@ -44,7 +44,7 @@ def test_grid_names_are_stable_and_keyed_by_what_shapes_the_result():
                                          {"hidden": [128, 64], "activation": "relu"},
                                          {"hidden": [128, 64], "activation": "elu"}]
     assert len({c.name for c in cands}) == 4 and [c.name for c in build_candidates(raw)] == [c.name for c in cands]
-    assert cands[3].set_args(1) == ["-S", "baseline.hidden=[128, 64]", "-S", "baseline.activation=elu",
+    assert cands[3].set_args(1) == ["-S", "baseline.hidden=[128, 64]", "-S", "baseline.activation='elu'",
                                     "-S", "train.num_threads=1"]
     assert cands[0].structure["conv_channels"] == [32, 64] and cands[0].stage == "train_baseline"
     # the same structure gets the same name whichever keys the space lists...

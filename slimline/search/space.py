@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slimline.overrides import as_set_args
 from slimline.params import ParamsError, SearchParams, Structure, parse_params
 
 # The training stage that builds each target, and the report holding its metrics.
@@ -42,15 +43,11 @@ class Candidate:
         return STAGE[self.target]
 
     def set_args(self, threads: int | None = None) -> list[str]:
-        """`-S key=value` arguments; values as YAML flow scalars/lists, which DVC's
-        (Hydra) override parser reads back as the same types."""
+        """`-S key=value` arguments, written as the pipeline flow writes its own."""
         items = dict(self.overrides)
         if threads is not None:
             items[THREADS_KEY] = threads
-        out = []
-        for key, value in items.items():
-            out += ["-S", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
-        return out
+        return [arg for pair in as_set_args(items) for arg in ("-S", pair)]
 
     def asdict(self) -> dict:
         return asdict(self)
