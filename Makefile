@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test server server-stop deploy worker bench docs clean-resume s3-local
+.PHONY: setup run test test-fast server server-stop deploy worker bench docs clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -62,6 +62,10 @@ worker: setup
 # run on one core, and many wait on servers and subprocesses.
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# The unit tests only (tests/unit): no DVC pipeline, no Prefect server; under a minute.
+test-fast: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile tests/unit
 
 bench: setup
 	$(PY) -m benchmarks.train_loop

@@ -8,7 +8,7 @@ import yaml
 
 from slimline.params import Params, ParamsError, load_params, parse_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_params_are_valid_and_match_the_seed_network():

@@ -13,7 +13,7 @@ import pytest
 
 from slimline.data.validate import CHECK_NAMES, Check, ValidationReport, validate_splits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES, PER_CLASS = 10, 8
 KW = dict(num_classes=NUM_CLASSES, min_per_class=4, pixel_min=0.0, pixel_max=255.0,
           min_rows=100)

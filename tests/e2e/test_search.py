@@ -29,7 +29,7 @@ GRID = {"activation": ["elu", "leaky_relu"], "hidden": [[8], [8, 8]], "conv_chan
 
 
 def raw_params(**search) -> dict:
-    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     raw["search"] = {**raw.get("search", {}), **search}
     return raw
 
@@ -150,7 +150,7 @@ def test_exact_ties_prefer_the_cheaper_then_the_current_structure():
 
 
 def test_apply_structure_writes_only_the_chosen_keys_and_keeps_comments(tmp_path):
-    src = Path(__file__).resolve().parent.parent / "params.yaml"
+    src = Path(__file__).resolve().parents[2] / "params.yaml"
     path = tmp_path / "params.yaml"
     path.write_text(src.read_text())
     diff = apply_structure(path, "student", {"hidden": [64, 32], "activation": "elu"})
