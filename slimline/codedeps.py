@@ -26,6 +26,11 @@ def _file(module: str) -> Path | None:
     return None
 
 
+def _runs_code(path: Path) -> bool:
+    """An empty __init__.py runs nothing; one that gains code becomes a dep (and the test says so)."""
+    return path.name != "__init__.py" or bool(path.read_text().strip())
+
+
 @lru_cache(maxsize=None)
 def _imports(path: Path) -> frozenset[str]:
     """Project modules `path` imports, at any depth of its code."""
@@ -57,8 +62,7 @@ def closure(module: str) -> list[Path]:
             if path and path not in seen:
                 seen.add(path)
                 todo.extend(_imports(path))
-    # An empty __init__.py runs nothing; one that gains code becomes a dep (and the test says so).
-    return sorted(p for p in seen if p.name != "__init__.py" or p.read_text().strip())
+    return sorted(p for p in seen if _runs_code(p))
 
 
 def code_files(module: str) -> list[str]:
@@ -76,8 +80,7 @@ def dvc_deps(module: str) -> list[str]:
     for folder in folders:
         if any(folder.is_relative_to(c) for c in covered):
             continue
-        every = {p for p in folder.rglob("*.py") if "__pycache__" not in p.parts
-                 and (p.name != "__init__.py" or p.read_text().strip())}
+        every = {p for p in folder.rglob("*.py") if "__pycache__" not in p.parts and _runs_code(p)}
         if every and every <= files:
             covered.add(folder)
             deps.append(folder.relative_to(ROOT).as_posix())

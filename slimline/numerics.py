@@ -1,6 +1,6 @@
 """CPU numerics: `train.numerics: portable` makes training bit-identical on any x86-64 CPU.
 
-Three libraries under torch pick their CPU code at run time, and each choice changes
+Four libraries under torch pick their CPU code at run time, and each choice changes
 float rounding, hence the trained weights:
 - ATen picks kernels by the CPU's vector width (AVX2 or AVX-512): pinned to AVX2
   with ATEN_CPU_CAPABILITY, read once at torch's first dispatch.
@@ -11,7 +11,8 @@ float rounding, hence the trained weights:
   the thread count, hence the reduction order, what train.num_threads says.
 - oneDNN convolutions choose their blocking from the ISA and cache sizes, which no
   setting pins; so do NNPACK's (its input-channel blocks come from the L1/L2/L3
-  sizes), and torch sends convolutions of batches >= 16 to NNPACK when oneDNN is off. Portable mode turns both off: torch then convolves by im2col + MKL.
+  sizes), and torch sends convolutions of batches >= 16 to NNPACK when oneDNN is off.
+  Portable mode turns both off: torch then convolves by im2col + MKL.
 And one choice is by vendor alone: torch's CPU `bernoulli_(p)`, which dropout uses,
 draws from MKL's generator on Intel and from torch's own elsewhere. Portable mode
 replaces it with a draw from torch's own generator everywhere.
@@ -171,8 +172,9 @@ def apply(mode: str, num_threads: int) -> dict:
     if mode == "portable":
         from slimline.errors import StageError
 
-        missing = [f for f in REQUIRED_FLAGS if f not in cpu_info()["isa"]]
-        if missing and cpu_info()["isa"]:
+        isa = cpu_info()["isa"]
+        missing = [f for f in REQUIRED_FLAGS if f not in isa]
+        if missing and isa:  # no flags at all: not Linux, nothing to check against
             raise StageError(f"train.numerics is 'portable', which needs a CPU with AVX2 and FMA; "
                              f"this one lacks {', '.join(missing)}: set train.numerics: fast")
         if state["aten_capability"] != "AVX2" or state["mkl_branch"] not in (None, "COMPATIBLE"):
