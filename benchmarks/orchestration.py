@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -24,20 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.project import copy_project
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = {"data": {"limit": 400, "min_per_class": 5}, "train": {"epochs": 2, "num_threads": 1},
-        "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
-        "quantize": {"calibration_batches": 2, "calibration_batch_size": 16},
-        "evaluate": {"warmup": 2, "repeats": 20},
-        "gate": {"max_latency_increase": 100.0, "max_accuracy_drop": 0.99}}  # noise at this size
-
-
-def env(**extra: str) -> dict:
-    e = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", **extra)
-    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])
-    return e
+from benchmarks.project import ROOT, TINY, copy_project, run_env as env
 
 
 def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
@@ -138,9 +124,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env(), check=True,
                            capture_output=True)  # warm: every stage has run once
             # ...and is committed, so the flow's regression gate compares like with like
-            for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid",
-                                                 "commit", "-qm", "warm"]):
-                subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+            for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "warm"]):
+                subprocess.run(cmd, cwd=root, env=env(), check=True, capture_output=True)
             b_runs, f_runs, f_tot = [], [], []
             for r in range(args.rounds):
                 for mode in (("bare", "flow") if r % 2 == 0 else ("flow", "bare")):

@@ -30,18 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.project import copy_project
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.project import copy_project, run_env
 
 
 def sh(cmd: list[str], cwd: Path) -> str:
-    from slimline.search.runs import env
-
-    proc = subprocess.run(cmd, cwd=cwd, env=env(GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.invalid",
-                                                GIT_COMMITTER_NAME="bench",
-                                                GIT_COMMITTER_EMAIL="bench@example.invalid"),
-                          capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=run_env(), capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout

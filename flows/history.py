@@ -6,8 +6,9 @@ Both the regression gate and the stage reports compare with the last commit (wha
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
+
+from slimline.repo import GitError, git
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -24,12 +25,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def at_revision(root: Path, rel: str, rev: str = "HEAD") -> dict | None:
     """A JSON report as committed at `rev`, or None if it was not there."""
-    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        return None
     try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError:
+        return json.loads(git("show", f"{rev}:{rel}", cwd=root))
+    except (GitError, json.JSONDecodeError):  # not committed there, or not JSON
         return None
 
 

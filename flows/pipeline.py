@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from flows.reports import Progress, publish_gate, publish_pareto, publish_stage,
 from flows.workspace import workspace_slot
 from slimline.s3 import LOCKED, explain_dvc_failure, is_transient
 from slimline.params import load_params
+from slimline.repo import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from the run cache
@@ -116,33 +116,12 @@ def is_up_to_date(repo, name: str) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_group(proc: subprocess.Popen, stage: str, logger) -> None:
     """Stop a still-running stage and everything it started (dvc runs the stage's
     command in a child of its own), and wait until the whole group is gone."""
-    if proc.poll() is not None:
-        return
-    logger.warning("%s: stopping the stage (process group %d)", stage, proc.pid)
-    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap our direct child so it does not linger as a zombie
-            if not _group_alive(proc.pid):
-                return
-            time.sleep(0.05)
+    if proc.poll() is None:
+        logger.warning("%s: stopping the stage (process group %d)", stage, proc.pid)
+        stop_group(proc)
 
 
 def uncached_outs(repo, name: str) -> list[str]:

@@ -6,8 +6,6 @@ so every nightly result shows in `dvc exp show` and can be restored with
 """
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.errors import StageFailed, TransientFailure, retry_transient
-from flows.workspace import dvc_remote, git_remote
+from slimline.repo import child_env, dvc_remote, git_remote, slug
 from slimline.s3 import bounded_env, explain_dvc_failure, is_transient
 
 
@@ -42,14 +40,8 @@ def remote_for(root: Path, logger) -> Remote | None:
 
 
 def stage_env() -> dict:
-    """Environment for dvc and stage subprocesses."""
-    env = bounded_env(dict(os.environ))  # an outage costs seconds: see slimline/s3.py
-    # The flow's own interpreter first on PATH, so a worker's venv runs the stages.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"  # line-by-line logs, not 4 KB blocks at exit
-    env["TQDM_DISABLE"] = "1"  # no progress bars in logs
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
+    """Environment for dvc and stage subprocesses: an outage costs seconds (slimline/s3.py)."""
+    return bounded_env(child_env())
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -62,7 +54,7 @@ def experiment_name(prefix: str) -> str:
 
     # Git ref names: letters, digits and dashes are always safe.
     raw = f"{prefix}-{flow_run.name or 'run'}"
-    return re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9-]", "-", raw)).strip("-")
+    return slug(raw, lower=False)
 
 
 @task(task_run_name="dvc exp save", cache_policy=NO_CACHE)

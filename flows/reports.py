@@ -11,13 +11,14 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
                                update_progress_artifact)
 
 from flows.history import flatten, metric_deltas
+from slimline.repo import git, is_dirty, slug
 from slimline.stage import STAMP, markdown_table
 
 
 def artifact_key(prefix: str, stage: str, kind: str) -> str:
     # Artifact keys allow lowercase letters, digits and dashes only.
     raw = f"{prefix}-{stage}-{kind}" if prefix else f"{stage}-{kind}"
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-")
+    return slug(raw)
 
 
 def md_matches(md_path: Path, json_path: Path) -> bool:
@@ -42,13 +43,10 @@ def report_table(report: dict) -> list[dict]:
 
 def provenance(root: Path, stage: str) -> list[str]:
     """The commit the run started from and the DVC hashes of the stage's outputs."""
-    import subprocess
-
     import yaml
 
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                            capture_output=True, text=True).stdout.strip() or "(no commit)"
-    lines = [f"Commit `{commit}`" + (" plus uncommitted changes" if _dirty(root) else "") + "."]
+    commit = git("rev-parse", "--short=12", "HEAD", cwd=root, check=False) or "(no commit)"
+    lines = [f"Commit `{commit}`" + (" plus uncommitted changes" if is_dirty(root) else "") + "."]
     lock = root / "dvc.lock"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is long: 10x faster in C
     entry = ((yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {}).get(stage, {})
@@ -57,14 +55,6 @@ def provenance(root: Path, stage: str) -> list[str]:
     if outs:
         lines.append("Outputs (DVC md5): " + ", ".join(outs) + ".")
     return lines
-
-
-def _dirty(root: Path) -> bool:
-    import subprocess
-
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                         capture_output=True, text=True).stdout
-    return bool(out.strip())
 
 
 def deltas_table(root: Path, stem: str) -> str:

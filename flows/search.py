@@ -34,8 +34,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from slimline.io import write_text
 from slimline.params import ParamsError, parse_params
 from slimline.search.board import leaderboard, markdown, table_rows
-from slimline.search.runs import (METRIC_KEYS, base_record, code_state, git, head, known,
-                               push_experiment, run_experiment, shared_stages_ready)
+from slimline.repo import git, head
+from slimline.search.runs import (METRIC_KEYS, base_record, code_state, known, push_experiment,
+                                  run_experiment, shared_stages_ready)
 from slimline.search.space import Candidate, apply_structure, artifact_key, build_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +197,7 @@ def check_committed(root: Path, raw: dict) -> None:
     if code_state(root):
         raise RuntimeError("pool mode: workers run the committed code; commit (and push) the "
                            "changes to tasks/, slimline/ and dvc.yaml first")
-    committed = yaml.safe_load(git(root, "show", "HEAD:params.yaml")) or {}
+    committed = yaml.safe_load(git("show", "HEAD:params.yaml", cwd=root)) or {}
     changed = sorted(k for k in set(raw) | set(committed)
                      if k != "search" and raw.get(k) != committed.get(k))
     if changed:

@@ -27,18 +27,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from slimline.repo import git
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class WorkspaceError(RuntimeError):
-    pass
-
-
-def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise WorkspaceError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
 
 
 def default_repository() -> str:
@@ -94,20 +85,6 @@ def _use_workspace_code(directory: Path) -> None:
     sys.path.insert(0, str(directory))
     for name in [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks", "slimline")]:
         del sys.modules[name]
-
-
-def dvc_remote(root: Path) -> str | None:
-    """The default DVC remote's name, from every config level (repo, local, global)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        name = repo.config.get("core", {}).get("remote")
-        return name if name and name in repo.config.get("remote", {}) else None
-
-
-def git_remote(root: Path) -> str | None:
-    remotes = git("remote", cwd=root, check=False).split()
-    return "origin" if "origin" in remotes else (remotes[0] if remotes else None)
 
 
 def slot_name(root: Path) -> str:

@@ -52,29 +52,27 @@ def make_activation(s: Structure) -> nn.Module:
     return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[s.activation]()
 
 
+def _block(s: Structure, layer: nn.Module, norm: nn.Module, last: nn.Module | None) -> list[nn.Module]:
+    """layer, [norm], activation, [last]: one conv block or hidden layer. The order fixes the
+    state-dict keys, so saved models of every earlier version still load."""
+    return [layer, *([norm] if s.batch_norm else []), make_activation(s), *([last] if last else [])]
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     s = Structure.model_validate(spec.structure)
     c, h, w = feature_shape(s, spec.input_shape)
     features: list[nn.Module] = [Normalize(spec.mean, spec.std)]
     in_ch = spec.input_shape[0]
     for ch in s.conv_channels:
-        features.append(nn.Conv2d(in_ch, ch, s.kernel_size, padding=s.padding))
-        if s.batch_norm:
-            features.append(nn.BatchNorm2d(ch))
-        features.append(make_activation(s))
-        if s.pool > 1:
-            features.append(nn.MaxPool2d(s.pool))
+        features += _block(s, nn.Conv2d(in_ch, ch, s.kernel_size, padding=s.padding), nn.BatchNorm2d(ch),
+                           nn.MaxPool2d(s.pool) if s.pool > 1 else None)
         in_ch = ch
     features.append(nn.Flatten())
     head: list[nn.Module] = []
     width = c * h * w  # computed, never hard-coded (the seed's 64*6*6 was wrong for 28x28)
     for hid in s.hidden:
-        head.append(nn.Linear(width, hid))
-        if s.batch_norm:
-            head.append(nn.BatchNorm1d(hid))
-        head.append(make_activation(s))
-        if s.dropout > 0:
-            head.append(nn.Dropout(s.dropout))
+        head += _block(s, nn.Linear(width, hid), nn.BatchNorm1d(hid),
+                       nn.Dropout(s.dropout) if s.dropout > 0 else None)
         width = hid
     head.append(nn.Linear(width, spec.num_classes))  # logits: no activation after this
     return nn.Sequential(nn.Sequential(*features), nn.Sequential(*head))

@@ -1,17 +1,20 @@
 """The one typed schema for params.yaml.
 
-Every stage calls `load_params()` before doing any work, so an unknown key or a
-bad value anywhere in the file stops the run at once with a message naming the
-key, the value and what is allowed.  `python -m slimline.params` checks the file.
+Every stage calls `load_params(sections=...)` before doing any work, so an unknown
+key or a bad value in a section it reads stops it at once with a message naming the
+key, the value and what is allowed. The whole file is checked before any work by
+`slimline check`, `make run` and the flow.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from functools import lru_cache
+from typing import Any, Iterable, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from slimline.errors import ShapeError
 
@@ -177,7 +180,9 @@ class DistillParams(Section):
                                                     "the baseline (teacher).")
 
 
-PRUNE_METHODS = ("unstructured", "structured", "layer")
+# The names of slimline.compress.pruning.PRUNERS (here without importing torch).
+PruneMethod = Literal["unstructured", "structured", "layer"]
+PRUNE_METHODS: tuple[str, ...] = get_args(PruneMethod)
 
 
 class PruneParams(Section):
@@ -185,7 +190,7 @@ class PruneParams(Section):
 
     source: Literal["baseline", "student"] = Field(
         "baseline", description="The model to prune: models/baseline or the distilled models/student.")
-    methods: list[Literal["unstructured", "structured", "layer"]] = Field(
+    methods: list[PruneMethod] = Field(
         default_factory=lambda: list(PRUNE_METHODS), min_length=1,
         description="Pruning methods to run, each a stage prune@<method> with its own variant.")
     amount: float = Field(0.75, ge=0, lt=1, description="Fraction of weights (unstructured) or "
@@ -359,40 +364,83 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        if self.distill.epochs and self.distill.epochs > self.train.epochs:
-            raise ValueError(f"distill.epochs ({self.distill.epochs}) exceeds train.epochs "
-                             f"({self.train.epochs}): the baseline must get at least the student's "
-                             f"epoch budget, or it flatters the student")
-        if self.distill.require_smaller:
-            try:
-                t, s = param_count(self.baseline, NOMINAL_INPUT), param_count(self.student, NOMINAL_INPUT)
-            except ShapeError:
-                t = s = None  # judged against the real input shape by the stage itself
-            if t is not None and s >= t:
-                raise ValueError(f"student ({s:,} params at 1x28x28) is not smaller than the baseline "
-                                 f"({t:,}); shrink student.conv_channels / student.hidden, or set "
-                                 f"distill.require_smaller: false")
-        total = self.data.limit or (5000 if self.data.source == "mnist5k" else None)
-        if total is not None:  # idx/npz sizes are only known to the stage, which checks again
-            train_n = int(total * (1 - self.data.val_fraction - self.data.test_fraction))
-            need = self.quantize.calibration_batches * self.quantize.calibration_batch_size
-            if need > train_n:
-                raise ValueError(f"quantize.calibration_batches x calibration_batch_size = {need} images, "
-                                 f"but the data leaves about {train_n} training images; lower them")
-        self._check_search_choices()
+        for _, check in CROSS_CHECKS:
+            check(self)
         return self
 
-    def _check_search_choices(self) -> None:
-        """Each choice must make a valid structure of the target (input size aside: only
-        the stage knows the data's shape, so a too-small structure fails there)."""
-        base = getattr(self, self.search.target).model_dump()
-        for key, values in self.search.space.choices().items():
-            for i, value in enumerate(values):
-                try:
-                    Structure.model_validate({**base, key: value})
-                except ValidationError as err:
-                    msg = err.errors()[0]["msg"].removeprefix("Value error, ")
-                    raise ValueError(f"search.space.{key}[{i}] = {value!r}: {msg}") from None
+
+# Checks that involve more than one section: (the sections they read, the check). The
+# full check runs them all; a stage runs those whose sections it reads (load_params).
+def _distill_epochs(p) -> None:
+    if p.distill.epochs and p.distill.epochs > p.train.epochs:
+        raise ValueError(f"distill.epochs ({p.distill.epochs}) exceeds train.epochs "
+                         f"({p.train.epochs}): the baseline must get at least the student's "
+                         f"epoch budget, or it flatters the student")
+
+
+def _student_smaller(p) -> None:
+    if not p.distill.require_smaller:
+        return
+    try:
+        t, s = param_count(p.baseline, NOMINAL_INPUT), param_count(p.student, NOMINAL_INPUT)
+    except ShapeError:
+        return  # judged against the real input shape by the distill stage itself
+    if s >= t:
+        raise ValueError(f"student ({s:,} params at 1x28x28) is not smaller than the baseline "
+                         f"({t:,}); shrink student.conv_channels / student.hidden, or set "
+                         f"distill.require_smaller: false")
+
+
+def _calibration_fits(p) -> None:
+    total = p.data.limit or (5000 if p.data.source == "mnist5k" else None)
+    if total is not None:  # idx/npz sizes are only known to the stage, which checks again
+        train_n = int(total * (1 - p.data.val_fraction - p.data.test_fraction))
+        need = p.quantize.calibration_batches * p.quantize.calibration_batch_size
+        if need > train_n:
+            raise ValueError(f"quantize.calibration_batches x calibration_batch_size = {need} images, "
+                             f"but the data leaves about {train_n} training images; lower them")
+
+
+def _search_choices(p) -> None:
+    """Each choice must make a valid structure of the target (input size aside: only
+    the stage knows the data's shape, so a too-small structure fails there)."""
+    base = getattr(p, p.search.target).model_dump()
+    for key, values in p.search.space.choices().items():
+        for i, value in enumerate(values):
+            try:
+                Structure.model_validate({**base, key: value})
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"search.space.{key}[{i}] = {value!r}: {msg}") from None
+
+
+CROSS_CHECKS = [
+    (("distill", "train"), _distill_epochs),
+    (("distill", "baseline", "student"), _student_smaller),
+    (("data", "quantize"), _calibration_fits),
+    (("search", "baseline", "student"), _search_choices),
+]
+
+
+@lru_cache(maxsize=None)
+def _sections_model(sections: tuple[str, ...]) -> type[Section]:
+    """A schema holding only `sections` of Params, with the cross-section checks among them.
+    Reading any other section from it is an AttributeError: a stage reads only what it
+    declares (and what dvc.yaml reruns it for)."""
+    unknown = set(sections) - set(Params.model_fields)
+    if unknown:
+        raise ValueError(f"not sections of params.yaml: {sorted(unknown)}")
+
+    def cross_checks(self):
+        for needs, check in CROSS_CHECKS:
+            if set(needs) <= set(sections):
+                check(self)
+        return self
+
+    fields = {k: (Params.model_fields[k].annotation, Params.model_fields[k]) for k in sections}
+    return create_model(f"Params[{','.join(sections)}]", __base__=Section,
+                        __validators__={"_cross_checks": model_validator(mode="after")(cross_checks)},
+                        **fields)
 
 
 class ParamsError(Exception):
@@ -425,18 +473,23 @@ def format_errors(err: ValidationError, source: str = "params.yaml") -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+def parse_params(raw: Any, source: str = "params.yaml", sections: Iterable[str] | None = None) -> Params:
+    """The whole file validated, or with `sections` only those sections (and the
+    cross-section checks among them): a stage is not stopped by a section it never reads."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        if sections is None:
+            return Params.model_validate(raw)
+        sections = tuple(sections)
+        return _sections_model(sections).model_validate({k: raw[k] for k in sections if k in raw})
     except ValidationError as err:
         raise ParamsError(format_errors(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", sections: Iterable[str] | None = None) -> Params:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -444,7 +497,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path} not found: run from the project root or pass the path") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), sections)
 
 
 def main(argv: list[str]) -> int:

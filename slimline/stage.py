@@ -95,9 +95,11 @@ def die_with_parent() -> None:
 
 
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
-         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """Parse args, validate ALL of params.yaml, run body; expected errors exit
-    non-zero with one readable message instead of a traceback."""
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+         sections: tuple[str, ...] = ()) -> None:
+    """Parse args, validate the params sections the stage reads (its dvc.yaml `params`),
+    run body; expected errors exit non-zero with one readable message instead of a
+    traceback."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if add_args:
@@ -105,7 +107,7 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     args = parser.parse_args()
     die_with_parent()
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, sections)
         body(params, args)
     except (ParamsError, StageError, FileNotFoundError, FloatingPointError) as err:
         # Expected failures carry a readable message that names the fix; a

@@ -18,6 +18,7 @@ from slimline.compress.kd import load_teacher, make_kd_loss
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.io import replace_dir
+from slimline.model import count_params
 from slimline.params import Params, param_count
 from slimline.stage import main, markdown_table, write_report
 from slimline.training.trainer import keep_run_record, latency_line, train_structure
@@ -26,18 +27,21 @@ from slimline.training.trainer import keep_run_record, latency_line, train_struc
 CODE_DEPS = code_files("tasks.distill")
 
 
+SECTIONS = ("student", "distill", "train")  # the params it reads: dvc.yaml's `params` for this stage
+
 def distill(params: Params, args: argparse.Namespace) -> None:
     prep = load_prepared(args.data)
     cfg = params.train.model_copy(update={"epochs": params.distill.epochs or params.train.epochs})
-    if params.distill.require_smaller:
-        s = param_count(params.student, prep.input_shape, prep.num_classes)
-        t = param_count(params.baseline, prep.input_shape, prep.num_classes)
-        if s >= t:
-            raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
-                             f"smaller. Shrink `student`, or set distill.require_smaller: false")
     from slimline.training.loop import resolve_device
 
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
+    if params.distill.require_smaller:
+        # Against the teacher as trained (models/baseline, a dep), not params' baseline
+        # section, which this stage does not read.
+        s, t = param_count(params.student, prep.input_shape, prep.num_classes), count_params(teacher)
+        if s >= t:
+            raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
+                             f"smaller. Shrink `student`, or set distill.require_smaller: false")
     key = {"student": params.student.model_dump(), "train": cfg.model_dump()}
     deps = [str(args.data), *CODE_DEPS]
     # Each model is saved beside its target and moved in only when both trainings have
@@ -92,4 +96,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("distill", distill, _args)
+    main("distill", distill, _args, SECTIONS)

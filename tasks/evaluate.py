@@ -29,6 +29,8 @@ from slimline.stage import main, write_report
 BASELINE = "baseline"
 
 
+SECTIONS = ("evaluate",)  # the params it reads: dvc.yaml's `params` for this stage
+
 def evaluate(params: Params, args: argparse.Namespace) -> None:
     cfg = params.evaluate
     manifest_path = args.onnx / "manifest.json"
@@ -73,4 +75,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("evaluate", evaluate, _args)
+    main("evaluate", evaluate, _args, SECTIONS)

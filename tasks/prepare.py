@@ -19,6 +19,8 @@ from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
 
 
+SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
+
 def prepare(params: Params, args: argparse.Namespace) -> None:
     cfg = params.data
     raw, splits, dropped = build_splits(cfg)
@@ -67,4 +69,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("prepare", prepare, _args)
+    main("prepare", prepare, _args, SECTIONS)

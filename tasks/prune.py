@@ -19,11 +19,13 @@ from slimline.compress.kd import load_teacher, make_kd_loss
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.model import ModelSpec, count_flops, count_params, load_model, save_model
-from slimline.params import Params, Structure
+from slimline.params import PRUNE_METHODS, Params, Structure
 from slimline.stage import main, markdown_table, write_report
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 from slimline.training.trainer import to_tensors
 
+
+SECTIONS = ("prune", "train", "distill")  # the params it reads: dvc.yaml's `params` for this stage
 
 def prune(params: Params, args: argparse.Namespace) -> None:
     from slimline.compress import pruning
@@ -45,8 +47,10 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     finetune = make_finetune(params.train, data, loss_fn)
     source_acc = evaluate(model, *data["val"])[1]
 
-    model, spec, ablation = pruning.prune_with(method, model, spec, cfg, data, finetune,
-                                               lambda m: evaluate(m, *data["val"])[1])
+    job = pruning.PruneJob(cfg, example=data["train"][0][:2], finetune=finetune,
+                           evaluate=lambda m: evaluate(m, *data["val"])[1])
+    pruned = pruning.PRUNERS[method](model, spec, job)
+    model, spec, ablation = pruned.model, pruned.spec, pruned.ablation
 
     model = model.cpu().eval()
     structure = pruning.structure_of(model, Structure.model_validate(spec.structure))
@@ -76,10 +80,10 @@ def prune(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, choices=["unstructured", "structured", "layer"])
+    p.add_argument("--method", required=True, choices=PRUNE_METHODS)
     p.add_argument("--data", default="data/prepared", type=Path)
     p.add_argument("--out", default=None, type=Path, help="default: models/pruned/<method>")
 
 
 if __name__ == "__main__":
-    main("prune", prune, _args)
+    main("prune", prune, _args, SECTIONS)

@@ -25,6 +25,8 @@ from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
 
 
+SECTIONS = ("quantize", "prune", "train")  # the params it reads: dvc.yaml's `params` for this stage
+
 def quantize(params: Params, args: argparse.Namespace) -> None:
     cfg = params.quantize
     # The fp32 export runs torch (tracing, constant folding): same CPU math as training.
@@ -72,4 +74,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("quantize", quantize, _args)
+    main("quantize", quantize, _args, SECTIONS)

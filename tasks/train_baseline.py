@@ -20,6 +20,8 @@ from slimline.training.trainer import keep_run_record, latency_line, train_struc
 CODE_DEPS = code_files("tasks.train_baseline")
 
 
+SECTIONS = ("baseline", "train")  # the params it reads: dvc.yaml's `params` for this stage
+
 def train_baseline(params: Params, args: argparse.Namespace) -> None:
     prep = load_prepared(args.data)
     key = {"baseline": params.baseline.model_dump(), "train": params.train.model_dump()}
@@ -44,4 +46,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("train_baseline", train_baseline, _args)
+    main("train_baseline", train_baseline, _args, SECTIONS)

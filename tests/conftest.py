@@ -18,40 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 # Before anything imports torch: pins this process's CPU math for train.numerics
 # (portable by default), as every stage process gets it. A test that needs the
 # other mode trains in a subprocess.
 import tasks  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# Small enough for CI, large enough that every class has examples in every split.
-TINY = {
-    "data": {"limit": 400, "min_per_class": 5},
-    "train": {"epochs": 2, "num_threads": 1},
-    "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
-    # Barely trained models have near-tied logits: int8 flips 1 of the 80 test images on some
-    # CPUs, which the default 0.99 would reject, and then a variant the tests expect is missing.
-    "quantize": {"calibration_batches": 2, "calibration_batch_size": 16, "min_agreement": 0.9},
-    "evaluate": {"warmup": 2, "repeats": 20},
-    # Tiny models (~40% accurate, ~20 us) swap places on timing noise alone, which the
-    # gate would rightly call a regression; its rules are tested on fixed reports
-    # (test_flow_parts.py) and once through the flow (test_flow.py).
-    "gate": {"max_latency_increase": 100.0, "max_accuracy_drop": 0.99},
-}
-
-
-def run_env() -> dict:
-    """Environment for subprocesses: this venv's interpreter first on PATH (dvc.yaml
-    runs `python -m ...`), git identity for commits, no analytics."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
-               DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
-    return env
+from slimline.repo import stop_group
+from benchmarks.project import ROOT, TINY, copy_project, run_env, update_params  # noqa: F401  (shared with the tests)
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -63,29 +37,6 @@ def sh(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.
 
 def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     return sh([sys.executable, "-m", "dvc", *args], cwd, check)
-
-
-def copy_project(dest: Path) -> Path:
-    """Copy the project as a fresh clone would see it, and commit it."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    sh(["git", "init", "-q", "-b", "main"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh(["git", "commit", "-qm", "copy"], dest)
-    return dest
-
-
-def update_params(root: Path, overrides: dict) -> None:
-    path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in overrides.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="session")
@@ -168,10 +119,5 @@ def prefect_api(tmp_path_factory):
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
             yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, grace=20)
         log.close()

@@ -301,8 +301,7 @@ def throughput(sess_or_path, input_shape, batch: int = 256, warmup: int = 3, rep
     return float(batch / np.median(_timings(sess_or_path, input_shape, batch, warmup, repeats)))
 
 
-def fold_check(model: nn.Module, path: str | Path, x) -> float:
-    """Largest |torch logits - ORT logits| over x (array or tensor of raw pixels)."""
+def _torch_and_onnx_logits(model: nn.Module, path: str | Path, x) -> tuple[np.ndarray, np.ndarray]:
     net = copy.deepcopy(model).cpu().eval()
     x = np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=np.float32)
     with torch.no_grad():
@@ -310,4 +309,21 @@ def fold_check(model: nn.Module, path: str | Path, x) -> float:
     got = predict(path, x)
     if ref.shape != got.shape:
         raise ValueError(f"{path} gives logits of shape {got.shape}, the torch model {ref.shape}")
+    return ref, got
+
+
+def fold_check(model: nn.Module, path: str | Path, x) -> float:
+    """Largest |torch logits - ORT logits| over x (array or tensor of raw pixels)."""
+    ref, got = _torch_and_onnx_logits(model, path, x)
     return float(np.max(np.abs(ref - got))) if ref.size else 0.0
+
+
+def checked_logits(model: nn.Module, path: str | Path, x, tol: float = 1e-3) -> np.ndarray:
+    """The exported model's logits on x, once they are shown to match the torch model's:
+    the same top-1 everywhere and no logit further than `tol` (a mismatch is an exporter bug)."""
+    ref, got = _torch_and_onnx_logits(model, path, x)
+    diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+    if agreement(got, ref) < 1.0 or diff > tol:
+        raise StageError(f"ONNX export {Path(path).name} does not match torch (max |diff| {diff:.2e}); "
+                         f"this is an exporter bug, not a data problem: report it")
+    return got

@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 
 from slimline.errors import StageError
 from slimline.model import ModelSpec, ShapeError, build_model, count_params
-from slimline.params import Structure
+from slimline.params import PRUNE_METHODS, PruneParams, Structure
 
 FineTune = Callable[[nn.Module, int], None]  # finetune(model, epochs): trains in place
 Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy
@@ -185,15 +185,43 @@ def prune_layers(model: nn.Module, spec: ModelSpec, n_remove: int, evaluate: Eva
     return model, spec, table
 
 
-def prune_with(method: str, model: nn.Module, spec: ModelSpec, cfg, data: dict, finetune,
-               val_accuracy) -> tuple[nn.Module, ModelSpec, list[dict]]:
-    """Apply one prune.methods entry: (model, spec, layer-ablation table or [])."""
-    if method == "unstructured":
-        return prune_unstructured(model, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs), spec, []
-    if method == "structured":
-        example = data["train"][0][:2]
-        return prune_structured(model, example, cfg.amount, cfg.steps, finetune, cfg.finetune_epochs), spec, []
-    model, spec, ablation = prune_layers(model, spec, cfg.layers_to_remove, val_accuracy, finetune,
-                                         cfg.ablation_epochs)
-    finetune(model, cfg.finetune_epochs * cfg.steps)  # the same budget as the other methods
-    return model, spec, ablation
+@dataclasses.dataclass(frozen=True)
+class PruneJob:
+    """What every method gets besides the model: the prune params and the stage's data."""
+    cfg: PruneParams
+    example: torch.Tensor  # a batch of inputs, to trace the dependency graph
+    finetune: FineTune
+    evaluate: Evaluate  # validation accuracy
+
+
+@dataclasses.dataclass
+class Pruned:
+    model: nn.Module
+    spec: ModelSpec
+    ablation: list[dict]  # the layer method's candidate table; [] for the others
+
+
+def _unstructured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
+    c = job.cfg
+    return Pruned(prune_unstructured(model, c.amount, c.steps, job.finetune, c.finetune_epochs), spec, [])
+
+
+def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
+    c = job.cfg
+    return Pruned(prune_structured(model, job.example, c.amount, c.steps, job.finetune,
+                                   c.finetune_epochs), spec, [])
+
+
+def _layer(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
+    c = job.cfg
+    model, spec, ablation = prune_layers(model, spec, c.layers_to_remove, job.evaluate, job.finetune,
+                                         c.ablation_epochs)
+    job.finetune(model, c.finetune_epochs * c.steps)  # the same budget as the other methods
+    return Pruned(model, spec, ablation)
+
+
+# prune.methods names -> code. The schema lists the same names (PruneMethod) without
+# importing torch; the check below keeps the two in step.
+PRUNERS: dict[str, Callable[[nn.Module, ModelSpec, PruneJob], Pruned]] = {
+    "unstructured": _unstructured, "structured": _structured, "layer": _layer}
+assert set(PRUNERS) == set(PRUNE_METHODS), "slimline.params.PruneMethod and PRUNERS disagree"

@@ -17,7 +17,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -133,41 +133,188 @@ def _image_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFra
     return df
 
 
-# --------------------------------------------------------------------------- suite
+# --------------------------------------------------------------------------- checks
+# One registry: each check is its GX expectations plus the message that explains its
+# outcome. The report lists the checks in registration order.
 
-def _expectations(splits: dict, num_classes: int, min_per_class: int, pixel_min: float,
-                  pixel_max: float, min_rows: int) -> list[tuple[str, Any]]:
-    """(check name, expectation) pairs; several expectations may share one check."""
-    import great_expectations.expectations as gxe
+@dataclass
+class Outcome:
+    """What a check's message reads: the image table, the validation params and the GX
+    results of the check's expectations."""
+
+    df: pd.DataFrame
+    p: dict
+    results: list[dict]
+
+    @property
+    def n(self) -> int:
+        return len(self.df)
+
+    @property
+    def sizes(self) -> str:
+        return ", ".join(f"{s} {int((self.df['split'] == s).sum())}" for s in self.p["splits"])
+
+    @property
+    def rows(self) -> list[dict]:
+        """Unexpected rows over the check's expectations, each image once, train first."""
+        seen, rows = set(), []
+        for r in self.results:
+            for row in r["result"].get("unexpected_index_list") or []:
+                key = (row["split"], int(row["index"]))
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+        rows.sort(key=lambda row: (row["split"] != "train", row["split"], int(row["index"])))
+        return rows
+
+    @property
+    def where(self) -> str:
+        """'train[12], test[4], ...' for the first unexpected rows."""
+        rows = self.rows
+        shown = [f"{r['split']}[{int(r['index'])}]" for r in rows[:_EXAMPLES]]
+        return ", ".join(shown) + (", ..." if len(rows) > len(shown) else "")
+
+    def missing(self) -> list | None:
+        return self.results[0]["result"].get("partial_missing_list")
+
+
+@dataclass(frozen=True)
+class CheckDef:
+    name: str
+    expect: Callable[[Any, dict], list]  # (gx expectations module, params) -> expectations
+    explain: Callable[[bool, Outcome], str]  # (passed, outcome) -> message
+
+
+CHECKS: dict[str, CheckDef] = {}
+
+
+def check(name: str, expect: Callable[[Any, dict], list]):
+    """Register the decorated message function, with its expectations, as check `name`."""
+    def register(explain: Callable[[bool, Outcome], str]):
+        CHECKS[name] = CheckDef(name, expect, explain)
+        return explain
+    return register
+
+
+def _train_only():
     from great_expectations.expectations.row_conditions import Column
 
-    classes = list(range(num_classes))
-    train_only = Column("split") == "train"
-    return [
-        ("row_count", gxe.ExpectTableRowCountToBeBetween(min_value=min_rows)),
-        ("splits_non_empty",
-         gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(splits))),
-        ("labels_in_range", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes)),
-        ("train_has_all_classes", gxe.ExpectColumnDistinctValuesToContainSet(
-            column="label", value_set=classes, row_condition=train_only)),
-        ("min_per_class", gxe.ExpectColumnValuesToBeBetween(
-            column="train_class_count", min_value=min_per_class, row_condition=train_only)),
-        ("pixels_finite", gxe.ExpectColumnValuesToBeBetween(column="nonfinite_count", max_value=0)),
-        ("pixels_in_range",
-         gxe.ExpectColumnValuesToBeBetween(column="pix_min", min_value=pixel_min)),
-        ("pixels_in_range",
-         gxe.ExpectColumnValuesToBeBetween(column="pix_max", max_value=pixel_max)),
-        ("no_constant_images", gxe.ExpectColumnValuesToBeBetween(
-            column="pix_range", min_value=0, strict_min=True)),
-        ("no_split_leakage",
-         gxe.ExpectColumnValuesToBeInSet(column="leaks_with_train", value_set=[False])),
-    ]
+    return Column("split") == "train"
 
 
-CHECK_NAMES = ["row_count", "splits_non_empty", "labels_in_range", "train_has_all_classes",
-               "min_per_class", "pixels_finite", "pixels_in_range", "no_constant_images",
-               "no_split_leakage"]
+def _fmt(v: float) -> str:
+    return f"{v:g}"
 
+
+@check("row_count", lambda gxe, p: [gxe.ExpectTableRowCountToBeBetween(min_value=p["min_rows"])])
+def _row_count(ok: bool, o: Outcome) -> str:
+    if ok:
+        return f"{o.n} images ({o.sizes}); at least {o.p['min_rows']} required"
+    return (f"only {o.n} images in total ({o.sizes}); at least {o.p['min_rows']} are required. "
+            f"Fix: check the source data and data.limit, or lower data.min_per_class.")
+
+
+@check("splits_non_empty", lambda gxe, p: [
+    gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=p["splits"])])
+def _splits_non_empty(ok: bool, o: Outcome) -> str:
+    if ok:
+        return f"every split has images ({o.sizes})"
+    return (f"split(s) {', '.join(map(str, o.missing() or []))} have no images ({o.sizes}). "
+            f"Fix: check data.val_fraction / data.test_fraction and the source's test files.")
+
+
+@check("labels_in_range", lambda gxe, p: [
+    gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(p["num_classes"])))])
+def _labels_in_range(ok: bool, o: Outcome) -> str:
+    k = o.p["num_classes"]
+    if ok:
+        return f"all {o.n} labels are in 0..{k - 1}"
+    values = sorted({int(r["label"]) if float(r["label"]).is_integer() else float(r["label"])
+                     for r in o.rows})
+    return (f"{len(o.rows)} of {o.n} images have labels outside 0..{k - 1} "
+            f"(values {', '.join(map(str, values[:_EXAMPLES]))}; {o.where}). "
+            f"Fix: remap the labels to 0..{k - 1} or set data.num_classes.")
+
+
+@check("train_has_all_classes", lambda gxe, p: [gxe.ExpectColumnDistinctValuesToContainSet(
+    column="label", value_set=list(range(p["num_classes"])), row_condition=_train_only())])
+def _train_has_all_classes(ok: bool, o: Outcome) -> str:
+    k = o.p["num_classes"]
+    if ok:
+        return f"all {k} classes occur in train"
+    missing = o.missing()
+    if missing is None:  # e.g. no train split at all: every class is missing
+        missing = list(range(k))
+    return (f"class(es) {', '.join(map(str, sorted(missing)))} have no train images. "
+            f"Fix: split stratified by class, add data for them, or set data.num_classes.")
+
+
+@check("min_per_class", lambda gxe, p: [gxe.ExpectColumnValuesToBeBetween(
+    column="train_class_count", min_value=p["min_per_class"], row_condition=_train_only())])
+def _min_per_class(ok: bool, o: Outcome) -> str:
+    train_counts = o.df.loc[o.df["split"] == "train", "label"].value_counts()
+    if ok:
+        least = int(train_counts.min()) if len(train_counts) else 0
+        return f"every train class has >= {o.p['min_per_class']} images (smallest: {least})"
+    short = sorted({int(r["label"]) for r in o.rows})
+    detail = ", ".join(f"class {c}: {int(train_counts.get(c, 0))}" for c in short[:_EXAMPLES])
+    return (f"{len(short)} class(es) have fewer than {o.p['min_per_class']} train images "
+            f"({detail}{', ...' if len(short) > _EXAMPLES else ''}). "
+            f"Fix: add data for these classes or lower data.min_per_class.")
+
+
+@check("pixels_finite", lambda gxe, p: [
+    gxe.ExpectColumnValuesToBeBetween(column="nonfinite_count", max_value=0)])
+def _pixels_finite(ok: bool, o: Outcome) -> str:
+    if ok:
+        return f"no NaN/inf pixels in {o.n} images"
+    pixels = int(o.df["nonfinite_count"].sum())
+    return (f"{len(o.rows)} of {o.n} images contain NaN/inf pixels ({pixels} pixels; {o.where}). "
+            f"Fix: drop or repair these images in the source data.")
+
+
+@check("pixels_in_range", lambda gxe, p: [
+    gxe.ExpectColumnValuesToBeBetween(column="pix_min", min_value=p["pixel_min"]),
+    gxe.ExpectColumnValuesToBeBetween(column="pix_max", max_value=p["pixel_max"])])
+def _pixels_in_range(ok: bool, o: Outcome) -> str:
+    lo, hi = _fmt(o.p["pixel_min"]), _fmt(o.p["pixel_max"])
+    if ok:
+        return f"all pixels are within [{lo}, {hi}]"
+    observed = f"observed min {_fmt(o.df['pix_min'].min())}, max {_fmt(o.df['pix_max'].max())}"
+    return (f"{len(o.rows)} of {o.n} images have pixels outside [{lo}, {hi}] ({observed}; "
+            f"{o.where}). Fix: rescale the data or set data.pixel_max.")
+
+
+@check("no_constant_images", lambda gxe, p: [
+    gxe.ExpectColumnValuesToBeBetween(column="pix_range", min_value=0, strict_min=True)])
+def _no_constant_images(ok: bool, o: Outcome) -> str:
+    if ok:
+        return f"no constant (blank) images among {o.n}"
+    return (f"{len(o.rows)} of {o.n} images are constant, every pixel the same value ({o.where}). "
+            f"Fix: drop blank or corrupt images from the source data.")
+
+
+@check("no_split_leakage", lambda gxe, p: [
+    gxe.ExpectColumnValuesToBeInSet(column="leaks_with_train", value_set=[False])])
+def _no_split_leakage(ok: bool, o: Outcome) -> str:
+    if ok:
+        return "no image in train also appears in another split"
+    df = o.df
+    leaked = [r for r in o.rows if r["split"] != "train"]
+    first_train = df[df["split"] == "train"].drop_duplicates("hash").set_index("hash")["index"]
+    hashes = df.set_index(["split", "index"])["hash"]
+    pairs = [f"{r['split']}[{int(r['index'])}] = "
+             f"train[{int(first_train[hashes[(r['split'], int(r['index']))]])}]"
+             for r in leaked[:_EXAMPLES]]
+    return (f"{len(leaked)} val/test images are exact copies of train images "
+            f"({', '.join(pairs)}{', ...' if len(leaked) > _EXAMPLES else ''}). "
+            f"Fix: drop exact duplicates before splitting.")
+
+
+CHECK_NAMES = list(CHECKS)
+
+
+# --------------------------------------------------------------------------- suite
 
 @contextmanager
 def _quiet_gx():
@@ -204,11 +351,13 @@ def _run_suite(df: pd.DataFrame, params: dict) -> dict[str, list[dict]]:
                  .add_dataframe_asset("images")
                  .add_batch_definition_whole_dataframe("all"))
         suite = gx.ExpectationSuite(name="splits")
-        pairs = _expectations(**params)
-        for name, expectation in pairs:
-            # GX does not return results in suite order, so tag each with its check.
-            expectation.meta = {"check": name}
-            suite.add_expectation(expectation)
+        import great_expectations.expectations as gxe
+
+        for name, spec in CHECKS.items():
+            for expectation in spec.expect(gxe, params):
+                # GX does not return results in suite order, so tag each with its check.
+                expectation.meta = {"check": name}
+                suite.add_expectation(expectation)
         suite = context.suites.add(suite)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name="splits", data=batch, suite=suite))
@@ -235,110 +384,6 @@ def _exception_message(info: Any) -> str | None:
         if isinstance(i, dict) and i.get("raised_exception"):
             return str(i.get("exception_message") or "unknown error").splitlines()[0]
     return None
-
-
-# --------------------------------------------------------------------------- messages
-
-def _where(rows: list[dict], total: int | None = None) -> str:
-    """'train[12], test[4], ...' from GX unexpected_index_list entries."""
-    shown = [f"{r['split']}[{int(r['index'])}]" for r in rows[:_EXAMPLES]]
-    more = (total if total is not None else len(rows)) > len(shown)
-    return ", ".join(shown) + (", ..." if more else "")
-
-
-def _unexpected(results: list[dict]) -> tuple[int, list[dict]]:
-    """Unexpected rows over a check's expectations, each image counted once."""
-    seen, rows = set(), []
-    for r in results:
-        for row in r["result"].get("unexpected_index_list") or []:
-            key = (row["split"], int(row["index"]))
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
-    rows.sort(key=lambda row: (row["split"] != "train", row["split"], int(row["index"])))
-    return len(rows), rows
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}"
-
-
-def _message(name: str, ok: bool, results: list[dict], df: pd.DataFrame, p: dict) -> str:
-    n = len(df)
-    sizes = ", ".join(f"{s} {int((df['split'] == s).sum())}" for s in p["splits"])
-    count, rows = _unexpected(results)
-    where = _where(rows)
-    lo, hi = _fmt(p["pixel_min"]), _fmt(p["pixel_max"])
-    k = p["num_classes"]
-
-    if name == "row_count":
-        if ok:
-            return f"{n} images ({sizes}); at least {p['min_rows']} required"
-        return (f"only {n} images in total ({sizes}); at least {p['min_rows']} are required. "
-                f"Fix: check the source data and data.limit, or lower data.min_per_class.")
-    if name == "splits_non_empty":
-        if ok:
-            return f"every split has images ({sizes})"
-        missing = results[0]["result"].get("partial_missing_list") or []
-        return (f"split(s) {', '.join(map(str, missing))} have no images ({sizes}). "
-                f"Fix: check data.val_fraction / data.test_fraction and the source's test files.")
-    if name == "labels_in_range":
-        if ok:
-            return f"all {n} labels are in 0..{k - 1}"
-        values = sorted({int(r["label"]) if float(r["label"]).is_integer() else float(r["label"])
-                         for r in rows})
-        return (f"{count} of {n} images have labels outside 0..{k - 1} "
-                f"(values {', '.join(map(str, values[:_EXAMPLES]))}; {where}). "
-                f"Fix: remap the labels to 0..{k - 1} or set data.num_classes.")
-    if name == "train_has_all_classes":
-        if ok:
-            return f"all {k} classes occur in train"
-        missing = results[0]["result"].get("partial_missing_list")
-        if missing is None:  # e.g. no train split at all: every class is missing
-            missing = list(range(k))
-        return (f"class(es) {', '.join(map(str, sorted(missing)))} have no train images. "
-                f"Fix: split stratified by class, add data for them, or set data.num_classes.")
-    if name == "min_per_class":
-        train_counts = df.loc[df["split"] == "train", "label"].value_counts()
-        if ok:
-            least = int(train_counts.min()) if len(train_counts) else 0
-            return f"every train class has >= {p['min_per_class']} images (smallest: {least})"
-        short = sorted({int(r["label"]) for r in rows})
-        detail = ", ".join(f"class {c}: {int(train_counts.get(c, 0))}" for c in short[:_EXAMPLES])
-        return (f"{len(short)} class(es) have fewer than {p['min_per_class']} train images "
-                f"({detail}{', ...' if len(short) > _EXAMPLES else ''}). "
-                f"Fix: add data for these classes or lower data.min_per_class.")
-    if name == "pixels_finite":
-        if ok:
-            return f"no NaN/inf pixels in {n} images"
-        pixels = int(df["nonfinite_count"].sum())
-        return (f"{count} of {n} images contain NaN/inf pixels ({pixels} pixels; {where}). "
-                f"Fix: drop or repair these images in the source data.")
-    if name == "pixels_in_range":
-        if ok:
-            return f"all pixels are within [{lo}, {hi}]"
-        observed = f"observed min {_fmt(df['pix_min'].min())}, max {_fmt(df['pix_max'].max())}"
-        return (f"{count} of {n} images have pixels outside [{lo}, {hi}] ({observed}; {where}). "
-                f"Fix: rescale the data or set data.pixel_max.")
-    if name == "no_constant_images":
-        if ok:
-            return f"no constant (blank) images among {n}"
-        return (f"{count} of {n} images are constant, every pixel the same value ({where}). "
-                f"Fix: drop blank or corrupt images from the source data.")
-    if name == "no_split_leakage":
-        if ok:
-            return "no image in train also appears in another split"
-        leaked = [r for r in rows if r["split"] != "train"]
-        first_train = (df[df["split"] == "train"].drop_duplicates("hash")
-                       .set_index("hash")["index"])
-        hashes = df.set_index(["split", "index"])["hash"]
-        pairs = [f"{r['split']}[{int(r['index'])}] = "
-                 f"train[{int(first_train[hashes[(r['split'], int(r['index']))]])}]"
-                 for r in leaked[:_EXAMPLES]]
-        return (f"{len(leaked)} val/test images are exact copies of train images "
-                f"({', '.join(pairs)}{', ...' if len(leaked) > _EXAMPLES else ''}). "
-                f"Fix: drop exact duplicates before splitting.")
-    raise KeyError(name)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -375,7 +420,7 @@ def validate_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], *, num_cla
             continue
         ok = all(r["success"] for r in results)
         try:
-            message = _message(name, ok, results, df, params)
+            message = CHECKS[name].explain(ok, Outcome(df, params, results))
         except Exception as e:  # noqa: BLE001 - a message bug must not hide the verdict
             message = f"{'passed' if ok else 'failed'} (message unavailable: {e})"
         checks.append(Check(name, ok, message))

@@ -1,20 +1,19 @@
 """The ship bundle: the selected ONNX model with its labels and manifest, in models/ship/."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from slimline.compress import onnx_tools as ox
 from slimline.io import atomic_dir, write_json
+from slimline.repo import GitError, git
 
 
 def git_commit() -> str | None:
     """HEAD, with "-dirty" when tracked files differ from it (the usual case mid-run,
     since DVC updates dvc.lock only after the stage)."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        return git("describe", "--always", "--dirty", "--abbrev=40")
+    except (OSError, GitError):  # no git, or not a repository
         return None
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from slimline.repo import child_env, dvc_remote, git, git_remote, head, stop_group
 from slimline.search.space import THREADS_KEY, Candidate
 
 RECORDS = Path(".slimline/search")  # under the repository root; ignored by git
@@ -35,30 +34,11 @@ METRIC_KEYS = ("val_accuracy", "test_accuracy", "params", "flops")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:")
 
 
-def env(**extra: str) -> dict:
-    e = dict(os.environ)
-    # This interpreter first on PATH: dvc.yaml runs `python -m ...`.
-    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])
-    e.update(PYTHONUNBUFFERED="1", TQDM_DISABLE="1", DVC_NO_ANALYTICS="1", **extra)
-    return e
-
-
-def git(root: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-def head(root: Path) -> str:
-    return git(root, "rev-parse", "HEAD")
-
-
 def code_state(root: Path) -> str:
     """A digest of uncommitted changes to the code and the stage graph ("" when clean).
     Experiments include them, so a candidate's identity must too."""
-    diff = git(root, "diff", "HEAD", "--", "tasks", "slimline", "dvc.yaml")
-    new = git(root, "ls-files", "--others", "--exclude-standard", "--", "tasks", "slimline").split()
+    diff = git("diff", "HEAD", "--", "tasks", "slimline", "dvc.yaml", cwd=root)
+    new = git("ls-files", "--others", "--exclude-standard", "--", "tasks", "slimline", cwd=root).split()
     if not diff and not new:
         return ""
     h = hashlib.sha256(diff.encode())
@@ -77,7 +57,7 @@ def exp_refs(root: Path, baseline: str) -> dict[str, str]:
     from dvc.repo.experiments.refs import ExpRefInfo
 
     out = {}
-    for line in git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/").splitlines():
+    for line in git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/", cwd=root).splitlines():
         sha, ref = line.split(" ", 1)
         try:
             info = ExpRefInfo.from_ref(ref)
@@ -89,7 +69,7 @@ def exp_refs(root: Path, baseline: str) -> dict[str, str]:
 
 
 def read_metrics(root: Path, rev: str, stage: str) -> dict:
-    report = json.loads(git(root, "show", f"{rev}:reports/{stage}.json"))
+    report = json.loads(git("show", f"{rev}:reports/{stage}.json", cwd=root))
     return {k: report[k] for k in METRIC_KEYS}
 
 
@@ -173,7 +153,7 @@ def run_experiment(root: Path, c: Candidate, threads: int | None,
     tail: deque[str] = deque(maxlen=60)
     start = time.perf_counter()
     # Own process group: a stopped search stops its experiments (see flows/search.py).
-    proc = subprocess.Popen(cmd, cwd=root, env=env(SLIMLINE_RUN_RECORD_DIR=str(folder)),
+    proc = subprocess.Popen(cmd, cwd=root, env=child_env(SLIMLINE_RUN_RECORD_DIR=str(folder)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=True)
     try:
@@ -182,13 +162,7 @@ def run_experiment(root: Path, c: Candidate, threads: int | None,
             log(f"[{c.name}] {line.rstrip()}")
         rc = proc.wait()
     finally:
-        if proc.poll() is None:  # interrupted or cancelled: stop dvc and the stage under it
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)  # interrupted or cancelled: stop dvc and the stage under it
     seconds = time.perf_counter() - start
     rev = exp_refs(root, baseline).get(c.name)
     if rc != 0 or rev is None:
@@ -223,25 +197,15 @@ def shared_stages_ready(root: Path, c: Candidate, threads: int | None, raw: dict
         return False
 
 
-def remotes(root: Path) -> tuple[str | None, str | None]:
-    """(git remote, default DVC remote): both are needed to share an experiment."""
-    names = git(root, "remote", check=False).split()
-    git_remote = "origin" if "origin" in names else (names[0] if names else None)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=root, env=env(),
-                          capture_output=True, text=True)
-    dvc_remote = proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
-    return git_remote, dvc_remote
-
-
 def push_experiment(root: Path, name: str) -> str:
     """`dvc exp push`: the experiment's commit to the git remote and its outputs to the
     DVC remote, so `dvc exp show` lists it (and `dvc exp pull` fetches it) anywhere."""
-    git_remote, dvc_remote = remotes(root)
-    if not (git_remote and dvc_remote):
+    origin, storage = git_remote(root), dvc_remote(root)
+    if not (origin and storage):
         return "not pushed: no git remote and DVC remote configured"
-    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "push", git_remote, name], cwd=root,
-                          env=env(), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "push", origin, name], cwd=root,
+                          env=child_env(), capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"dvc exp push {git_remote} {name} failed: "
+        raise RuntimeError(f"dvc exp push {origin} {name} failed: "
                            f"{error_line((proc.stdout + proc.stderr).splitlines())}")
-    return f"pushed to git remote '{git_remote}' and DVC remote '{dvc_remote}'"
+    return f"pushed to git remote '{origin}' and DVC remote '{storage}'"

@@ -12,12 +12,12 @@ import io
 import itertools
 import json
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slimline.overrides import as_set_args
 from slimline.params import ParamsError, SearchParams, Structure, parse_params
+from slimline.repo import slug
 
 # The training stage that builds each target, and the report holding its metrics.
 STAGE = {"baseline": "train_baseline", "student": "distill"}
@@ -156,4 +156,4 @@ def apply_structure(params_path: Path, target: str, choice: dict) -> str:
 
 def artifact_key(name: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"candidate-{name}".lower())).strip("-")
+    return slug(f"candidate-{name}")

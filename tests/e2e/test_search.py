@@ -8,8 +8,6 @@ cache and trains only its own stage, on tiny structures for 1 epoch.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,8 @@ import pytest
 import yaml
 
 from conftest import dvc, sh, update_params
+
+from slimline.repo import stop_group
 from slimline.params import ParamsError, SearchParams, Structure, param_count, parse_params
 from slimline.search.board import choice_summary, leaderboard, markdown
 from slimline.search.space import apply_structure, build_candidates, combinations
@@ -191,7 +191,8 @@ def grid_run(prefect_api, search_copy):
 
 def test_four_candidate_grid_completes_locally_two_at_a_time(grid_run, search_copy):
     from flows.search import cores, split_threads
-    from slimline.search.runs import head, record_dir
+    from slimline.repo import head
+    from slimline.search.runs import record_dir
 
     records = grid_run["records"]
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}, records
@@ -226,7 +227,8 @@ def test_dvc_exp_show_lists_the_candidates_with_their_overrides(grid_run, search
 def test_rerun_skips_done_candidates_and_apply_best_changes_exactly_the_structure_keys(
         grid_run, search_copy, capsys):
     from flows.search import main
-    from slimline.search.runs import exp_refs, head
+    from slimline.repo import head
+    from slimline.search.runs import exp_refs
 
     before_text = (search_copy / "params.yaml").read_text()
     refs = exp_refs(search_copy, head(search_copy))
@@ -265,24 +267,14 @@ def test_broken_candidate_is_recorded_as_failed_and_the_search_goes_on(prefect_a
 
 # --- pool mode -----------------------------------------------------------------------
 
-def stop_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def test_pool_mode_runs_candidates_on_a_process_worker(prefect_api, search_copy, tmp_path):
     """Two candidates through the `candidate` deployment of prefect.yaml, taken by one
     real process worker that checks the repository out into its own workspace. One
     fails in its stage on the worker, the other finishes and is pushed, so `dvc exp
     show` here lists it."""
     from flows.search import search
-    from slimline.search.runs import exp_refs, head
+    from slimline.repo import head
+    from slimline.search.runs import exp_refs
 
     remote = tmp_path / "dvc-remote"
     dvc("remote", "add", "-d", "shared", str(remote), cwd=search_copy)
@@ -303,7 +295,7 @@ def test_pool_mode_runs_candidates_on_a_process_worker(prefect_api, search_copy,
     try:
         result = search(root=str(search_copy), pool=True, timeout_s=400)
     finally:
-        stop_group(worker)
+        stop_group(worker, grace=20)
         log.close()
         sh(["git", "checkout", "params.yaml"], search_copy)
     fine, broken = result["records"]

@@ -201,3 +201,16 @@ def test_missing_or_corrupt_source_is_a_clear_error(tmp_path, content):
 def test_bad_calibration_data_is_rejected(files, tmp_path):
     with pytest.raises(ValueError, match="calibration"):
         ot.quantize_static_int8(files["fp32"], tmp_path / "q.onnx", np.zeros((0, *SHAPE), np.float32), 8)
+
+
+def test_checked_logits_refuses_an_export_that_does_not_match_torch(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model()
+    path = tmp_path / "m.onnx"
+    ot.export_onnx(model, SHAPE, path)
+    x, _ = make_data(7, seed=6)
+    np.testing.assert_array_equal(ot.checked_logits(model, path, x), ot.predict(path, x))
+    torch.manual_seed(1)
+    other = tiny_model()  # different weights: as if the exporter had dropped a layer's
+    with pytest.raises(ot.StageError, match="does not match torch"):
+        ot.checked_logits(other, path, x)

@@ -78,14 +78,46 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_stage_rejects_bad_params_before_any_work(tmp_path):
-    """A stage run with a typo exits 2 with the message and writes nothing."""
+    """A stage run with a typo in a section it reads exits 2 with the message and writes nothing."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["lr_rate"] = 0.1
+    params["data"]["lmit"] = 100
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
-    assert "train.lr_rate: unknown key" in proc.stderr
+    assert "data.lmit: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_stage_validates_only_the_sections_it_reads():
+    raw = {"train": {"epochs": 3}, "gate": {"max_latency_increase": "lots"}, "serach": {}}
+    p = parse_params(raw, sections=("baseline", "train"))
+    assert p.train.epochs == 3 and p.baseline == Params().baseline
+    with pytest.raises(AttributeError):
+        p.gate  # not read, not validated: the stage cannot use it by mistake
+    with pytest.raises(ParamsError, match="gate.max_latency_increase"):
+        parse_params(raw)  # the full check (slimline check, make run, the flow) still rejects it
+    with pytest.raises(ParamsError, match=r"train\.lr: .*got 'fast'"):
+        parse_params({"train": {"lr": "fast"}}, sections=("train",))
+    with pytest.raises(ParamsError, match="train.learning_rate: unknown key.*epochs"):
+        parse_params({"train": {"learning_rate": 0.1}}, sections=("train",))
+
+
+def test_cross_section_checks_run_when_the_stage_reads_every_section_involved():
+    raw = {"train": {"epochs": 2}, "distill": {"epochs": 5}}
+    with pytest.raises(ParamsError, match=r"distill.epochs \(5\) exceeds train.epochs"):
+        parse_params(raw, sections=("student", "distill", "train"))
+    assert parse_params(raw, sections=("distill",)).distill.epochs == 5  # train not read here
+
+
+def test_each_stage_reads_exactly_the_sections_dvc_yaml_reruns_it_for():
+    import importlib
+
+    from slimline.codedeps import stage_modules
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, module in stage_modules().items():
+        declared = {k.split(".")[0] for k in (stages[name].get("do") or stages[name])["params"]}
+        assert set(importlib.import_module(module).SECTIONS) == declared, name

@@ -6,8 +6,9 @@ from torch import nn
 
 from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model, count_params, load_model, save_model
-from slimline.params import Structure
-from slimline.compress.pruning import prune_layers, prune_structured, prune_unstructured, sparsity, structure_of
+from slimline.params import PRUNE_METHODS, PruneParams, Structure
+from slimline.compress.pruning import (PRUNERS, PruneJob, Pruned, prune_layers, prune_structured,
+                                       prune_unstructured, sparsity, structure_of)
 
 SHAPE = (1, 12, 12)
 CLASSES = 3
@@ -211,3 +212,18 @@ def test_bad_amount_or_steps_rejected(amount, steps):
     model, _, _ = make()
     with pytest.raises(ValueError):
         prune_unstructured(model, amount, steps, Recorder(), 1)
+
+
+@pytest.mark.parametrize("method", PRUNE_METHODS)
+def test_every_schema_method_runs_through_the_registry(method, tmp_path):
+    """Each prune.methods name maps to code with one signature and one result type, and
+    every method gets the same fine-tuning budget (finetune_epochs per step)."""
+    model, spec, base = make()
+    cfg = PruneParams(methods=[method], amount=0.5, steps=2, finetune_epochs=3, ablation_epochs=1)
+    finetune = Recorder()
+    job = PruneJob(cfg, example=torch.rand(2, *SHAPE), finetune=finetune, evaluate=lambda m: 0.5)
+    out = PRUNERS[method](model, spec, job)
+    assert isinstance(out, Pruned) and isinstance(out.model, nn.Module)
+    assert (out.ablation != []) == (method == "layer")
+    assert sum(e for e in finetune.calls) - (len(out.ablation) if method == "layer" else 0) == 6
+    assert_roundtrip(out.model, out.spec, base, tmp_path)
