@@ -1,8 +1,7 @@
 """Stage `distill`: Hinton knowledge distillation into the `student` structure.
 
-    python -m tasks.distill [--params params.yaml] [--data data/prepared]
-                            [--teacher models/baseline] [--out models/student]
-                            [--scratch-out models/student_scratch]
+    python -m tasks.distill --data data/prepared --teacher models/baseline --out models/student
+                            --scratch-out models/student_scratch [--params params.yaml]
 
 In the same stage, the same student is trained from scratch with the same seed,
 recipe, augmentation and epochs (the ablation), so the KD gain is a paired,
@@ -89,10 +88,10 @@ def distill(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/prepared", type=Path)
-    p.add_argument("--teacher", default="models/baseline", type=Path)
-    p.add_argument("--out", default="models/student", type=Path)
-    p.add_argument("--scratch-out", default="models/student_scratch", type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--teacher", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--scratch-out", required=True, type=Path)
 
 
 if __name__ == "__main__":

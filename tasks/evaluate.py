@@ -1,7 +1,7 @@
 """Stage `evaluate`: measure every variant the same way and choose the one to ship.
 
-    python -m tasks.evaluate [--params params.yaml] [--data data/prepared]
-                             [--onnx models/onnx] [--ship models/ship]
+    python -m tasks.evaluate --data data/prepared --onnx models/onnx --ship models/ship
+                             [--params params.yaml]
 
 Writes reports/evaluate.json ({"baseline", "selected", "variants", "hardware"}),
 evaluate_summary.json, evaluate.md, two Pareto PNGs, and the ship bundle for the
@@ -69,9 +69,9 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/prepared", type=Path)
-    p.add_argument("--onnx", default="models/onnx", type=Path)
-    p.add_argument("--ship", default="models/ship", type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--onnx", required=True, type=Path)
+    p.add_argument("--ship", required=True, type=Path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `prepare`: load the source, split it, validate it, write data/prepared.
 
-    python -m tasks.prepare [--params params.yaml] [--out data/prepared]
+    python -m tasks.prepare --out data/prepared [--params params.yaml]
 
 Validation (Great Expectations) runs on the split in memory, before anything is
 written: a failed check exits non-zero and leaves the previous output untouched.
@@ -65,7 +65,7 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="data/prepared", type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `prune@<method>`: one pruned variant per method listed in prune.methods.
 
-    python -m tasks.prune --method unstructured|structured|layer [--params params.yaml]
-                          [--data data/prepared] [--out models/pruned/<method>]
+    python -m tasks.prune --method structured --data data/prepared --models models
+                          --out models/pruned/structured [--params params.yaml]
 
 The source model (prune.source: baseline or student) is pruned in steps with
 fine-tuning after each (by default with the KD loss from the baseline), then
@@ -32,8 +32,8 @@ def prune(params: Params, args: argparse.Namespace) -> None:
 
     cfg = params.prune
     method = args.method
-    out = args.out or Path("models/pruned") / method
-    src_dir = Path("models") / cfg.source
+    out = args.out
+    src_dir = args.models / cfg.source
     if not (src_dir / "structure.json").exists():
         stage = "train_baseline" if cfg.source == "baseline" else "distill"
         raise StageError(f"no source model in {src_dir}: run the `{stage}` stage first")
@@ -43,7 +43,7 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     model, spec = load_model(src_dir)
     model = model.to(device)
     data = to_tensors(prep, device)
-    loss_fn = make_kd_loss(load_teacher(Path("models/baseline"), device), params.distill) if cfg.distill else None
+    loss_fn = make_kd_loss(load_teacher(args.models / "baseline", device), params.distill) if cfg.distill else None
     finetune = make_finetune(params.train, data, loss_fn)
     source_acc = evaluate(model, *data["val"])[1]
 
@@ -81,8 +81,9 @@ def prune(params: Params, args: argparse.Namespace) -> None:
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=PRUNE_METHODS)
-    p.add_argument("--data", default="data/prepared", type=Path)
-    p.add_argument("--out", default=None, type=Path, help="default: models/pruned/<method>")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--models", required=True, type=Path, help="holds baseline/ and student/")
+    p.add_argument("--out", required=True, type=Path)
 
 
 if __name__ == "__main__":

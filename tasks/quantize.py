@@ -1,6 +1,6 @@
 """Stage `quantize`: export every model to ONNX and make ONNX Runtime variants.
 
-    python -m tasks.quantize [--params params.yaml] [--data data/prepared] [--out models/onnx]
+    python -m tasks.quantize --data data/prepared --models models --out models/onnx [--params params.yaml]
 
 For each trained model (baseline, distilled student, scratch student, each
 pruned variant): an fp32 export checked against torch, then the variants in
@@ -68,9 +68,9 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/prepared", type=Path)
-    p.add_argument("--models", default="models", type=Path)
-    p.add_argument("--out", default="models/onnx", type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--models", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
 
 
 if __name__ == "__main__":

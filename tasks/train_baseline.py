@@ -1,6 +1,6 @@
 """Stage `train_baseline`: train the `baseline` structure with the `train` recipe.
 
-    python -m tasks.train_baseline [--params params.yaml] [--data data/prepared] [--out models/baseline]
+    python -m tasks.train_baseline --data data/prepared --out models/baseline [--params params.yaml]
 
 Every compression ratio downstream is measured against this model. A rerun
 after SIGKILL resumes from the last epoch checkpoint (in .slimline/resume/).
@@ -41,8 +41,8 @@ def train_baseline(params: Params, args: argparse.Namespace) -> None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/prepared", type=Path, help="prepared dataset folder")
-    p.add_argument("--out", default="models/baseline", type=Path, help="output model folder")
+    p.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
 
 
 if __name__ == "__main__":

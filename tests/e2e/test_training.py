@@ -83,8 +83,8 @@ def test_resume_after_sigkill_is_bit_identical(pipeline_copy):
     root = pipeline_copy
     # More data and epochs than the tiny config, so an epoch takes long enough to kill mid-run.
     update_params(root, {"data": {"limit": 1500}, "train": {"epochs": 5, "num_threads": 1}})
-    sh([sys.executable, "-m", "tasks.prepare"], root)
-    cmd = [sys.executable, "-m", "tasks.train_baseline"]
+    sh([sys.executable, "-m", "tasks.prepare", "--out", "data/prepared"], root)
+    cmd = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
     sh(cmd, root)
     reference = tree_digest(root / "models" / "baseline")
     curves = tree_digest(root / "dvclive" / "train_baseline")

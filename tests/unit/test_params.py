@@ -82,7 +82,7 @@ def test_stage_rejects_bad_params_before_any_work(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["lmit"] = 100
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml"],
+    proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml", "--out", "data/prepared"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2

@@ -132,7 +132,7 @@ def test_cli_failure_exits_2_with_readable_message(tmp_path, workdir):
     (src / "train-labels-idx1-ubyte").write_bytes((0x801).to_bytes(4, "big") + (4).to_bytes(4, "big")
                                                   + labels.tobytes())
     (tmp_path / "params.yaml").write_text(f"data:\n  source: idx\n  path: {src}\n")
-    proc = sh([sys.executable, "-m", "tasks.prepare"], cwd=tmp_path, check=False, PYTHONPATH=str(ROOT))
+    proc = sh([sys.executable, "-m", "tasks.prepare", "--out", "data/prepared"], cwd=tmp_path, check=False, PYTHONPATH=str(ROOT))
     env_note = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, env_note
     assert "train-images-idx3-ubyte.gz" in proc.stderr and "truncated" in proc.stderr, env_note
