@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -59,3 +60,29 @@ def copy_project(dest: Path, params: dict | None = None) -> Path:
     for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "copy"]):
         subprocess.run(["git", *cmd], cwd=dest, env=run_env(), check=True, capture_output=True)
     return dest
+
+
+def build_tiny(dest: Path) -> Path:
+    """A copy on the TINY config after one full `dvc repro`, committed: the finished
+    pipeline the end-to-end tests start from. repro.log beside it holds dvc's output."""
+    root = copy_project(dest, TINY)
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=run_env(),
+                           capture_output=True, text=True)
+    (root.parent / "repro.log").write_text(repro.stdout + repro.stderr)
+    if repro.returncode:
+        raise RuntimeError(f"dvc repro of the tiny pipeline failed:\n{(repro.stdout + repro.stderr)[-3000:]}")
+    for cmd in (["add", "-A"], ["commit", "-qm", "tiny repro"]):
+        subprocess.run(["git", *cmd], cwd=root, env=run_env(), check=True, capture_output=True)
+    return root
+
+
+if __name__ == "__main__":  # python -m benchmarks.project tiny DEST: build_tiny, then DEST.ready
+    if sys.argv[1:2] != ["tiny"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python -m benchmarks.project tiny DEST")
+    out = Path(sys.argv[2])
+    try:
+        build_tiny(out)
+    except Exception as err:  # noqa: BLE001 - the waiting tests show it
+        out.with_suffix(".failed").write_text(str(err))
+        raise
+    out.with_suffix(".ready").write_text("")

@@ -253,8 +253,6 @@ def pipeline(targets: list[str] | None = None, force: bool = False, push: bool |
       is configured. save_experiment: record the run with `dvc exp save`; None does
       it for deployment runs.
     """
-    from prefect.runtime import deployment
-
     logger = get_run_logger()
     root_path = Path(root or ROOT).resolve()
     prefix = key_prefix if key_prefix is not None else _default_prefix()
@@ -268,33 +266,46 @@ def pipeline(targets: list[str] | None = None, force: bool = False, push: bool |
                 logger.info("params.yaml overrides (as `dvc exp run -S`): %s", " ".join(set_args))
             remote = remote_for(root_path, logger)
             run_stages(root_path, targets, force, prefix, remote, results, no_run_cache)
-            if any(r["stage"] == "evaluate" and r["outcome"] != "skipped (up to date)" for r in results):
-                # push=False: nothing goes to the remote, the report links neither
-                publish_pareto(root_path, prefix,
-                               upload_evaluate(root_path, remote, logger) if push is not False else None)
-            experiment = None
-            if save_experiment if save_experiment is not None else bool(deployment.id):
-                present = [r["stage"] for r in results if "outputs on the remote" not in r["outcome"]]
-                if present:  # with no targets, `dvc exp save` would cache every stage's outputs
-                    results.append(save_run(root_path, prefix, present))
-                    experiment = results[-1]["experiment"]
-                else:
-                    logger.info("every stage's outputs are on the remote already: no experiment to save")
-            gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
-            publish_gate(gate, prefix)
-            if not gate.ok:  # saved above for inspection, but neither pushed nor passed
-                raise RegressionFailed(gate.message)
-            logger.info(gate.message)
-            if remote is None:
-                logger.info("no DVC remote configured: nothing pushed; outputs stay in this "
-                            "machine's DVC cache")
-            elif push is False:
-                logger.info("push=False: outputs not pushed to DVC remote '%s'", remote.name)
-            else:
-                results.append(push_outputs(str(root_path), remote, experiment))
+            finalize(root_path, prefix, remote, push, save_experiment, results)
         finally:
             publish_summary(root_path, results, prefix)  # failed runs get their summary too
     return results
+
+
+def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | None,
+             save_experiment: bool | None, results: list[dict]) -> list[dict]:
+    """After the stages: publish the Pareto charts, save the run as a DVC experiment,
+    pass the regression gate, push. Appends each step's outcome to `results` (a failed
+    gate's summary still lists them) and returns them."""
+    from prefect.runtime import deployment
+
+    logger = get_run_logger()
+    start = len(results)
+    if any(r["stage"] == "evaluate" and r["outcome"] != "skipped (up to date)" for r in results):
+        # push=False: nothing goes to the remote, the report links neither
+        publish_pareto(root_path, prefix,
+                       upload_evaluate(root_path, remote, logger) if push is not False else None)
+    experiment = None
+    if save_experiment if save_experiment is not None else bool(deployment.id):
+        present = [r["stage"] for r in results if "outputs on the remote" not in r["outcome"]]
+        if present:  # with no targets, `dvc exp save` would cache every stage's outputs
+            results.append(save_run(root_path, prefix, present))
+            experiment = results[-1]["experiment"]
+        else:
+            logger.info("every stage's outputs are on the remote already: no experiment to save")
+    gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
+    publish_gate(gate, prefix)
+    if not gate.ok:  # saved above for inspection, but neither pushed nor passed
+        raise RegressionFailed(gate.message)
+    logger.info(gate.message)
+    if remote is None:
+        logger.info("no DVC remote configured: nothing pushed; outputs stay in this "
+                    "machine's DVC cache")
+    elif push is False:
+        logger.info("push=False: outputs not pushed to DVC remote '%s'", remote.name)
+    else:
+        results.append(push_outputs(str(root_path), remote, experiment))
+    return results[start:]
 
 
 def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, results: list[dict],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
+import tempfile
 import socket
 import subprocess
 import sys
@@ -25,7 +25,7 @@ import pytest
 import tasks  # noqa: F401
 
 from slimline.repo import stop_group
-from benchmarks.project import ROOT, TINY, copy_project, run_env, update_params  # noqa: F401  (shared with the tests)
+from benchmarks.project import ROOT, TINY, build_tiny, copy_project, run_env, update_params  # noqa: F401  (shared with the tests)
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -39,24 +39,87 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return sh([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
+# --- set-up made once per run, in the background ---------------------------------------
+# The tiny pipeline (a `dvc repro` of ~50 s) is built once per test run and the Prefect
+# servers (~25 s each to start) are started, all by the controller process in the
+# background: the workers run unit tests meanwhile and wait only when a test needs one.
+# The tiny pipeline is shared (tests copy it before changing anything); each worker gets
+# its own server, because tests create work pools and deployments by fixed names. The
+# environment hands them over. Without xdist (or for unit tests only), the fixtures
+# make their own.
+SHARED_TINY, SHARED_PREFECT = "SLIMLINE_TEST_TINY", "SLIMLINE_TEST_PREFECT"
+
+
+def _runs_e2e(config) -> bool:
+    here = Path(config.invocation_params.dir)
+    for arg in config.args or ["tests"]:
+        path = (here / arg.split("::")[0]).resolve()
+        if path in (ROOT, ROOT / "tests") or ROOT / "tests" / "e2e" in (path, *path.parents):
+            return True
+    return False
+
+
+def pytest_configure(config):
+    workers = config.getoption("numprocesses", None)
+    if hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 1 \
+            or SHARED_TINY in os.environ or not _runs_e2e(config):
+        return
+    base = Path(tempfile.mkdtemp(prefix="slimline-tests-"))
+    with (base / "tiny.log").open("w") as log:
+        tiny = subprocess.Popen([sys.executable, "-m", "benchmarks.project", "tiny", str(base / "tiny")],
+                                cwd=ROOT, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    servers = [start_prefect_server(base / f"prefect-gw{i}") for i in range(workers)]
+    os.environ[SHARED_TINY] = str(base / "tiny")  # the workers start after this hook
+    for i, server in enumerate(servers):
+        os.environ[f"{SHARED_PREFECT}_GW{i}"] = f"{server.url} {server.home}"
+    config._slimline_shared = (base, tiny, servers)
+
+
+def pytest_unconfigure(config):
+    shared = getattr(config, "_slimline_shared", None)
+    if shared:
+        base, tiny, servers = shared
+        stop_group(tiny)
+        for server in servers:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_for_tiny(root: Path) -> Path:
+    deadline = time.monotonic() + 900
+    while not root.with_suffix(".ready").exists():
+        failed = root.with_suffix(".failed")
+        if failed.exists() or time.monotonic() > deadline:
+            log = (root.parent / "tiny.log").read_text()[-3000:]
+            raise RuntimeError(f"the shared tiny pipeline was not built:\n"
+                               f"{failed.read_text() if failed.exists() else 'timed out'}\n{log}")
+        time.sleep(0.5)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> Path:
-    """A project copy on the tiny config after one full `dvc repro`, committed."""
-    root = copy_project(tmp_path_factory.mktemp("tiny") / "proj")
-    update_params(root, TINY)
-    repro = dvc("repro", cwd=root)
-    sh(["git", "add", "-A"], root)
-    sh(["git", "commit", "-qm", "tiny repro"], root)
-    (root / "repro.log").write_text(repro.stdout + repro.stderr)
-    return root
+    """A project copy on the tiny config after one full `dvc repro`, committed. Shared:
+    tests copy it (pipeline_copy) before changing anything."""
+    shared = os.environ.get(SHARED_TINY)
+    if shared:
+        return _wait_for_tiny(Path(shared))
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "proj")
+
+
+def copy_tree(src: Path, dest: Path) -> Path:
+    """A private copy of a project (git, DVC cache and outputs), without DVC's lock and
+    temporary files, which another worker's dvc may be writing."""
+    shutil.copytree(src, dest, symlinks=True,
+                    ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    return dest
 
 
 @pytest.fixture
 def pipeline_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
     """A private copy of the finished tiny pipeline (git, DVC cache and outputs)."""
-    dest = tmp_path / "proj"
-    shutil.copytree(tiny_pipeline, dest, symlinks=True)
-    return dest
+    return copy_tree(tiny_pipeline, tmp_path / "proj")
 
 
 def tree_digest(path: Path) -> dict[str, bytes]:
@@ -76,6 +139,25 @@ class PrefectServer:
 
     url: str  # the API URL, .../api
     home: Path  # PREFECT_HOME of the server (database, logs)
+    proc: subprocess.Popen | None = None  # set in the process that started it
+
+    def wait(self, timeout: float = 180) -> None:
+        """Until /health answers (CI machines start it slowly)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                if (self.proc and self.proc.poll() is not None) or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"prefect server did not start:\n"
+                                       f"{(self.home / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_group(self.proc, grace=20)
 
     def env(self, **extra: str) -> dict:
         """Environment for clients, workers and flows that talk to this server."""
@@ -91,33 +173,38 @@ class PrefectServer:
         return proc
 
 
+def start_prefect_server(home: Path) -> PrefectServer:
+    """Start `prefect server start` on a free loopback port; PrefectServer.wait() blocks
+    until it answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    server = PrefectServer(f"http://127.0.0.1:{free_port()}/api", home)
+    cli = str(Path(sys.executable).parent / "prefect")
+    port = server.url.rsplit(":", 1)[1].split("/")[0]
+    with (home / "server.log").open("w") as log:
+        server.proc = subprocess.Popen([cli, "server", "start", "--host", "127.0.0.1", "--port", port,
+                                        "--analytics-off"], env=server.env(), stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+    return server
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """One real Prefect server for the whole session (starting one costs ~25 s), and
-    this process pointed at it. Stopped, with everything it started, at the end."""
+    """One real Prefect server for the whole run (starting one costs ~25 s), and this
+    process pointed at it. One the fixture started is stopped, with everything it
+    started, at the end."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    server = PrefectServer(f"http://127.0.0.1:{port}/api", home)
-    cli = str(Path(sys.executable).parent / "prefect")
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([cli, "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--analytics-off"], env=server.env(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180  # CI machines start it slowly
-    while True:
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-                raise RuntimeError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    shared = os.environ.get(f"{SHARED_PREFECT}_{worker.upper()}") if worker else None
+    if shared:
+        url, home = shared.split(" ", 1)
+        server = PrefectServer(url, Path(home))
+    else:
+        server = start_prefect_server(tmp_path_factory.mktemp("prefect-home"))
     try:
+        server.wait()
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
             yield server
     finally:
-        stop_group(proc, grace=20)
-        log.close()
+        if not shared:
+            server.stop()

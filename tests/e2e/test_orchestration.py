@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, sh
+from conftest import copy_tree, dvc, sh
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -141,11 +141,9 @@ def state_names(flow_run_id) -> list[str]:
 @pytest.fixture(scope="module")
 def team(prefect_api, tiny_pipeline, tmp_path_factory):
     """The tiny project as the team's repository, deployed with `python -m flows.deploy`."""
-    import shutil
-
     base = tmp_path_factory.mktemp("team")
     origin = base / "origin"
-    shutil.copytree(tiny_pipeline, origin, symlinks=True)
+    copy_tree(tiny_pipeline, origin)
     out = sh([sys.executable, "-m", "flows.deploy", "--root", str(origin)], origin, **prefect_api.env())
     return {"server": prefect_api, "origin": origin, "base": base, "deploy_output": out.stdout}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import dvc, sh, update_params
+from conftest import copy_tree, dvc, sh, update_params
 
 from slimline.repo import stop_group
 from slimline.params import ParamsError, SearchParams, Structure, param_count, parse_params
@@ -170,11 +170,8 @@ def test_apply_structure_writes_only_the_chosen_keys_and_keeps_comments(tmp_path
 def search_copy(tiny_pipeline, tmp_path_factory):
     """A private copy of the finished tiny pipeline (shared with the other end-to-end
     tests, so `prepare` is done and cached): candidates only train, 1 epoch each."""
-    import shutil
-
     root = tmp_path_factory.mktemp("search") / "proj"
-    shutil.copytree(tiny_pipeline, root, symlinks=True)
-    (root / "repro.log").unlink(missing_ok=True)  # the fixture's log: untracked, not ours
+    copy_tree(tiny_pipeline, root)
     # the student stays smaller than every candidate (the schema's distill.require_smaller)
     update_params(root, {"student": {"conv_channels": [2], "hidden": [4]},
                          "search": {"space": GRID, "workers": 2, "overrides": {"train.epochs": 1}}})
