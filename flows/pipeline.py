@@ -33,13 +33,15 @@ from flows.gate import regression_gate
 from flows.overrides import apply as apply_overrides
 from flows.overrides import validate as validate_overrides
 from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
-from flows.reports import Progress, publish_gate, publish_pareto, publish_stage, publish_summary
+from flows.reports import (Progress, publish_gate, publish_pareto, publish_skipped, publish_stage,
+                           publish_summary)
 from flows.workspace import workspace_slot
 from slimline.s3 import LOCKED, explain_dvc_failure, is_transient
 from slimline.params import load_params
 from slimline.repo import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
+SKIPPED = "skipped (up to date)"  # a stage DVC calls up to date: not run, no task run
 RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from the run cache
 SKIP_LINE = "didn't change, skipping"  # ... and when --allow-missing skips a stage
 # prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in slimline.stage.die_with_parent, inline so the
@@ -173,17 +175,11 @@ def _failure_text(stage: str, rc: int, lines: list[str], remote: Remote | None) 
 # same way again, so retry_transient never retries it.
 @task(task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 20],
       retry_condition_fn=retry_transient)
-def run_stage(root: str, stage: str, up_to_date: bool, force: bool, key_prefix: str,
-              uncached: list[str] | None = None, remote: Remote | None = None,
-              no_run_cache: bool = False) -> dict:
+def run_stage(root: str, stage: str, force: bool, key_prefix: str, uncached: list[str] | None = None,
+              remote: Remote | None = None, no_run_cache: bool = False) -> dict:
     logger = get_run_logger()
     root_path = Path(root)
     start = time.perf_counter()
-    if up_to_date and not force:
-        logger.info("%s: up to date, skipped", stage)
-        publish_stage(root_path, stage, "skipped (up to date)", 0.0, key_prefix)
-        return {"stage": stage, "outcome": "skipped (up to date)", "seconds": 0.0}
-
     # With a remote, fetch only what this stage needs; a stage whose only change is
     # outputs that live on the remote is skipped rather than rerun (or fully pulled).
     pull = ["--pull", "--allow-missing"] if remote else []
@@ -281,7 +277,7 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
 
     logger = get_run_logger()
     start = len(results)
-    if any(r["stage"] == "evaluate" and r["outcome"] != "skipped (up to date)" for r in results):
+    if any(r["stage"] == "evaluate" and r["outcome"] != SKIPPED for r in results):
         # push=False: nothing goes to the remote, the report links neither
         publish_pareto(root_path, prefix,
                        upload_evaluate(root_path, remote, logger) if push is not False else None)
@@ -322,18 +318,25 @@ def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, resul
         # One status pass over the whole graph (0.6 s here) settles the common "nothing
         # changed" case; otherwise each stage is checked when its turn comes.
         all_clean = pipeline_up_to_date(repo)
-        for stage in order:
-            up_to_date = all_clean or is_up_to_date(repo, stage)
-            try:
-                result = run_stage(str(root_path), stage, up_to_date, force, prefix,
-                                   uncached_outs(repo, stage), remote, no_run_cache)
-            except StageFailed:
-                results.append({"stage": stage, "outcome": "failed", "seconds": 0.0})
-                raise
-            results.append(result)
-            if result["outcome"] != "skipped (up to date)":
+        skipped: list[str] = []  # up to date: no task run; their artifacts go out together
+        try:
+            for stage in order:
+                if not force and (all_clean or is_up_to_date(repo, stage)):
+                    logger.info("%s: up to date, skipped", stage)
+                    skipped.append(stage)
+                    results.append({"stage": stage, "outcome": SKIPPED, "seconds": 0.0})
+                    continue
+                try:
+                    result = run_stage(str(root_path), stage, force, prefix, uncached_outs(repo, stage),
+                                       remote, no_run_cache)
+                except StageFailed:
+                    results.append({"stage": stage, "outcome": "failed", "seconds": 0.0})
+                    raise
+                results.append(result)
                 repo.close()  # dvc.lock changed under us: read the graph state afresh
                 repo = Repo(str(root_path))
+        finally:
+            publish_skipped(root_path, skipped, SKIPPED, prefix)
     finally:
         repo.close()
 

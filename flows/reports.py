@@ -41,16 +41,25 @@ def report_table(report: dict) -> list[dict]:
     return [{"metric": k, "value": v} for k, v in flatten(report).items()]
 
 
-def provenance(root: Path, stage: str) -> list[str]:
-    """The commit the run started from and the DVC hashes of the stage's outputs."""
+def commit_line(root: Path) -> str:
+    """The commit the run started from, and whether the workspace differs from it."""
+    commit = git("rev-parse", "--short=12", "HEAD", cwd=root, check=False) or "(no commit)"
+    return f"Commit `{commit}`" + (" plus uncommitted changes" if is_dirty(root) else "") + "."
+
+
+def read_lock(root: Path) -> dict:
     import yaml
 
-    commit = git("rev-parse", "--short=12", "HEAD", cwd=root, check=False) or "(no commit)"
-    lines = [f"Commit `{commit}`" + (" plus uncommitted changes" if is_dirty(root) else "") + "."]
     lock = root / "dvc.lock"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock is long: 10x faster in C
-    entry = ((yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {}).get(stage, {})
-             if lock.exists() else {})
+    return (yaml.load(lock.read_text(), Loader=loader) or {}) if lock.exists() else {}
+
+
+def provenance(root: Path, stage: str, head: str | None = None, lock: dict | None = None) -> list[str]:
+    """The commit the run started from and the DVC hashes of the stage's outputs
+    (head and lock: commit_line() and read_lock(), when the caller has them already)."""
+    lines = [head or commit_line(root)]
+    entry = (lock if lock is not None else read_lock(root)).get("stages", {}).get(stage, {})
     outs = [f"`{o['path']}` {o.get('md5', '?')[:12]}" for o in entry.get("outs", [])]
     if outs:
         lines.append("Outputs (DVC md5): " + ", ".join(outs) + ".")
@@ -72,15 +81,18 @@ def deltas_table(root: Path, stem: str) -> str:
     return "Changes against the last commit:\n\n" + markdown_table(shown) + more
 
 
-def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
-                  errors: list[str] | None = None) -> None:
+def stage_artifacts(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
+                    errors: list[str] | None = None, head: str | None = None,
+                    lock: dict | None = None) -> list[tuple[str, dict]]:
+    """A stage's report (markdown) and metrics (table) artifacts for this outcome, as
+    ("markdown" | "table", keyword arguments of create_<kind>_artifact)."""
     reports = root / "reports"
     stem = report_stem(stage)
     md_path, json_path = reports / f"{stem}.md", reports / f"{stem}.json"
     lines = [f"# {stage}: {outcome}", ""]
     if seconds:
         lines.append(f"Stage time: {seconds:.1f} s.")
-    lines += provenance(root, stage)
+    lines += provenance(root, stage, head, lock)
     if not errors and json_path.exists():
         lines += ["", deltas_table(root, stem)]
     if errors:
@@ -95,12 +107,40 @@ def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: 
                   markdown_table(report_table(json.loads(json_path.read_text())))]
     lines += ["", f"Files: [{json_path.name}]({json_path.as_uri()}), [{md_path.name}]({md_path.as_uri()})"
               + (" (run `dvc checkout` or `dvc pull` if missing)" if not json_path.exists() else "")]
-    create_markdown_artifact(key=artifact_key(prefix, stage, "report"), markdown="\n".join(lines),
-                             description=f"{stage}: {outcome}")
+    out = [("markdown", {"key": artifact_key(prefix, stage, "report"), "markdown": "\n".join(lines),
+                         "description": f"{stage}: {outcome}"})]
     if json_path.exists() and not errors:
-        table = report_table(json.loads(json_path.read_text()))
-        create_table_artifact(key=artifact_key(prefix, stage, "metrics"), table=table,
-                              description=f"{stage} metrics ({outcome})")
+        out.append(("table", {"key": artifact_key(prefix, stage, "metrics"),
+                              "table": report_table(json.loads(json_path.read_text())),
+                              "description": f"{stage} metrics ({outcome})"}))
+    return out
+
+
+def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
+                  errors: list[str] | None = None) -> None:
+    create = {"markdown": create_markdown_artifact, "table": create_table_artifact}
+    for kind, kwargs in stage_artifacts(root, stage, outcome, seconds, prefix, errors):
+        create[kind](**kwargs)
+
+
+def publish_skipped(root: Path, stages: list[str], outcome: str, prefix: str = "") -> None:
+    """The artifacts of stages that did not run, sent together: the commit and dvc.lock
+    are read once, and the API calls go out concurrently rather than one after another."""
+    if not stages:
+        return
+    import asyncio
+
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    head, lock = commit_line(root), read_lock(root)
+    specs = [a for stage in stages for a in stage_artifacts(root, stage, outcome, 0.0, prefix,
+                                                             head=head, lock=lock)]
+    create = {"markdown": acreate_markdown_artifact, "table": acreate_table_artifact}
+
+    async def send() -> None:
+        await asyncio.gather(*(create[kind](**kwargs) for kind, kwargs in specs))
+
+    asyncio.run(send())
 
 
 def summary_rows(root: Path, results: list[dict]) -> list[dict]:

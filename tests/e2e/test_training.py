@@ -126,7 +126,7 @@ def test_missing_prepared_data_names_the_stage_to_run(tmp_path):
     from conftest import ROOT
 
     (tmp_path / "params.yaml").write_text("{}\n")
-    proc = sh([sys.executable, "-m", "tasks.train_baseline"], tmp_path, check=False,
-              PYTHONPATH=str(ROOT))
+    proc = sh([sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out",
+               "models/baseline"], tmp_path, check=False, PYTHONPATH=str(ROOT))
     assert proc.returncode == 2
     assert "run the `prepare` stage first" in proc.stderr and "Traceback" not in proc.stderr

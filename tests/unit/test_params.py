@@ -121,3 +121,83 @@ def test_each_stage_reads_exactly_the_sections_dvc_yaml_reruns_it_for():
     for name, module in stage_modules().items():
         declared = {k.split(".")[0] for k in (stages[name].get("do") or stages[name])["params"]}
         assert set(importlib.import_module(module).SECTIONS) == declared, name
+
+
+# --- section rules and cross-checks of distill, prune, quantize and evaluate ---------------
+
+BIG = {"conv_channels": [64, 128], "hidden": [256]}
+
+
+def _err(raw) -> str:
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+def test_student_not_smaller_than_baseline_is_rejected():
+    msg = _err({"student": BIG})
+    assert "not smaller" in msg and "require_smaller" in msg
+    # the student equal to the baseline is not smaller either
+    assert "not smaller" in _err({"student": {"conv_channels": [32, 64], "hidden": [128]}})
+
+
+def test_require_smaller_false_allows_a_bigger_student():
+    p = parse_params({"student": BIG, "distill": {"require_smaller": False}})
+    assert p.student.conv_channels == [64, 128]
+    assert p.distill.require_smaller is False
+
+
+@pytest.mark.parametrize("amount, needle", [(1.0, "less than 1"), (-0.1, "greater than or equal to 0"),
+                                            (1.5, "less than 1")])
+def test_prune_amount_outside_unit_interval(amount, needle):
+    msg = _err({"prune": {"amount": amount}})
+    assert "prune.amount" in msg and needle in msg and repr(amount) in msg
+
+
+def test_prune_amount_zero_is_allowed():
+    assert parse_params({"prune": {"amount": 0.0}}).prune.amount == 0.0
+
+
+def test_unknown_prune_method_lists_allowed_names():
+    msg = _err({"prune": {"methods": ["unstructured", "magnitude"]}})
+    assert "prune.methods" in msg and "magnitude" in msg
+    for name in ("unstructured", "structured", "layer"):
+        assert f"'{name}'" in msg
+
+
+def test_duplicated_prune_method():
+    msg = _err({"prune": {"methods": ["layer", "structured", "layer"]}})
+    assert "prune.methods" in msg and "twice" in msg
+
+
+def test_empty_prune_methods():
+    assert "prune.methods" in _err({"prune": {"methods": []}})
+
+
+def test_calibration_larger_than_implied_train_data():
+    # limit 100 -> about 70 training images; the default 8 x 32 = 256 do not fit
+    msg = _err({"data": {"limit": 100}})
+    assert "calibration_batches" in msg and "256" in msg and "70" in msg
+    msg = _err({"data": {"limit": 400}, "quantize": {"calibration_batches": 9, "calibration_batch_size": 32}})
+    assert "288" in msg and "280" in msg
+    # fits: 400 -> 280 training images, 8 x 32 = 256
+    assert parse_params({"data": {"limit": 400}}).data.limit == 400
+    assert parse_params({"data": {"limit": 100},
+                         "quantize": {"calibration_batches": 2, "calibration_batch_size": 32}})
+
+
+def test_distill_epochs_beyond_train_epochs():
+    msg = _err({"train": {"epochs": 5}, "distill": {"epochs": 6}})
+    assert "distill.epochs (6)" in msg and "train.epochs (5)" in msg
+    assert parse_params({"train": {"epochs": 5}, "distill": {"epochs": 5}}).distill.epochs == 5
+
+
+def test_unknown_evaluate_objective():
+    msg = _err({"evaluate": {"objective": "accuracy"}})
+    assert "evaluate.objective" in msg and "'accuracy'" in msg
+    assert "'latency'" in msg and "'size'" in msg
+
+
+def test_max_accuracy_drop_must_be_a_fraction():
+    # 0.5 is 50 pt; 5 (meaning "5 pt") must be rejected, not read as 500 pt
+    assert "evaluate.max_accuracy_drop" in _err({"evaluate": {"max_accuracy_drop": 5}})

@@ -1,0 +1,148 @@
+"""Selection rules (budgets, objectives, ties), the Pareto front and Wilson intervals, on fixed variants."""
+from __future__ import annotations
+
+
+import pytest
+
+from slimline.params import EvaluateParams
+from slimline.evaluation.selection import budget_failures, pareto_front, select, wilson_ci
+
+
+def V(name, val, acc=None, size=1000, p50=1.0):
+    return {"name": name, "val_accuracy": val, "accuracy": val if acc is None else acc,
+            "bytes": size, "ort_p50_ms_b1": p50}
+
+
+VARIANTS = [
+    V("baseline", 0.980, size=100_000, p50=1.00),
+    V("fast", 0.978, size=30_000, p50=0.20),
+    V("small", 0.976, size=8_000, p50=0.40),
+    V("mid", 0.979, size=20_000, p50=0.30),
+]
+
+
+def test_objective_latency_picks_fastest_within_budget():
+    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(objective="latency"))
+    assert chosen == "fast"
+    assert set(failures) == {v["name"] for v in VARIANTS}
+    assert all(f == [] for f in failures.values())
+
+
+def test_objective_size_picks_smallest_within_budget():
+    chosen, _ = select(VARIANTS, "baseline", EvaluateParams(objective="size"))
+    assert chosen == "small"
+
+
+def test_accuracy_drop_is_judged_on_val_not_test():
+    # 'cheat' has the best test accuracy and is fastest and smallest, but its val
+    # accuracy is 1 pt below the baseline's: it must not be chosen.
+    variants = VARIANTS + [V("cheat", 0.970, acc=0.999, size=1_000, p50=0.05)]
+    for objective, want in (("latency", "fast"), ("size", "small")):
+        chosen, failures = select(variants, "baseline", EvaluateParams(objective=objective))
+        assert chosen == want
+        assert len(failures["cheat"]) == 1
+        assert "pt" in failures["cheat"][0] and "val" in failures["cheat"][0]
+        assert "1.00 pt" in failures["cheat"][0] and "0.50 pt" in failures["cheat"][0]
+
+
+def test_accuracy_drop_budget_is_a_fraction_and_inclusive():
+    base = V("baseline", 0.98)
+    cfg = EvaluateParams(max_accuracy_drop=0.005)  # 0.5 pt
+    assert budget_failures(V("at", 0.975), base, cfg) == []  # exactly 0.5 pt (float noise included)
+    assert budget_failures(V("under", 0.976), base, cfg) == []
+    assert budget_failures(V("better", 0.99), base, cfg) == []
+    over = budget_failures(V("over", 0.974), base, cfg)
+    assert len(over) == 1 and "0.60 pt" in over[0]
+    # the baseline always qualifies against itself
+    assert budget_failures(base, base, EvaluateParams(max_accuracy_drop=0.0)) == []
+
+
+def test_max_bytes_and_max_p50_exclusions():
+    cfg = EvaluateParams(objective="size", max_bytes=25_000, max_p50_ms=0.35)
+    chosen, failures = select(VARIANTS, "baseline", cfg)
+    assert chosen == "mid"  # small is too slow, fast too big, baseline both
+    assert len(failures["small"]) == 1 and "max_p50_ms" in failures["small"][0]
+    assert len(failures["fast"]) == 1 and "max_bytes" in failures["fast"][0]
+    assert len(failures["baseline"]) == 2
+    assert failures["mid"] == []
+    # exactly at the limits still qualifies
+    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(max_bytes=30_000, max_p50_ms=0.20))
+    assert chosen == "fast" and failures["fast"] == []
+
+
+def test_nothing_qualifies_returns_none_with_reasons_for_each():
+    variants = VARIANTS + [V("bad", 0.90, size=500, p50=0.01)]
+    cfg = EvaluateParams(max_bytes=5_000, max_p50_ms=0.1)
+    chosen, failures = select(variants, "baseline", cfg)
+    assert chosen is None
+    assert set(failures) == {v["name"] for v in variants}
+    assert all(failures[n] for n in failures), failures
+    assert any("pt" in r for r in failures["bad"])
+    assert not any("max_bytes" in r or "max_p50_ms" in r for r in failures["bad"])
+
+
+def test_tie_break_is_deterministic():
+    tied = [V("baseline", 0.98, size=9_000, p50=1.0),
+            V("b", 0.98, size=5_000, p50=0.5), V("a", 0.98, size=5_000, p50=0.5),
+            V("c", 0.98, size=4_000, p50=0.5)]
+    # latency ties break on bytes, then on name
+    assert select(tied, "baseline", EvaluateParams(objective="latency"))[0] == "c"
+    assert select(tied[:3], "baseline", EvaluateParams(objective="latency"))[0] == "a"
+    assert select(tied[:3][::-1], "baseline", EvaluateParams(objective="latency"))[0] == "a"
+    # size ties break on latency, then on name
+    size_tied = [V("baseline", 0.98, size=9_000, p50=1.0),
+                 V("z", 0.98, size=5_000, p50=0.3), V("y", 0.98, size=5_000, p50=0.4),
+                 V("x", 0.98, size=5_000, p50=0.4)]
+    assert select(size_tied, "baseline", EvaluateParams(objective="size"))[0] == "z"
+    assert select(size_tied[:1] + size_tied[2:], "baseline", EvaluateParams(objective="size"))[0] == "x"
+
+
+def test_unknown_baseline_raises_value_error():
+    with pytest.raises(ValueError, match="teacher"):
+        select(VARIANTS, "teacher", EvaluateParams())
+
+
+
+def test_pareto_front_excludes_dominated_points():
+    pts = [
+        {"name": "a", "accuracy": 0.99, "bytes": 100},
+        {"name": "b", "accuracy": 0.98, "bytes": 50},
+        {"name": "c", "accuracy": 0.97, "bytes": 60},   # dominated by b
+        {"name": "d", "accuracy": 0.99, "bytes": 120},  # dominated by a (same gain, more cost)
+        {"name": "e", "accuracy": 0.90, "bytes": 10},
+        {"name": "f", "accuracy": 0.90, "bytes": 10},   # exact tie with e: neither dominates
+        {"name": "g", "accuracy": 0.98, "bytes": 100},  # dominated by a (same cost, less gain)
+    ]
+    assert pareto_front(pts, "bytes") == {"a", "b", "e", "f"}
+
+
+def test_pareto_front_other_cost_and_gain_keys():
+    pts = [{"name": "x", "accuracy": 0.9, "val_accuracy": 0.5, "ort_p50_ms_b1": 1.0},
+           {"name": "y", "accuracy": 0.8, "val_accuracy": 0.6, "ort_p50_ms_b1": 1.0}]
+    assert pareto_front(pts, "ort_p50_ms_b1") == {"x"}
+    assert pareto_front(pts, "ort_p50_ms_b1", gain="val_accuracy") == {"y"}
+    assert pareto_front([], "bytes") == set()
+    assert pareto_front(pts[:1], "ort_p50_ms_b1") == {"x"}
+
+
+@pytest.mark.parametrize("correct, n", [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (0, 1), (1, 1),
+                                        (500, 1000), (990, 1000), (1000, 1000), (3, 7)])
+def test_wilson_ci_bounds_and_contains_p(correct, n):
+    lo, hi = wilson_ci(correct, n)
+    assert 0.0 <= lo <= correct / n <= hi <= 1.0
+    assert lo < hi
+
+
+def test_wilson_ci_at_perfect_and_zero_accuracy():
+    lo, hi = wilson_ci(1000, 1000)
+    assert hi == 1.0
+    assert 0.99 < lo < 1.0
+    lo, hi = wilson_ci(0, 1000)
+    assert lo == 0.0 and 0.0 < hi < 0.01
+    assert wilson_ci(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_ci_narrows_with_more_samples():
+    widths = [(lambda ci: ci[1] - ci[0])(wilson_ci(9 * k, 10 * k)) for k in (1, 10, 100, 1000)]
+    assert widths == sorted(widths, reverse=True)
+    assert all(a > b for a, b in zip(widths, widths[1:]))

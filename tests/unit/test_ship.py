@@ -1,0 +1,197 @@
+"""The ship bundle (slimline.evaluation.ship) and the predict CLI (slimline.predict) on a tiny exported model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slimline.params import Structure
+
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny seeded model exported to ONNX: (torch model, onnx dir, quant manifest, prep)."""
+    from slimline.compress import onnx_tools as ox
+    from slimline.data.dataset import Prepared
+    from slimline.model import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(structure=Structure(conv_channels=[4], hidden=[8]).model_dump(), input_shape=SHAPE,
+                     num_classes=3, mean=(0.0,), std=(1.0,))
+    model = build_model(spec).eval()
+    onnx_dir = tmp_path_factory.mktemp("exp") / "onnx"
+    ox.export_onnx(model, SHAPE, onnx_dir / "m.onnx")
+    manifest = {"variants": [{"name": "m", "file": "m.onnx", "source": "baseline", "source_dir": "unused",
+                              "quantization": "fp32", "opset": 17, "agreement": 1.0}],
+                "calibration": {"batches": 2, "batch_size": 4}}
+    rng = np.random.default_rng(0)
+    splits = {k: (rng.uniform(0, 255, (n, *SHAPE)).astype(np.float32), rng.integers(0, 3, n))
+              for k, n in (("train", 12), ("val", 6), ("test", 6))}
+    prep = Prepared(splits=splits, meta={"input_shape": list(SHAPE), "num_classes": 3,
+                                         "mean": [0.0], "std": [1.0]})
+    return model, onnx_dir, manifest, prep
+
+
+CHOSEN = {"name": "m", "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "val_accuracy": 0.6, "bytes": 1234,
+          "ort_p50_ms_b1": 0.01, "ort_throughput_b256": 1e5, "params": 1, "quantization": "fp32"}
+HW = {"cpu": "test cpu", "cores": 1, "threads": 1, "onnxruntime": "x.y.z", "torch": "t", "python": "p",
+      "gpu": None}
+
+
+@pytest.fixture(scope="module")
+def ship(exported, tmp_path_factory):
+    from slimline.evaluation.ship import write_ship
+
+    _, onnx_dir, manifest, prep = exported
+    out = tmp_path_factory.mktemp("ship") / "ship"
+    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="")
+    return out
+
+
+def _torch_top1(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(x, np.float32).reshape(-1, *SHAPE))).argmax(1).numpy()
+
+
+def test_ship_bundle_files_and_manifest(ship, exported):
+    _, onnx_dir, _, _ = exported
+    assert sorted(p.name for p in ship.iterdir()) == ["labels.json", "manifest.json", "model.onnx"]
+    assert (ship / "model.onnx").read_bytes() == (onnx_dir / "m.onnx").read_bytes()
+    assert json.loads((ship / "labels.json").read_text()) == ["0", "1", "2"]
+    m = json.loads((ship / "manifest.json").read_text())
+    assert m["selected"] == "m" and m["source"] == "baseline" and m["opset"] == 17
+    assert m["quantization"] == {"kind": "fp32"}  # calibration settings belong to static int8 only
+    assert m["input"]["shape"] == ["batch", 1, 8, 8] and m["input"]["dtype"] == "float32"
+    assert m["metrics"] == {k: CHOSEN[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
+                                                   "ort_p50_ms_b1", "ort_throughput_b256")}
+    assert m["hardware"] == HW and m["onnxruntime"] == "x.y.z"
+    assert "git_commit" in m
+    assert m["git_commit"] is None or isinstance(m["git_commit"], str)
+
+
+def test_bundle_predict_matches_torch(ship, exported):
+    from slimline.predict import Bundle
+
+    model = exported[0]
+    b = Bundle(ship)
+    assert b.shape == SHAPE
+    x = np.random.default_rng(1).uniform(0, 255, (50, *SHAPE)).astype(np.float32)
+    preds = b.predict(x)
+    assert len(preds) == 50
+    assert [int(label) for label, _ in preds] == _torch_top1(model, x).tolist()
+    assert all(1 / 3 - 1e-6 <= p <= 1.0 for _, p in preds)
+    # (N, H, W) is accepted for one-channel models
+    assert b.predict(x[:, 0]) == preds
+    with pytest.raises(ValueError, match=r"\(1, 8, 8\)"):
+        b.predict(np.zeros((2, 1, 9, 9), np.float32))
+
+
+def test_predict_cli_npz_json(ship, exported, tmp_path, capsys):
+    from slimline.predict import main
+
+    model = exported[0]
+    x = np.random.default_rng(2).uniform(0, 255, (7, 8, 8)).astype(np.float32)
+    path = tmp_path / "batch.npz"
+    np.savez(path, x=x)
+    assert main([str(path), "--bundle", str(ship), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 7
+    rows = [json.loads(line) for line in lines]
+    assert [r["input"] for r in rows] == [f"{path}[{i}]" for i in range(7)]
+    assert [int(r["label"]) for r in rows] == _torch_top1(model, x).tolist()
+    assert all(0 < r["probability"] <= 1 for r in rows)
+
+
+def test_predict_cli_png(ship, exported, tmp_path, capsys):
+    from PIL import Image
+
+    from slimline.predict import main
+
+    model = exported[0]
+    pixels = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
+    png = tmp_path / "digit.png"
+    img = Image.fromarray(pixels)
+    assert img.mode == "L"
+    img.save(png)
+    assert main([str(png), "--bundle", str(ship), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 1 and rows[0]["input"] == str(png)
+    assert int(rows[0]["label"]) == _torch_top1(model, pixels)[0]
+    # plain (non-JSON) output: tab-separated
+    assert main([str(png), "--bundle", str(ship)]) == 0
+    out = capsys.readouterr().out.strip().split("\t")
+    assert out[0] == str(png) and out[1] == rows[0]["label"]
+
+
+def test_predict_cli_wrong_png_size_exits_2(ship, tmp_path, capsys):
+    from PIL import Image
+
+    from slimline.predict import main
+
+    png = tmp_path / "big.png"
+    Image.fromarray(np.zeros((6, 10), np.uint8)).save(png)  # 10 wide, 6 high
+    assert main([str(png), "--bundle", str(ship)]) == 2
+    err = capsys.readouterr().err
+    assert "8x8" in err and "10x6" in err and str(png) in err
+
+
+def test_predict_cli_npz_without_x_exits_2(ship, tmp_path, capsys):
+    from slimline.predict import main
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((2, 8, 8)))
+    assert main([str(path), "--bundle", str(ship)]) == 2
+    assert "'x'" in capsys.readouterr().err
+
+
+def test_write_ship_without_choice(exported, tmp_path):
+    from slimline.evaluation.ship import write_ship
+
+    _, onnx_dir, manifest, prep = exported
+    out = tmp_path / "ship"
+    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: too big")
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    assert json.loads((out / "manifest.json").read_text()) == {
+        "selected": None, "reason": "no variant meets every budget: m: too big"}
+
+
+def test_write_ship_without_choice_replaces_previous_bundle(exported, tmp_path):
+    from slimline.evaluation.ship import write_ship
+
+    _, onnx_dir, manifest, prep = exported
+    out = tmp_path / "ship"
+    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="")
+    assert (out / "model.onnx").exists()
+    write_ship(out, None, onnx_dir, manifest, prep, HW, why="nothing fits")
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]  # no stale model left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["ship"]  # no temp folders left behind
+
+
+def test_predict_cli_unselected_bundle_exits_2_with_reason(exported, tmp_path, capsys):
+    from slimline.evaluation.ship import write_ship
+    from slimline.predict import Bundle, main
+
+    _, onnx_dir, manifest, prep = exported
+    out = tmp_path / "ship"
+    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: slow")
+    img = tmp_path / "x.npz"
+    np.savez(img, x=np.zeros((1, 8, 8), np.float32))
+    assert main([str(img), "--bundle", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no variant meets every budget: m: slow" in err
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        Bundle(out)
+
+
+def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
+    from slimline.predict import main
+
+    img = tmp_path / "x.npz"
+    np.savez(img, x=np.zeros((1, 8, 8), np.float32))
+    assert main([str(img), "--bundle", str(tmp_path / "nope")]) == 2
+    assert "manifest.json" in capsys.readouterr().err
