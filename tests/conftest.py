@@ -86,6 +86,23 @@ def pytest_unconfigure(config):
         shutil.rmtree(base, ignore_errors=True)
 
 
+SHARED_FIXTURES = {"tiny_pipeline", "pipeline_copy", "prefect_api"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Unit tests first, then end-to-end files that need none of the shared set-up, then the
+    rest: the workers stay busy while the controller builds the tiny pipeline. (With
+    --dist loadfile, xdist hands out whole files in this order.)"""
+    def waits(item) -> bool:
+        return any(f in SHARED_FIXTURES for f in getattr(item, "fixturenames", ()))
+
+    files: dict[str, bool] = {}
+    for item in items:
+        files[item.path] = files.get(item.path, False) or waits(item)
+    unit = ROOT / "tests" / "unit"
+    items.sort(key=lambda item: (unit not in item.path.parents, files[item.path]))
+
+
 def _wait_for_tiny(root: Path) -> Path:
     deadline = time.monotonic() + 900
     while not root.with_suffix(".ready").exists():
