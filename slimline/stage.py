@@ -96,9 +96,9 @@ def die_with_parent() -> None:
 
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-         sections: tuple[str, ...] = ()) -> None:
-    """Parse args, validate the params sections the stage reads (its dvc.yaml `params`),
-    run body; expected errors exit non-zero with one readable message instead of a
+         sections: tuple[str, ...] | None = None) -> None:
+    """Parse args, validate the params sections the stage reads (its dvc.yaml `params`;
+    None: the whole file), run body; expected errors exit non-zero with one readable message instead of a
     traceback."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

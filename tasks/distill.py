@@ -25,8 +25,8 @@ from slimline.training.trainer import keep_run_record, latency_line, train_struc
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.distill")
 
-
 SECTIONS = ("student", "distill", "train")  # the params it reads: dvc.yaml's `params` for this stage
+
 
 def distill(params: Params, args: argparse.Namespace) -> None:
     prep = load_prepared(args.data)

@@ -28,8 +28,8 @@ from slimline.stage import main, write_report
 
 BASELINE = "baseline"
 
-
 SECTIONS = ("evaluate",)  # the params it reads: dvc.yaml's `params` for this stage
+
 
 def evaluate(params: Params, args: argparse.Namespace) -> None:
     cfg = params.evaluate

@@ -18,8 +18,8 @@ from slimline.errors import StageError
 from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
 
-
 SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
+
 
 def prepare(params: Params, args: argparse.Namespace) -> None:
     cfg = params.data

@@ -24,8 +24,8 @@ from slimline.stage import main, markdown_table, write_report
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 from slimline.training.trainer import to_tensors
 
-
 SECTIONS = ("prune", "train", "distill")  # the params it reads: dvc.yaml's `params` for this stage
+
 
 def prune(params: Params, args: argparse.Namespace) -> None:
     from slimline.compress import pruning

@@ -24,8 +24,8 @@ from slimline.io import atomic_dir, write_json
 from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
 
-
 SECTIONS = ("quantize", "prune", "train")  # the params it reads: dvc.yaml's `params` for this stage
+
 
 def quantize(params: Params, args: argparse.Namespace) -> None:
     cfg = params.quantize
