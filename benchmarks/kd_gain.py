@@ -20,7 +20,7 @@ from pathlib import Path
 from slimline.data.dataset import load_prepared
 from slimline.compress.kd import make_kd_loss
 from slimline.params import load_params
-from slimline.training.trainer import train_structure
+from slimline.training.trainer import model_spec, train_network
 from slimline.training.loop import resolve_device
 
 
@@ -45,9 +45,9 @@ def main() -> None:
         for seed in args.seeds:
             tcfg = params.train.model_copy(update={"seed": seed})
             scfg = tcfg.model_copy(update={"epochs": args.epochs or params.distill.epochs or tcfg.epochs})
-            run = lambda name, s, cfg, loss=None: train_structure(  # noqa: E731
-                name, s, cfg, prep, Path(tmp) / name, key_params={"seed": seed, "name": name}, deps=[],
-                loss_fn=loss)
+            run = lambda name, net, cfg, loss=None: train_network(  # noqa: E731
+                name, model_spec(net, prep), cfg, prep, Path(tmp) / name,
+                key_params={"seed": seed, "name": name}, deps=[], loss_fn=loss)
             teacher = run("teacher", params.baseline, tcfg)
             scratch = run("scratch", params.student, scfg)
             device = resolve_device(tcfg.device)  # the saved teacher comes back on the CPU

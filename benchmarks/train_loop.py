@@ -50,7 +50,7 @@ def load_data(device):
 
 
 def new_model(params, shape, device):
-    spec = ModelSpec(structure=params.baseline.model_dump(), input_shape=shape, num_classes=10,
+    spec = ModelSpec(structure=params.baseline.structure().model_dump(), input_shape=shape, num_classes=10,
                      mean=(33.0,) * shape[0], std=(78.0,) * shape[0])
     return build_model(spec).to(device)
 

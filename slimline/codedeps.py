@@ -1,6 +1,8 @@
-"""The project code a stage runs: its import closure, for dvc.yaml deps and resume keys.
+"""The code a stage runs, for dvc.yaml deps and resume keys: its import closure, plus the
+files the params bring (a python: model's source, imported weights).
 
     python -m slimline.codedeps [STAGE_MODULE ...]   # e.g. tasks.distill; default: every stage
+    python -m slimline.codedeps --write              # rewrite dvc.yaml's generated deps
 
 A stage must rerun when, and only when, code it runs changes. So its dvc.yaml code
 deps are exactly the project files it imports, directly or not, imports inside
@@ -101,7 +103,112 @@ def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
     return out
 
 
+# The params networks each stage builds (a python: model's source is a dep of all of
+# them) and those whose weights it imports.
+BUILDS = {"train_baseline": ("baseline",), "distill": ("baseline", "student"),
+          "prune": ("baseline", "student"), "quantize": ("baseline", "student"),
+          "evaluate": ("baseline", "student")}
+IMPORTS_WEIGHTS = {"train_baseline": ("baseline",), "distill": ("student",)}
+MARK = "# generated (code, user files): python -m slimline.codedeps --write"
+
+
+def python_source(spec: str, root: Path = ROOT) -> str | None:
+    """The project file behind a `python:<module>:<callable>` model spec, relative to root."""
+    if not spec.startswith("python:"):
+        return None
+    module = spec.split(":")[1]
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(root).as_posix()
+    return None
+
+
+def user_files(stage: str, raw_params: dict) -> list[str]:
+    """The files params.yaml brings into `stage`: the data prepare reads, python: sources of
+    the networks it builds, and the weights it imports."""
+    out = set()
+    data = raw_params.get("data") or {}
+    if stage == "prepare" and data.get("path"):  # the images an idx, npz or imagefolder source reads
+        out.add(str(data["path"]).rstrip("/"))
+    for net in BUILDS.get(stage, ()):
+        section = raw_params.get(net) or {}
+        src = python_source(str(section.get("model", "cnn")))
+        if src:
+            out.add(src)
+        if net in IMPORTS_WEIGHTS.get(stage, ()) and section.get("weights"):
+            out.add(str(section["weights"]))
+    return sorted(out)
+
+
+def stage_deps(stage: str, module: str, raw_params: dict) -> list[str]:
+    """Everything generated into a stage's dvc.yaml deps: its code, then its user files."""
+    code = dvc_deps(module)
+    return code + [f for f in user_files(stage, raw_params)
+                   if not any(f == c or f.startswith(c.rstrip("/") + "/") for c in code)]
+
+
+def read_params(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml") -> bool:
+    """Rewrite each stage's generated deps (after MARK) in place; True when dvc.yaml changed.
+    Deps above the mark (data, models) are the author's and stay as written."""
+    import re
+
+    raw, modules = read_params(params), stage_modules(dvc_yaml)
+    lines = dvc_yaml.read_text().splitlines(True)
+    out, stage, i = [], None, 0
+    code = re.compile(r"^(\s*)- (tasks|slimline|flows)/")
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  ([\w@]+):\s*$", line)
+        if m:
+            stage = m.group(1)
+        marked = line.strip() == MARK
+        cm = code.match(line)
+        if stage in modules and (marked or cm):
+            indent = line[:len(line) - len(line.lstrip())]
+            i += 1
+            # The old generated block: after the mark, the rest of the deps list; before
+            # there was a mark, the code deps that follow.
+            while i < len(lines) and lines[i].startswith(indent + "- ") and (marked or code.match(lines[i])):
+                i += 1
+            out.append(f"{indent}{MARK}\n")
+            out += [f"{indent}- {d}\n" for d in stage_deps(stage, modules[stage], raw)]
+            continue
+        out.append(line)
+        i += 1
+    text = "".join(out)
+    changed = text != dvc_yaml.read_text()
+    if changed:
+        dvc_yaml.write_text(text)
+    return changed
+
+
+def stage_user_files(stage: str, params_path: str | Path) -> list[str]:
+    """user_files() for a stage run with this params file (resume keys include them)."""
+    return user_files(stage, read_params(Path(params_path)))
+
+
+def undeclared(stage: str, raw_params: dict, dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """User files the stage needs that dvc.yaml does not list (so editing them would not
+    rerun it)."""
+    import yaml
+
+    entry = yaml.safe_load(dvc_yaml.read_text())["stages"].get(stage) or {}
+    deps = set((entry.get("do") or entry).get("deps", []))
+    return [f for f in user_files(stage, raw_params) if f not in deps
+            and not any(f.startswith(d.rstrip("/") + "/") for d in deps)]
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        print("dvc.yaml: " + ("updated" if write() else "already up to date"))
+        sys.exit(0)
     modules = sys.argv[1:] or sorted(set(stage_modules().values()))
     for module in modules:
         print(f"{module}:")

@@ -3,11 +3,10 @@
 Every stage calls `load_params(sections=...)` before doing any work, so an unknown
 key or a bad value in a section it reads stops it at once with a message naming the
 key, the value and what is allowed. The whole file is checked before any work by
-`slimline check`, `make run` and the flow.
+`slimline check` (slimline/check.py), `make run` and the flow.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from functools import lru_cache
 from typing import Any, Iterable, Literal, Optional, get_args
@@ -30,12 +29,13 @@ class Section(BaseModel):
 class DataParams(Section):
     """`data`: where the images come from and how they are split (stage `prepare`)."""
 
-    source: Literal["mnist5k", "idx", "npz"] = Field(
+    source: Literal["mnist5k", "idx", "npz", "imagefolder"] = Field(
         "mnist5k", description="Where the images come from: mnist5k (the packaged MNIST digits, "
-                               "offline), idx (a folder of MNIST IDX files) or npz (a file of x, y arrays).")
+                               "offline), idx (a folder of MNIST IDX files), npz (a file of x, y arrays) "
+                               "or imagefolder (a folder of class folders of images).")
     path: Optional[str] = Field(
-        None, description="The folder (idx) or .npz file (npz) to read; required for those sources, "
-                          "unused for mnist5k.")
+        None, description="The folder (idx, imagefolder) or .npz file (npz) to read; required for "
+                          "those sources, unused for mnist5k.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of the images held out for "
                                                              "validation, stratified by class.")
     test_fraction: float = Field(
@@ -50,12 +50,22 @@ class DataParams(Section):
                                                       "must lie in [0, pixel_max].")
     num_classes: Optional[int] = Field(None, ge=2, description="Number of classes; null: inferred "
                                                                "as the largest label + 1.")
+    image_size: Optional[list[int]] = Field(
+        None, min_length=2, max_length=2, description="imagefolder: resize every image to [H, W]; "
+                                                      "null: all images must share one size.")
+    channels: Optional[Literal[1, 3]] = Field(
+        None, description="imagefolder: convert every image to 1 (grayscale) or 3 (RGB) channels; "
+                          "null: those of the first train image.")
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
-        if self.source in ("idx", "npz") and not self.path:
+        if self.source in ("idx", "npz", "imagefolder") and not self.path:
             raise ValueError(f"data.path is required when data.source is '{self.source}' "
-                             f"(a folder for idx, a .npz file for npz)")
+                             f"(a folder for idx and imagefolder, a .npz file for npz)")
+        if self.source != "imagefolder" and (self.image_size is not None or self.channels is not None):
+            raise ValueError("data.image_size and data.channels apply to source imagefolder only")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise ValueError(f"data.image_size must be two positive sizes [H, W], got {self.image_size}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must be below 0.9 "
                              "so that training keeps most of the data")
@@ -98,6 +108,87 @@ class Structure(BaseModel):
         if not self.conv_channels and not self.hidden:
             raise ValueError("conv_channels and hidden are both empty: the network would be a "
                              "single linear layer; add at least one block or layer")
+        return self
+
+
+MODEL_KINDS = ("cnn", "torchvision:<name>", "timm:<name>", "python:<module>:<callable>")
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """("torchvision", "resnet18") from "torchvision:resnet18"; ValueError naming the accepted
+    forms. The form only: whether the model exists is known when it is built."""
+    kind, _, rest = spec.partition(":")
+    if spec == "cnn":
+        return "cnn", ""
+    if kind in ("torchvision", "timm") and rest and ":" not in rest:
+        return kind, rest
+    if kind == "python" and rest.count(":") == 1 and all(rest.split(":")):
+        return kind, rest
+    raise ValueError(f"model {spec!r}: expected one of {', '.join(MODEL_KINDS)}")
+
+
+class NetworkParams(Structure):
+    """`baseline`: the model to compress. The structure keys apply to the built-in cnn only."""
+
+    model: str = Field("cnn", description="cnn (the network the structure keys build), "
+                                          "torchvision:<name>, timm:<name>, or python:<module>:<callable> "
+                                          "(your code, called as fn(num_classes=K, in_channels=C, **kwargs)). "
+                                          "See docs/own-model.md.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model's "
+                                                                     "factory; zoo and python models only.")
+    weights: Optional[str] = Field(None, description="A checkpoint to start from: .safetensors, or a "
+                                                     "state dict saved with torch.save (never unpickled).")
+    skip_training: bool = Field(False, description="With weights: use the imported model as it is "
+                                                   "(evaluated and compressed, not retrained).")
+
+    @field_validator("model")
+    @classmethod
+    def _model_form(cls, v: str) -> str:
+        parse_model_spec(v)
+        return v
+
+    @model_validator(mode="after")
+    def _keys_fit_the_model(self):
+        structure_keys = sorted(self.model_fields_set & set(Structure.model_fields))
+        if self.model != "cnn" and structure_keys:
+            raise ValueError(f"{', '.join(structure_keys)}: structure keys of the built-in cnn; "
+                             f"remove them for model {self.model!r} (its kwargs shape it)")
+        if self.model == "cnn" and self.kwargs:
+            raise ValueError("kwargs apply to zoo and python models, not to the built-in cnn")
+        if self.skip_training and not self.weights:
+            raise ValueError("skip_training needs weights: there is nothing to use untrained")
+        return self
+
+    def structure(self) -> Structure:
+        """The cnn structure keys alone (what structure.json and the structure search hold)."""
+        return Structure.model_validate(self.model_dump(include=set(Structure.model_fields)))
+
+
+class Derive(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: Literal["baseline"] = Field("baseline", alias="from", description="The model whose "
+                                       "architecture the student takes.")
+    width: float = Field(0.5, gt=0, lt=1, description="Fraction of channels kept in every prunable "
+                                                      "channel group (rounded to a multiple of 8).")
+
+
+class StudentParams(NetworkParams):
+    """`student`: the small model trained with KD (and from scratch, the ablation)."""
+
+    derive: Optional[Derive] = Field(None, description="Derive the student from the baseline's "
+                                                       "architecture, uniformly shrunk, freshly "
+                                                       "initialised; replaces model and the structure keys.")
+
+    @model_validator(mode="after")
+    def _derive_alone(self):
+        if self.derive is not None:
+            placeholders = {"model": "cnn", "kwargs": {}, "weights": None, "skip_training": False}
+            clash = sorted(k for k in self.model_fields_set - {"derive"}
+                           if k not in placeholders or getattr(self, k) != placeholders[k])
+            if clash:
+                raise ValueError(f"derive builds the student from the baseline: remove "
+                                 f"{', '.join(clash)}")
         return self
 
 
@@ -352,9 +443,9 @@ class SearchParams(Section):
 
 class Params(Section):
     data: DataParams = DataParams()
-    baseline: Structure = Structure(dropout=0.3)  # the seed network, as params.yaml ships it
+    baseline: NetworkParams = NetworkParams(dropout=0.3)  # the seed network, as params.yaml ships it
     train: TrainParams = TrainParams()
-    student: Structure = Structure(conv_channels=[8, 16], hidden=[32], dropout=0.0)
+    student: StudentParams = StudentParams(conv_channels=[8, 16], hidden=[32], dropout=0.0)
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
     quantize: QuantizeParams = QuantizeParams()
@@ -379,8 +470,9 @@ def _distill_epochs(p) -> None:
 
 
 def _student_smaller(p) -> None:
-    if not p.distill.require_smaller:
-        return
+    if not p.distill.require_smaller or p.baseline.model != "cnn" or p.student.model != "cnn" \
+            or p.student.derive is not None:
+        return  # only the cnn's size is known from params; distill checks the built models
     try:
         t, s = param_count(p.baseline, NOMINAL_INPUT), param_count(p.student, NOMINAL_INPUT)
     except ShapeError:
@@ -404,7 +496,10 @@ def _calibration_fits(p) -> None:
 def _search_choices(p) -> None:
     """Each choice must make a valid structure of the target (input size aside: only
     the stage knows the data's shape, so a too-small structure fails there)."""
-    base = getattr(p, p.search.target).model_dump()
+    target = getattr(p, p.search.target)
+    if target.model != "cnn" or getattr(target, "derive", None) is not None:
+        return  # the search itself refuses a zoo or derived target (slimline.search.space)
+    base = target.structure().model_dump()
     for key, values in p.search.space.choices().items():
         for i, value in enumerate(values):
             try:
@@ -498,21 +593,3 @@ def load_params(path: str | Path = "params.yaml", sections: Iterable[str] | None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     return parse_params(raw, str(path), sections)
-
-
-def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: slimline check [PARAMS_FILE]  (default params.yaml): validate it, exit 2 if invalid")
-        return 0
-    path = argv[0] if argv else "params.yaml"
-    try:
-        load_params(path)
-    except ParamsError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"{path}: OK")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

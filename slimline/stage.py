@@ -22,6 +22,8 @@ from slimline.io import write_json, write_text
 from slimline.numerics import PROMISE, cpu_info
 from slimline.params import Params, ParamsError, load_params
 
+# In a method's output folder when it could not apply (its report says why): later stages skip it.
+NOT_APPLICABLE = "not_applicable.json"
 REPORTS = Path("reports")
 RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
 STAMP = "report-json-sha256: "
@@ -94,6 +96,19 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def check_declared(stage: str, params_path: str | Path, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Refuse to run when params.yaml brings a file (a python: model, weights) that dvc.yaml
+    does not list as this stage's dep: editing it would not rerun the stage."""
+    if not dvc_yaml.exists():  # run by hand outside a project
+        return
+    from slimline.codedeps import read_params, undeclared
+
+    missing = undeclared(stage, read_params(Path(params_path)), dvc_yaml)
+    if missing:
+        raise StageError(f"dvc.yaml does not list {', '.join(missing)} as deps of stage {stage}, so "
+                         f"editing them would not rerun it: run `python -m slimline.codedeps --write`")
+
+
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None,
          sections: tuple[str, ...] | None = None) -> None:
@@ -108,6 +123,7 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     die_with_parent()
     try:
         params = load_params(args.params, sections)
+        check_declared(stage, args.params)
         body(params, args)
     except (ParamsError, StageError, FileNotFoundError, FloatingPointError) as err:
         # Expected failures carry a readable message that names the fix; a

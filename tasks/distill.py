@@ -1,4 +1,4 @@
-"""Stage `distill`: Hinton knowledge distillation into the `student` structure.
+"""Stage `distill`: Hinton knowledge distillation into the `student` model.
 
     python -m tasks.distill --data data/prepared --teacher models/baseline --out models/student
                             --scratch-out models/student_scratch [--params params.yaml]
@@ -12,15 +12,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slimline.codedeps import code_files
+from slimline.codedeps import code_files, stage_user_files
 from slimline.compress.kd import load_teacher, make_kd_loss
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.io import replace_dir
-from slimline.model import count_params
-from slimline.params import Params, param_count
+from slimline.compress.student import describe, student_plan
+from slimline.compress.student import size as student_size
+from slimline.model import count_params, load_spec
+from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
-from slimline.training.trainer import keep_run_record, latency_line, train_structure
+from slimline.training.trainer import keep_run_record, latency_line, train_network
 
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.distill")
@@ -34,24 +36,25 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     from slimline.training.loop import resolve_device
 
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
+    spec, init = student_plan(params.student, load_spec(args.teacher), prep)
     if params.distill.require_smaller:
         # Against the teacher as trained (models/baseline, a dep), not params' baseline
         # section, which this stage does not read.
-        s, t = param_count(params.student, prep.input_shape, prep.num_classes), count_params(teacher)
+        s, t = student_size(spec, init), count_params(teacher)
         if s >= t:
             raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
                              f"smaller. Shrink `student`, or set distill.require_smaller: false")
     key = {"student": params.student.model_dump(), "train": cfg.model_dump()}
-    deps = [str(args.data), *CODE_DEPS]
+    deps = [str(args.data), *CODE_DEPS, *stage_user_files("distill", args.params)]
     # Each model is saved beside its target and moved in only when both trainings have
     # finished, so a failure in KD never leaves a new scratch model next to an old student.
     pending = {out: out.parent / f".{out.name}.pending" for out in (args.scratch_out, args.out)}
-    scratch = train_structure("distill_scratch", params.student, cfg, prep, pending[args.scratch_out],
-                              key_params=key, deps=deps, keep_checkpoints=True)
-    kd = train_structure("distill", params.student, cfg, prep, pending[args.out],
-                         key_params={**key, "distill": params.distill.model_dump()},
-                         deps=[*deps, str(args.teacher)],
-                         loss_fn=make_kd_loss(teacher, params.distill), keep_checkpoints=True)
+    scratch = train_network("distill_scratch", spec, cfg, prep, pending[args.scratch_out],
+                            key_params=key, deps=deps, keep_checkpoints=True, init=init)
+    kd = train_network("distill", spec, cfg, prep, pending[args.out],
+                       key_params={**key, "distill": params.distill.model_dump()},
+                       deps=[*deps, str(args.teacher)], init=init,
+                       loss_fn=make_kd_loss(teacher, params.distill), keep_checkpoints=True)
     for out, tmp in pending.items():
         replace_dir(tmp, out)
     # Both done: only now drop the checkpoints, so a kill during KD never retrains scratch.
@@ -70,8 +73,8 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     }
     rows = [{"model": "distilled", "test_acc": r_kd["test_accuracy"], "val_acc": r_kd["val_accuracy"]},
             {"model": "scratch", "test_acc": r_sc["test_accuracy"], "val_acc": r_sc["val_accuracy"]}]
-    md = (f"## distill\n\nStudent `{params.student.conv_channels}` conv / `{params.student.hidden}` "
-          f"hidden, {results['params']:,} params. KD (T={params.distill.temperature}, "
+    md = (f"## distill\n\nStudent {describe(spec, params.student)}, {results['params']:,} params. "
+          f"KD (T={params.distill.temperature}, "
           f"alpha={params.distill.alpha}) against the same student from scratch, same seed "
           f"({cfg.seed}) and recipe ({cfg.epochs} epochs):\n\n{markdown_table(rows)}\n\n"
           f"KD gain: **{results['kd_gain_test'] * 100:+.2f} pt** test, "

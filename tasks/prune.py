@@ -18,8 +18,8 @@ from slimline import numerics as numerics_mod
 from slimline.compress.kd import load_teacher, make_kd_loss
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
-from slimline.model import ModelSpec, count_flops, count_params, load_model, save_model
-from slimline.params import PRUNE_METHODS, Params, Structure
+from slimline.model import count_flops, count_params, load_model, save_model
+from slimline.params import PRUNE_METHODS, Params
 from slimline.stage import main, markdown_table, write_report
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 from slimline.training.trainer import to_tensors
@@ -47,15 +47,18 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     finetune = make_finetune(params.train, data, loss_fn)
     source_acc = evaluate(model, *data["val"])[1]
 
-    job = pruning.PruneJob(cfg, example=data["train"][0][:2], finetune=finetune,
+    job = pruning.PruneJob(cfg, example=data["train"][0][:2].float(), finetune=finetune,
                            evaluate=lambda m: evaluate(m, *data["val"])[1])
-    pruned = pruning.PRUNERS[method](model, spec, job)
-    model, spec, ablation = pruned.model, pruned.spec, pruned.ablation
-
-    model = model.cpu().eval()
-    structure = pruning.structure_of(model, Structure.model_validate(spec.structure))
-    out_spec = ModelSpec(structure=structure.model_dump(), input_shape=spec.input_shape,
-                         num_classes=spec.num_classes, mean=spec.mean, std=spec.std)
+    try:
+        pruned = pruning.PRUNERS[method](model, spec, job)
+    except pruning.NotApplicable as why:
+        report = pruning.write_not_applicable(out, method, str(why))
+        write_report(f"prune_{method}", report, f"## prune ({method})\n\nNot applicable: {why}.\n",
+                     run=numerics_mod.record(numerics, device))
+        print(f"prune {method}: not applicable ({why}); wrote the marker in {out}", flush=True)
+        return
+    model = pruned.model.cpu().eval()
+    out_spec = pruning.saved_spec(model, pruned.spec)
     save_model(model, out_spec, out)
     nonzero, total = pruning.sparsity(model)
     cpu = data if device.type == "cpu" else to_tensors(prep, torch.device("cpu"))
@@ -63,17 +66,18 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     test_loss, test_acc = evaluate(model, *cpu["test"])
     results = {"method": method, "source": cfg.source, "test_accuracy": test_acc, "val_accuracy": val_acc,
                "source_val_accuracy": source_acc, "params": count_params(model), "nonzero_params": nonzero,
-               "sparsity": 1 - nonzero / total, "flops": count_flops(model, spec.input_shape),
+               "sparsity": 1 - nonzero / total, "flops": count_flops(model, out_spec.input_shape),
                "amount": cfg.amount, "steps": cfg.steps, "structure": out_spec.structure,
-               "ablation": ablation}
+               "ablation": pruned.ablation}
     md = (f"## prune ({method})\n\nFrom `{cfg.source}` (val {source_acc:.4f}): test accuracy "
           f"**{test_acc:.4f}** (val {val_acc:.4f}), {results['params']:,} params of which "
           f"{nonzero:,} non-zero ({results['sparsity']:.1%} sparse), "
-          f"{results['flops'] / 1e6:.2f} MFLOPs.\n\nStructure: conv {structure.conv_channels}, "
-          f"hidden {structure.hidden}.\n")
-    if ablation:
+          f"{results['flops'] / 1e6:.2f} MFLOPs.\n\n"
+          + (f"Structure: conv {out_spec.structure['conv_channels']}, hidden {out_spec.structure['hidden']}.\n"
+             if out_spec.model == "cnn" else f"Model `{out_spec.model}`, pruned.\n"))
+    if pruned.ablation:
         md += "\n### Layer ablation (val accuracy after removing each unit)\n\n" + markdown_table(
-            [{k: v for k, v in row.items() if k != "structure"} for row in ablation]) + "\n"
+            [{k: v for k, v in row.items() if k != "structure"} for row in pruned.ablation]) + "\n"
     write_report(f"prune_{method}", results, md, run=numerics_mod.record(numerics, device))
     print(f"prune {method}: test accuracy {test_acc:.4f}, {results['params']:,} params, "
           f"{nonzero:,} non-zero; wrote {out}", flush=True)

@@ -1,15 +1,21 @@
-"""Three ways to shrink a trained CNN built by `slimline.model.build_model`.
+"""Three ways to shrink a trained model built by `slimline.model.build_model`.
 
 * unstructured: zero the smallest weights globally (same shapes, sparse tensors);
-* structured: remove whole channels/neurons with Torch-Pruning (physically smaller);
-* layers: remove whole hidden layers or conv blocks, chosen greedily by validation accuracy.
+* structured: remove whole channels/neurons with Torch-Pruning (physically smaller;
+  residual-aware, the classifier kept whole);
+* layer: for the built-in cnn, remove whole hidden layers or conv blocks; for other
+  models, replace whole residual blocks with Identity; chosen greedily by validation accuracy.
 
-Every result can be described by `structure_of` and so saved with `save_model`
-(safetensors + structure.json) and rebuilt by `build_model`, with no pickle.
+A pruned cnn is described by `structure_of`; any other model records what pruning
+resized (slimline.model.record_reshaped). Either way `save_model` writes safetensors +
+JSON and `build_model` rebuilds it, with no pickle. `derive` shrinks an untrained model
+into a student.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import operator
 from typing import Callable
 
 import torch
@@ -79,11 +85,33 @@ def prune_unstructured(model: nn.Module, amount: float, steps: int, finetune: Fi
     return model
 
 
+def classifier(model: nn.Module) -> nn.Module:
+    """The layer that makes the logits, which pruning keeps whole: the last Linear, or the
+    last Conv2d for a model without one (all-convolutional heads)."""
+    for kind in (nn.Linear, nn.Conv2d):
+        layers = [m for m in model.modules() if isinstance(m, kind)]
+        if layers:
+            return layers[-1]
+    raise StageError("the model has no Linear or Conv2d layer to keep as its classifier")
+
+
+def derive(model: nn.Module, example_input: torch.Tensor, width: float) -> nn.Module:
+    """A student with the model's architecture and every prunable channel group kept at
+    `width` of its channels (rounded to a multiple of 8; the classifier kept whole), by
+    Torch-Pruning on the untrained model: the kept weights are its fresh initialisation."""
+    if not 0 < width < 1:
+        raise ValueError(f"derive width must be in (0, 1), got {width}")
+    model.eval()  # trace without touching BatchNorm statistics
+    pruner = tp.pruner.BasePruner(model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=1 - width, round_to=8, ignored_layers=[classifier(model)])
+    pruner.step()
+    return model.train()
+
+
 def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: float, steps: int,
                      finetune: FineTune, epochs_per_step: int) -> nn.Module:
     """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning)."""
     _check(amount, steps)
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     device = next(model.parameters()).device
     was_training = model.training
     # The dependency graph is traced with one forward pass: in train mode a BatchNorm1d
@@ -94,7 +122,7 @@ def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: floa
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=amount,  # of each layer's original channels, reached at the last step
         iterative_steps=steps,  # linear schedule: amount * k/steps after step k
-        ignored_layers=[classifier],  # keep one logit per class
+        ignored_layers=[classifier(model)],  # keep one logit per class
     )
     model.train(was_training)
     for _ in range(steps):
@@ -185,6 +213,84 @@ def prune_layers(model: nn.Module, spec: ModelSpec, n_remove: int, evaluate: Eva
     return model, spec, table
 
 
+class NotApplicable(Exception):
+    """A method that cannot apply to this model (no candidate block, say); str() says why."""
+
+
+def _adds_its_input(module: nn.Module) -> bool:
+    """Whether the module's own forward adds its input to something: a residual block."""
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - untraceable control flow: not a candidate
+        return False
+    inputs = [n for n in graph.nodes if n.op == "placeholder"][:1]
+    adds = [n for n in graph.nodes
+            if (n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add))
+            or (n.op == "call_method" and n.target in ("add", "add_"))]
+    return bool(inputs) and any(inputs[0] in n.args for n in adds)
+
+
+def residual_blocks(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Module paths of the blocks block removal may replace with Identity: parameterised
+    modules whose forward adds their input (a skip connection), whose output has their
+    input's shape, and that are not nested inside another such block."""
+    shapes: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if args and torch.is_tensor(args[0]) and torch.is_tensor(output):
+                shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if n and next(m.parameters(), None) is not None]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    found: list[str] = []
+    for name, module in model.named_modules():  # parents before children
+        if name in shapes and shapes[name][0] == shapes[name][1] \
+                and not any(name.startswith(f"{f}.") for f in found) and _adds_its_input(module):
+            found.append(name)
+    return found
+
+
+def prune_blocks(model: nn.Module, example_input: torch.Tensor, n_remove: int, evaluate: Evaluate,
+                 finetune: FineTune, ablation_epochs: int) -> tuple[nn.Module, list[dict]]:
+    """Block removal for models other than the built-in cnn: each round tries replacing each
+    residual block with Identity, fine-tunes and scores it, and keeps the best. Returns the
+    model and the ablation table; NotApplicable when no block can go."""
+    table: list[dict] = []
+    for rnd in range(1, n_remove + 1):
+        candidates = residual_blocks(model, example_input)
+        if not candidates:
+            if rnd == 1:
+                raise NotApplicable("the model has no residual block (a module that adds its input "
+                                    "to its output, same shape in and out) to remove")
+            raise StageError(f"block removal round {rnd}: no residual block left; lower "
+                             f"prune.layers_to_remove to {rnd - 1}")
+        best = None
+        for name in candidates:
+            cand = copy.deepcopy(model)
+            cand.set_submodule(name, nn.Identity())
+            finetune(cand, ablation_epochs)
+            acc, params = float(evaluate(cand)), count_params(cand)
+            row = {"round": rnd, "removed": name, "val_accuracy": acc, "params": params, "chosen": False}
+            table.append(row)
+            rank = (-acc, params)
+            if best is None or rank < best[0]:
+                best = (rank, cand, row)
+        _, model, row = best
+        row["chosen"] = True
+    return model, table
+
+
 @dataclasses.dataclass(frozen=True)
 class PruneJob:
     """What every method gets besides the model: the prune params and the stage's data."""
@@ -213,9 +319,14 @@ def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
 
 
 def _layer(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
+    """Whole hidden layers or conv blocks for the built-in cnn; whole residual blocks otherwise."""
     c = job.cfg
-    model, spec, ablation = prune_layers(model, spec, c.layers_to_remove, job.evaluate, job.finetune,
-                                         c.ablation_epochs)
+    if spec.model == "cnn":
+        model, spec, ablation = prune_layers(model, spec, c.layers_to_remove, job.evaluate, job.finetune,
+                                             c.ablation_epochs)
+    else:
+        model, ablation = prune_blocks(model, job.example, c.layers_to_remove, job.evaluate, job.finetune,
+                                       c.ablation_epochs)
     job.finetune(model, c.finetune_epochs * c.steps)  # the same budget as the other methods
     return Pruned(model, spec, ablation)
 
@@ -225,3 +336,24 @@ def _layer(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
 PRUNERS: dict[str, Callable[[nn.Module, ModelSpec, PruneJob], Pruned]] = {
     "unstructured": _unstructured, "structured": _structured, "layer": _layer}
 assert set(PRUNERS) == set(PRUNE_METHODS), "slimline.params.PruneMethod and PRUNERS disagree"
+
+
+def saved_spec(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """The spec to save a pruned model under: a cnn's actual widths; other models keep their
+    spec (save_model records what pruning resized)."""
+    if spec.model != "cnn":
+        return spec
+    return dataclasses.replace(spec, structure=structure_of(model, Structure.model_validate(spec.structure))
+                               .model_dump())
+
+
+def write_not_applicable(out, method: str, reason: str) -> dict:
+    """The declared output folder of a method that cannot apply, holding only the marker
+    (quantize and evaluate skip it), and the report saying why."""
+    from slimline.io import atomic_dir, write_json
+    from slimline.stage import NOT_APPLICABLE
+
+    report = {"method": method, "status": "not_applicable", "reason": reason}
+    with atomic_dir(out) as tmp:
+        write_json(tmp / NOT_APPLICABLE, report)
+    return report

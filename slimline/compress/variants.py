@@ -10,6 +10,7 @@ from slimline.compress import onnx_tools as ox
 from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import QuantizeParams
+from slimline.stage import NOT_APPLICABLE
 
 # Variants made only for models worth shipping; the scratch student is the KD ablation.
 FP32_ONLY = {"student_scratch"}
@@ -28,6 +29,8 @@ def find_models(models: Path, prune_methods: list[str]) -> dict[str, Path]:
             found[name] = models / name
     for method in sorted(prune_methods):  # params order must not change the outputs
         folder = models / "pruned" / method
+        if (folder / NOT_APPLICABLE).exists():
+            continue  # the method could not apply to this model; its report says why
         if not (folder / "structure.json").exists():
             raise StageError(f"no pruned model in {folder}: run the `prune@{method}` stage first")
         found[f"prune_{method}"] = folder

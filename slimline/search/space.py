@@ -86,8 +86,13 @@ def build_candidates(raw: dict, code_state: str = "") -> list[Candidate]:
     rerun finds a candidate it already ran exactly when nothing that shapes the
     result has changed. The experiment's commit, HEAD, covers the committed code.
     """
-    cfg = parse_params(raw).search
-    target = cfg.target
+    full = parse_params(raw)
+    cfg, target = full.search, full.search.target
+    net = getattr(full, target)
+    if net.model != "cnn" or getattr(net, "derive", None) is not None:
+        raise ParamsError(f"search: the structure search varies the built-in cnn's structure keys, "
+                          f"but {target} is {'derived' if net.model == 'cnn' else repr(net.model)}; "
+                          f"set search.target to a cnn section")
     out = []
     for choice in combinations(cfg):
         overrides = {**{f"{target}.{k}": v for k, v in choice.items()}, **cfg.overrides}
@@ -102,7 +107,8 @@ def build_candidates(raw: dict, code_state: str = "") -> list[Candidate]:
             lines = [line.strip(" -").removeprefix("(top level): ") for line in str(err).splitlines()[1:]]
             error = "; ".join(lines) or str(err)
             effective = changed
-        structure = {**Structure().model_dump(), **(effective.get(target) or {}), **choice}
+        section = {k: v for k, v in (effective.get(target) or {}).items() if k in Structure.model_fields}
+        structure = {**Structure().model_dump(), **section, **choice}
         ident = {s: copy.deepcopy(effective.get(s)) for s in SECTIONS[target]}
         ident["train"] = {k: v for k, v in (ident.get("train") or {}).items() if k != "num_threads"}
         digest = hashlib.sha256(json.dumps({"target": target, "params": ident, "code": code_state},

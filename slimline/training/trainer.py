@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from slimline import numerics as numerics_mod
 from slimline.training.checkpoint import CheckpointStore
 from slimline.data.dataset import Prepared
 from slimline.model import ModelSpec, build_model, count_flops, count_params, save_model
-from slimline.params import Structure, TrainParams
+from slimline.params import NetworkParams, Structure, TrainParams
 from slimline.stage import REPORTS, resume_dir
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
@@ -66,8 +67,9 @@ class EpochLogger:
 
 
 def to_tensors(prep: Prepared, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """All splits as float pixels + int64 labels, moved to the device once."""
-    return {name: (torch.from_numpy(x).float().to(device), torch.from_numpy(y).long().to(device))
+    """All splits moved to the device once: pixels as stored (uint8 for images, a quarter of
+    float32's memory) and int64 labels. fit() and evaluate() convert each batch to float."""
+    return {name: (torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
             for name, (x, y) in prep.splits.items()}
 
 
@@ -109,28 +111,47 @@ def keep_run_record(stage: str) -> None:
         shutil.copyfile(REPORTS / f"{stage}.run.json", Path(folder) / f"{stage}.run.json")
 
 
-def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Prepared,
-                    out_dir: str | Path, key_params: dict, deps: list[str],
-                    loss_fn: LossFn | None = None, keep_checkpoints: bool = False) -> Trained:
-    """Build `structure` for the prepared data, train it with `cfg`, save it to out_dir.
+def model_spec(net: Structure, prep: Prepared) -> ModelSpec:
+    """The spec of a params network section (baseline, student, or a bare Structure) for the
+    prepared data. A cnn's structure.json holds exactly what it always has."""
+    model = getattr(net, "model", "cnn")
+    structure = net.structure() if isinstance(net, NetworkParams) else net
+    return ModelSpec(structure=structure.model_dump() if model == "cnn" else {},
+                     input_shape=prep.input_shape, num_classes=prep.num_classes,
+                     mean=tuple(prep.meta["mean"]), std=tuple(prep.meta["std"]),
+                     model=model, kwargs=dict(getattr(net, "kwargs", {}) or {}))
 
+
+def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
+                  out_dir: str | Path, key_params: dict, deps: list[str],
+                  loss_fn: LossFn | None = None, keep_checkpoints: bool = False,
+                  init: Callable[[nn.Module], nn.Module] | None = None, train: bool = True) -> Trained:
+    """Build `spec` for the prepared data, train it with `cfg`, save it to out_dir.
+
+    init: applied to the freshly built (seeded) model before training: imported weights,
+    or deriving a smaller architecture. train=False evaluates and saves it as it is.
     keep_checkpoints: leave the resume folder for the caller to clear, for stages
     that train several models and must resume all of them after a kill.
     """
     numerics = seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     device = resolve_device(cfg.device)
-    spec = ModelSpec(structure=structure.model_dump(), input_shape=prep.input_shape,
-                     num_classes=prep.num_classes, mean=tuple(prep.meta["mean"]),
-                     std=tuple(prep.meta["std"]))
-    model = build_model(spec).to(device)  # built after seeding: init weights are seeded too
+    model = build_model(spec)  # built after seeding: init weights are seeded too
+    if init is not None:
+        model = init(model)
+    model = model.to(device)
     data = to_tensors(prep, device)
     store = CheckpointStore(resume_dir(stage, key_params, deps))
-    logger = EpochLogger(stage)
-    try:
-        result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
-                     on_epoch=logger, desc=stage)
-    finally:
-        logger.close()
+    if train:
+        logger = EpochLogger(stage)
+        try:
+            result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
+                         on_epoch=logger, desc=stage)
+        finally:
+            logger.close()
+    else:  # an imported model used as it is: its metrics, no epochs
+        (train_loss, train_acc), (val_loss, val_acc) = (evaluate(model, *data[s]) for s in ("train", "val"))
+        result = FitResult(history=[{"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
+                                     "val_loss": val_loss, "val_acc": val_acc}])
     autocast = device.type == "cuda"
     test_loss, test_acc = evaluate(model, *data["test"], autocast=autocast)
     model = model.cpu().eval()
@@ -140,8 +161,9 @@ def train_structure(stage: str, structure: Structure, cfg: TrainParams, prep: Pr
     last = result.history[-1]
     results = {"test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": last["val_acc"],
                "val_loss": last["val_loss"], "train_accuracy": last["train_acc"],
-               "epochs": cfg.epochs, "params": count_params(model),
-               "flops": count_flops(model, spec.input_shape), "structure": spec.structure}
+               "epochs": cfg.epochs if train else 0, "params": count_params(model),
+               "flops": count_flops(model, spec.input_shape), "structure": spec.structure,
+               **({"model": spec.model} if spec.model != "cnn" else {})}
     run = {"device": str(device), "bf16_autocast": autocast, "train_seconds": result.train_seconds,
            "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,

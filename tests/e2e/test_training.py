@@ -11,8 +11,8 @@ import torch
 from conftest import run_env, sh, tree_digest, update_params
 from slimline.training.checkpoint import CheckpointStore
 from slimline.data.dataset import Prepared
-from slimline.params import Structure, TrainParams
-from slimline.training.trainer import train_structure
+from slimline.params import NetworkParams, Structure, TrainParams
+from slimline.training.trainer import model_spec, train_network
 from slimline.training.loop import random_shift
 
 
@@ -27,8 +27,9 @@ def tiny_prepared(n=60, seed=0) -> Prepared:
 def train_once(tmp_path, out, **train):
     cfg = TrainParams(epochs=3, batch_size=16, num_threads=1, device="cpu", **train)
     s = Structure(conv_channels=[4], hidden=[8], dropout=0.2)
-    return train_structure("t", s, cfg, tiny_prepared(), tmp_path / out, key_params={"o": out},
-                           deps=[])
+    prep = tiny_prepared()
+    return train_network("t", model_spec(s, prep), cfg, prep, tmp_path / out, key_params={"o": out},
+                         deps=[])
 
 
 def test_two_cpu_runs_give_bit_identical_weights(tmp_path, monkeypatch):
@@ -130,3 +131,27 @@ def test_missing_prepared_data_names_the_stage_to_run(tmp_path):
                "models/baseline"], tmp_path, check=False, PYTHONPATH=str(ROOT))
     assert proc.returncode == 2
     assert "run the `prepare` stage first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_imported_weights_with_skip_training_are_used_as_they_are(tmp_path, monkeypatch):
+    """baseline.weights + skip_training: the imported model is evaluated and saved, not trained."""
+    import torch
+
+    from slimline.model import build_model, load_model
+    from slimline.weights import weights_init
+
+    monkeypatch.chdir(tmp_path)
+    prep = tiny_prepared()
+    spec = model_spec(NetworkParams(model="python:slimline.examples.tiny_resnet:build", kwargs={"width": 8}),
+                      prep)
+    torch.manual_seed(5)
+    trained = build_model(spec)[1].state_dict()
+    torch.save(trained, tmp_path / "w.pt")
+    cfg = TrainParams(epochs=3, batch_size=16, num_threads=1, device="cpu")
+    t = train_network("t", spec, cfg, prep, tmp_path / "out", key_params={}, deps=[],
+                      init=weights_init(tmp_path / "w.pt", spec.model), train=False)
+    assert t.results["epochs"] == 0 and t.fit.history[0]["epoch"] == 0
+    loaded, saved = load_model(tmp_path / "out")
+    assert saved.model == spec.model and saved.kwargs == {"width": 8}
+    for k, v in loaded[1].state_dict().items():
+        assert torch.equal(v, trained[k]), k

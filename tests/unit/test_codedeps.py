@@ -1,4 +1,6 @@
-"""dvc.yaml's code deps are each stage's import closure, no more and no less."""
+"""dvc.yaml's code deps are each stage's import closure, no more and no less, plus the
+files params.yaml brings (a python: model's source, imported weights)."""
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -52,3 +54,44 @@ def test_folder_deps_stand_for_all_their_code():
             inside = {p.relative_to(ROOT).as_posix() for p in (ROOT / dep).rglob("*.py")
                       if "__pycache__" not in p.parts and p.read_text().strip()}
             assert inside <= files, dep
+
+
+def test_user_files_become_deps_of_exactly_the_stages_that_use_them(tmp_path):
+    import shutil
+
+    from slimline.codedeps import MARK, read_params, undeclared, write
+
+    dvc_yaml, params = tmp_path / "dvc.yaml", tmp_path / "params.yaml"
+    shutil.copy(ROOT / "dvc.yaml", dvc_yaml)
+    raw = read_params(ROOT / "params.yaml")
+    raw["baseline"] = {"model": "python:slimline.examples.tiny_resnet:build", "weights": "weights/base.pt"}
+    params.write_text(yaml.safe_dump(raw))
+    assert undeclared("train_baseline", raw, dvc_yaml) == ["slimline/examples/tiny_resnet.py", "weights/base.pt"]
+
+    assert write(dvc_yaml, params) is True
+    assert write(dvc_yaml, params) is False  # idempotent
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    deps = {name: (s.get("do") or s)["deps"] for name, s in stages.items()}
+    src = "slimline/examples/tiny_resnet.py"
+    assert "weights/base.pt" in deps["train_baseline"] and src in deps["train_baseline"]
+    for stage in ("distill", "prune", "quantize", "evaluate"):  # they build the baseline from its spec
+        assert src in deps[stage] and "weights/base.pt" not in deps[stage], stage
+    assert src not in deps["prepare"]
+    assert deps["train_baseline"][0] == "data/prepared"  # the author's deps above the mark stay
+    assert dvc_yaml.read_text().count(MARK) == len(stages)
+    assert all(not undeclared(s, raw, dvc_yaml) for s in stages)
+
+
+def test_a_stage_refuses_to_run_with_an_undeclared_user_file(tmp_path):
+    import shutil
+
+    from slimline.errors import StageError
+    from slimline.stage import check_declared
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["student"]["weights"] = "w/student.safetensors"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    check_declared("train_baseline", tmp_path / "params.yaml", tmp_path / "dvc.yaml")  # not its file
+    with pytest.raises(StageError, match=r"w/student.safetensors.*stage distill.*codedeps --write"):
+        check_declared("distill", tmp_path / "params.yaml", tmp_path / "dvc.yaml")

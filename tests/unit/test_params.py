@@ -201,3 +201,31 @@ def test_unknown_evaluate_objective():
 def test_max_accuracy_drop_must_be_a_fraction():
     # 0.5 is 50 pt; 5 (meaning "5 pt") must be rejected, not read as 500 pt
     assert "evaluate.max_accuracy_drop" in _err({"evaluate": {"max_accuracy_drop": 5}})
+
+
+# --- the model a section builds ----------------------------------------------------------
+
+@pytest.mark.parametrize("section, needles", [
+    ({"baseline": {"model": "torchvision:resnet18", "hidden": [64]}},
+     ["baseline", "hidden", "structure keys of the built-in cnn", "resnet18"]),
+    ({"baseline": {"model": "resnet18"}}, ["baseline.model", "torchvision:<name>", "python:<module>:<callable>"]),
+    ({"baseline": {"skip_training": True}}, ["skip_training needs weights"]),
+    ({"baseline": {"kwargs": {"width": 2}}}, ["kwargs apply to zoo and python models"]),
+    ({"student": {"derive": {"width": 0.5}, "conv_channels": [4]}}, ["derive", "remove conv_channels"]),
+    ({"student": {"derive": {"width": 1.5}}}, ["student.derive.width", "less than 1"]),
+])
+def test_model_keys_are_checked_before_any_work(section, needles):
+    with pytest.raises(ParamsError) as err:
+        parse_params(section)
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_zoo_and_derived_models_are_accepted_and_the_search_refuses_them():
+    from slimline.search.space import build_candidates
+
+    p = parse_params({"baseline": {"model": "timm:resnet10t", "kwargs": {"drop_rate": 0.1}},
+                      "student": {"derive": {"from": "baseline", "width": 0.25}}})
+    assert p.baseline.model == "timm:resnet10t" and p.student.derive.width == 0.25
+    with pytest.raises(ParamsError, match="structure search varies the built-in cnn"):
+        build_candidates({"baseline": {"model": "timm:resnet10t"}}, code_state="")
