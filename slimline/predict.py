@@ -2,9 +2,10 @@
 
     python -m slimline.predict PATH... [--bundle models/ship] [--json]
 
-PATH is a PNG/JPEG image or an .npz holding an array `x` of (N,H,W) or
-(N,C,H,W) raw pixels. Images are converted to the bundle's channel count and
-must already have its height and width.
+PATH is an image (PNG, JPEG, BMP, WebP) or an .npz holding an array `x` of (N,H,W) or
+(N,C,H,W) raw pixels. Images are converted to the bundle's channel count and, when the
+training images were resized (an image folder with data.image_size), resized the same
+way; otherwise they must already have its height and width.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Bundle:
             raise FileNotFoundError(f"{folder} holds no model: {self.manifest.get('reason')}")
         self.labels = json.loads((folder / "labels.json").read_text())
         self.shape = tuple(self.manifest["input"]["shape"][1:])  # (C, H, W)
+        self.resize = bool(self.manifest["input"].get("resize", False))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         try:
@@ -54,7 +56,7 @@ class Bundle:
         return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
 
 
-def load_inputs(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+def load_inputs(path: Path, shape: tuple[int, int, int], resize: bool = False) -> np.ndarray:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
@@ -63,6 +65,8 @@ def load_inputs(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     from PIL import Image
 
     img = Image.open(path).convert("L" if shape[0] == 1 else "RGB")
+    if resize and img.size != (shape[2], shape[1]):  # as prepare resized the training images
+        img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
     if img.size != (shape[2], shape[1]):
         raise ValueError(f"{path}: image is {img.size[0]}x{img.size[1]}, the model takes "
                          f"{shape[2]}x{shape[1]}; resize it first")
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = Bundle(args.bundle)
         for path in args.paths:
-            for i, (label, prob) in enumerate(bundle.predict(load_inputs(path, bundle.shape))):
+            for i, (label, prob) in enumerate(bundle.predict(load_inputs(path, bundle.shape, bundle.resize))):
                 where = f"{path}[{i}]" if path.suffix == ".npz" else str(path)
                 print(json.dumps({"input": where, "label": label, "probability": round(prob, 6)})
                       if args.json else f"{where}\t{label}\t{prob:.4f}")

@@ -23,7 +23,7 @@ SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
 
 def prepare(params: Params, args: argparse.Namespace) -> None:
     cfg = params.data
-    raw, splits, dropped = build_splits(cfg)
+    raw, splits, dropped, source_meta = build_splits(cfg)
     all_y = np.concatenate([y for _, y in splits.values()])
     num_classes = cfg.num_classes or int(all_y.max()) + 1
 
@@ -45,7 +45,8 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files], "input_shape": list(splits["train"][0].shape[1:]),
             "num_classes": num_classes, "mean": [float(m) for m in mean],
             "std": [float(max(s, 1e-6)) for s in std], "counts": counts,
-            "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped}
+            "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped,
+            **source_meta}  # image folders: class names, channels, size (predict applies them)
     save_prepared(Prepared(splits=splits, meta=meta), args.out)
 
     rows = [{"split": k, "images": len(v[1]), **{f"class {c}": counts[k][str(c)]
@@ -54,7 +55,10 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     checks = [{"check": c.name, "passed": c.success, "detail": c.message} for c in report.checks]
     md = (f"## prepare\n\nSource `{cfg.source}` ({', '.join(raw.files) or 'packaged'}), "
           f"input {meta['input_shape']}, {num_classes} classes, {dropped} exact duplicates "
-          f"dropped.\n\nTrain mean {meta['mean']}, std {meta['std']} (raw pixel units).\n\n"
+          f"dropped"
+          + (f"; classes {', '.join(source_meta['classes'])}, {source_meta['skipped_files']} file(s) "
+             f"skipped for their extension" if source_meta else "")
+          + f".\n\nTrain mean {meta['mean']}, std {meta['std']} (raw pixel units).\n\n"
           f"{markdown_table(rows)}\n\n### Validation (Great Expectations)\n\n"
           f"{markdown_table(checks)}\n")
     write_report("prepare", {**{k: meta[k] for k in ("source", "input_shape", "num_classes",

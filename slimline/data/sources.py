@@ -1,4 +1,5 @@
-"""Raw dataset readers: the bundled MNIST 5k sample, MNIST-style IDX folders, and .npz files.
+"""Raw dataset readers: the bundled MNIST 5k sample, MNIST-style IDX folders, and .npz files
+(image folders: slimline.data.imagefolder).
 
 Every way user-supplied data can be broken ends as a DataError whose message names the
 file, says what is wrong and how to fix it, so callers can print it instead of a traceback.
@@ -27,11 +28,13 @@ class RawDataset:
     y: np.ndarray              # (N,) int64
     x_test: np.ndarray | None  # predefined test split if the source has one, else None
     y_test: np.ndarray | None
-    source: str                # "mnist5k" | "idx" | "npz"
+    source: str                # "mnist5k" | "idx" | "npz" | "imagefolder"
     files: list[str]           # files read (for the report)
+    x_val: np.ndarray | None = None  # predefined validation split (image folders with val/)
+    y_val: np.ndarray | None = None
 
 
-SOURCES = ("mnist5k", "idx", "npz")
+SOURCES = ("mnist5k", "idx", "npz", "imagefolder")
 
 
 def load_mnist5k() -> RawDataset:
@@ -233,15 +236,22 @@ def load_npz(path: str | Path) -> RawDataset:
     return RawDataset(x, y, x_test, y_test, "npz", [str(path)])
 
 
-def load_source(source: str, path: str | Path | None) -> RawDataset:
+def load_source(source: str, path: str | Path | None, image_size=None, channels=None
+                ) -> tuple[RawDataset, dict]:
+    """The raw dataset, and what the source adds to the prepared meta (image folders:
+    class names, channels and size; nothing for the other sources)."""
     if source == "mnist5k":
         if path is not None:
             raise DataError(f"{path}: source 'mnist5k' is bundled and takes no path; "
                             f"drop the path or use source 'idx' or 'npz'")
-        return load_mnist5k()
+        return load_mnist5k(), {}
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
     if path is None or str(path) == "":
         raise DataError(f"source {source!r} needs a path ("
-                        f"{'an IDX folder' if source == 'idx' else 'a .npz file'}); pass one")
-    return load_idx(path) if source == "idx" else load_npz(path)
+                        f"{'a .npz file' if source == 'npz' else 'a folder'}); pass one")
+    if source == "imagefolder":
+        from slimline.data.imagefolder import load_imagefolder
+
+        return load_imagefolder(path, image_size, channels)
+    return (load_idx(path) if source == "idx" else load_npz(path)), {}

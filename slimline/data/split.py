@@ -47,29 +47,41 @@ def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def build_splits(cfg: DataParams):
+    """(raw dataset, {split: (x, y)}, exact duplicates dropped, the source's meta)."""
     from slimline.data.sources import load_source
 
-    raw = load_source(cfg.source, cfg.path)
+    raw, source_meta = load_source(cfg.source, cfg.path, cfg.image_size, cfg.channels)
     rng = np.random.default_rng(cfg.seed)
     x, y = raw.x, raw.y.astype(np.int64)
     x, y, dropped = drop_duplicates(x, y)
-    has_test = raw.x_test is not None
+    has_test, has_val = raw.x_test is not None, raw.x_val is not None
     if cfg.limit is not None:
-        pool_share = 1.0 - (cfg.test_fraction if has_test else 0.0)
+        pool_share = 1.0 - (cfg.test_fraction if has_test else 0.0) - (cfg.val_fraction if has_val else 0.0)
         keep = stratified_take(y, min(1.0, cfg.limit * pool_share / len(y)), rng)
         x, y = x[keep], y[keep]
-    if has_test:
-        xt, yt = raw.x_test, raw.y_test.astype(np.int64)
+
+    def given(xs, ys, fraction):  # a split the source defines, capped like the rest under `limit`
+        ys = ys.astype(np.int64)
         if cfg.limit is not None:
-            keep = stratified_take(yt, min(1.0, cfg.limit * cfg.test_fraction / len(yt)), rng)
-            xt, yt = xt[keep], yt[keep]
-        idx = split_indices(y, {"val": cfg.val_fraction}, cfg.seed)
+            keep = stratified_take(ys, min(1.0, cfg.limit * fraction / len(ys)), rng)
+            xs, ys = xs[keep], ys[keep]
+        return xs, ys
+
+    if has_test:
+        test = given(raw.x_test, raw.y_test, cfg.test_fraction)
+    if has_val:
+        val = given(raw.x_val, raw.y_val, cfg.val_fraction)
+    if has_test or has_val:
+        carve = {} if has_val else {"val": cfg.val_fraction}
+        if not has_test:
+            carve = {"test": cfg.test_fraction, **carve}
+        idx = split_indices(y, carve, cfg.seed)
         splits = {"train": (x[idx["train"]], y[idx["train"]]),
-                  "val": (x[idx["val"]], y[idx["val"]]), "test": (xt, yt)}
+                  "val": val if has_val else (x[idx["val"]], y[idx["val"]]),
+                  "test": test if has_test else (x[idx["test"]], y[idx["test"]])}
     else:
         idx = split_indices(y, {"test": cfg.test_fraction, "val": cfg.val_fraction}, cfg.seed)
         splits = {name: (x[idx[name]], y[idx[name]]) for name in ("train", "val", "test")}
     splits = {k: (v[0].astype(np.float32) if v[0].dtype.kind == "f" else v[0], v[1])
               for k, v in splits.items()}
-    return raw, splits, dropped
-
+    return raw, splits, dropped, source_meta

@@ -249,6 +249,31 @@ def _train_has_all_classes(ok: bool, o: Outcome) -> str:
             f"Fix: split stratified by class, add data for them, or set data.num_classes.")
 
 
+def _split_only(split: str):
+    from great_expectations.expectations.row_conditions import Column
+
+    return Column("split") == split
+
+
+def _others_have_all_classes(gxe, p) -> list:
+    # Empty splits are splits_non_empty's to report; with none left the check holds vacuously.
+    return [gxe.ExpectColumnDistinctValuesToContainSet(
+        column="label", value_set=list(range(p["num_classes"])), row_condition=_split_only(split))
+        for split in p["nonempty"] if split != "train"] or [gxe.ExpectColumnToExist(column="label")]
+
+
+@check("every_split_has_all_classes", _others_have_all_classes)
+def _every_split_has_all_classes(ok: bool, o: Outcome) -> str:
+    others = [s for s in o.p["nonempty"] if s != "train"]
+    if ok:
+        return f"every class occurs in {' and '.join(others)}"
+    present = o.df.groupby("split")["label"].unique()
+    gaps = [f"{s} lacks class(es) {', '.join(map(str, sorted(set(range(o.p['num_classes'])) - set(present.get(s, [])))))}"
+            for s in others if set(range(o.p["num_classes"])) - set(present.get(s, []))]
+    return (f"{'; '.join(gaps)}: accuracy on that split would say nothing about those classes. "
+            f"Fix: add images of those classes to the split, or split stratified by class.")
+
+
 @check("min_per_class", lambda gxe, p: [gxe.ExpectColumnValuesToBeBetween(
     column="train_class_count", min_value=p["min_per_class"], row_condition=_train_only())])
 def _min_per_class(ok: bool, o: Outcome) -> str:
@@ -397,7 +422,8 @@ def validate_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], *, num_cla
     (len(x) != len(y)), since no per-image table can be built then.
     """
     df = _image_table(splits)
-    params = dict(splits=list(splits), num_classes=int(num_classes),
+    params = dict(splits=list(splits), nonempty=[k for k, (_, y) in splits.items() if len(y)],
+                  num_classes=int(num_classes),
                   min_per_class=int(min_per_class), pixel_min=float(pixel_min),
                   pixel_max=float(pixel_max), min_rows=int(min_rows))
     try:

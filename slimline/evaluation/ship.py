@@ -25,11 +25,14 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
             return
         entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
         (tmp / "model.onnx").write_bytes((onnx_dir / entry["file"]).read_bytes())
-        write_json(tmp / "labels.json", [str(i) for i in range(prep.num_classes)])
+        # An image folder's class names; label k otherwise.
+        write_json(tmp / "labels.json", prep.meta.get("classes") or [str(i) for i in range(prep.num_classes)])
         write_json(tmp / "manifest.json", {
             "selected": chosen["name"], "source": entry["source"], "opset": entry["opset"],
             "input": {"name": ox.INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
-                      "pixels": "raw, 0..255; normalisation is inside the model"},
+                      "pixels": "raw, 0..255; normalisation is inside the model",
+                      # image folders resized every image at prepare: predict does the same
+                      **({"resize": True} if prep.meta.get("resized") else {})},
             "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
                              **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",

@@ -74,7 +74,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i:i + batch_size].float(), y[i:i + batch_size]  # uint8 pixels: per batch
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(xb).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
@@ -152,7 +152,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         for i in bar:
             end = n if i == steps - 1 else (i + 1) * cfg.batch_size
             idx = order[i * cfg.batch_size:end]
-            xb = random_shift(train[0][idx], cfg.augment_shift, gen)
+            xb = random_shift(train[0][idx].float(), cfg.augment_shift, gen)  # uint8: per batch
             yb = train[1][idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(xb)

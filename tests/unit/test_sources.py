@@ -74,7 +74,7 @@ def test_idx_dotted_names_and_dispatch(tmp_path):
     folder = tmp_path / "d"
     make_folder(folder, n_test=0)
     (folder / TRAIN_IMG).rename(folder / "train-images.idx3-ubyte")
-    ds = load_source("idx", str(folder))
+    ds, _ = load_source("idx", str(folder))
     assert ds.x.shape == (7, 1, 10, 12)
 
 
@@ -172,7 +172,7 @@ def test_npz_roundtrip(tmp_path, shape):
     xt, yt = rng.random((2,) + shape[1:]).astype(np.float32), np.array([0, 2], dtype=np.int32)
     p = tmp_path / "d.npz"
     np.savez(p, x=x, y=y, x_test=xt, y_test=yt)
-    ds = load_source("npz", p)
+    ds, _ = load_source("npz", p)
     assert ds.source == "npz" and ds.files == [str(p)]
     assert ds.x.shape == (6, 1, 5, 4) if len(shape) == 3 else ds.x.shape == shape
     assert ds.x.dtype == np.float32 and ds.y.dtype == np.int64 and ds.y_test.dtype == np.int64

@@ -91,6 +91,12 @@ def leaked_to_test(s):
     s["test"][0][6] = s["train"][0][0]
 
 
+def no_class_3_in_test(s):
+    x, y = s["test"]
+    keep = y != 3
+    s["test"] = (x[keep], y[keep])
+
+
 def empty_split(s):
     x, y = s["val"]
     s["val"] = (x[:0], y[:0])
@@ -110,6 +116,7 @@ CORRUPTIONS = [
     (too_few_per_class, "min_per_class", ["fewer than 4", "class 5: 2"]),
     (leaked_to_test, "no_split_leakage", ["test[6] = train[0]"]),
     (empty_split, "splits_non_empty", ["val have no images", "val 0"]),
+    (no_class_3_in_test, "every_split_has_all_classes", ["test lacks class(es) 3"]),
     (too_few_rows, "row_count", ["only 240 images", "at least 1000"]),
 ]
 
