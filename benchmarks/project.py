@@ -66,8 +66,10 @@ def build_tiny(dest: Path) -> Path:
     """A copy on the TINY config after one full `dvc repro`, committed: the finished
     pipeline the end-to-end tests start from. repro.log beside it holds dvc's output."""
     root = copy_project(dest, TINY)
+    from slimline.stage import die_with_parent
+
     repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=run_env(),
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, preexec_fn=die_with_parent)
     (root.parent / "repro.log").write_text(repro.stdout + repro.stderr)
     if repro.returncode:
         raise RuntimeError(f"dvc repro of the tiny pipeline failed:\n{(repro.stdout + repro.stderr)[-3000:]}")

@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from slimline.overrides import OverrideError, as_set_args
-from slimline.params import ParamsError, parse_params
 
 
 def _apply(raw: dict, overrides: dict) -> dict:
@@ -32,18 +31,19 @@ def _apply(raw: dict, overrides: dict) -> dict:
 
 
 def validate(root: Path, overrides: dict) -> list[str]:
-    """Check the overrides against the schema as if applied; returns the -S arguments.
-    Raises OverrideError naming the key (and what is allowed) before any work."""
-    if not overrides:
-        return []
+    """Check params.yaml with the overrides applied, as `slimline check` does; returns the -S
+    arguments. Raises OverrideError naming the key (and what is allowed) before any work."""
     bad = [k for k in overrides if not isinstance(k, str) or not k or "=" in k]
     if bad:
         raise OverrideError(f"override keys must be dotted params keys like 'train.epochs', got {bad}")
     raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
-    try:
-        parse_params(_apply(raw, overrides), source="params.yaml with the overrides")
-    except ParamsError as err:
-        raise OverrideError(str(err)) from None
+    # The whole file, as `slimline check` does: schema, the files it brings, the models.
+    from slimline.check import problems
+
+    message = problems(_apply(raw, overrides) if overrides else raw, root,
+                       "params.yaml with the overrides" if overrides else "params.yaml")
+    if message:
+        raise OverrideError(message)
     return as_set_args(overrides)
 
 

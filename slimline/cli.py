@@ -1,6 +1,6 @@
 """`slimline <command> ...`: one entry point for what users run by hand.
 
-    slimline check [params.yaml]      validate params (no torch: fast)
+    slimline check [params.yaml]      validate params, deps and models (torch only for your own models)
     slimline run [-S key=value ...]   the pipeline flow (what `make run` runs)
     slimline search [--apply-best]    the structure search
     slimline deploy                   register work pools and deployments
@@ -16,7 +16,7 @@ import importlib
 import sys
 
 COMMANDS = {  # command -> (module with main(argv), one-line help)
-    "check": ("slimline.params", "validate params.yaml against the schema"),
+    "check": ("slimline.check", "validate params.yaml, its files' dvc.yaml deps and the models it asks for"),
     "run": ("flows.pipeline", "run the pipeline flow: each stage through DVC, reports to Prefect"),
     "search": ("flows.search", "train and rank the candidate structures of params.yaml's search section"),
     "deploy": ("flows.deploy", "create the work pools, automations and deployments of prefect.yaml"),

@@ -25,6 +25,7 @@ import pytest
 import tasks  # noqa: F401
 
 from slimline.repo import stop_group
+from slimline.stage import die_with_parent
 from benchmarks.project import ROOT, TINY, build_tiny, copy_project, run_env, update_params  # noqa: F401  (shared with the tests)
 
 
@@ -66,9 +67,10 @@ def pytest_configure(config):
         return
     base = Path(tempfile.mkdtemp(prefix="slimline-tests-"))
     with (base / "tiny.log").open("w") as log:
+        # die_with_parent: a controller killed outright (no unconfigure) leaves no orphans
         tiny = subprocess.Popen([sys.executable, "-m", "benchmarks.project", "tiny", str(base / "tiny")],
                                 cwd=ROOT, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
     servers = [start_prefect_server(base / f"prefect-gw{i}") for i in range(workers)]
     os.environ[SHARED_TINY] = str(base / "tiny")  # the workers start after this hook
     for i, server in enumerate(servers):
@@ -200,7 +202,8 @@ def start_prefect_server(home: Path) -> PrefectServer:
     with (home / "server.log").open("w") as log:
         server.proc = subprocess.Popen([cli, "server", "start", "--host", "127.0.0.1", "--port", port,
                                         "--analytics-off"], env=server.env(), stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with_parent)
     return server
 
 

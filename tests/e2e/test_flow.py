@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tree_digest, update_params
+from conftest import sh, tree_digest, update_params
 
 
 @pytest.fixture
@@ -106,6 +106,7 @@ def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeli
     x[3, 0, 0] = np.nan
     np.savez(bad, x=x, y=np.arange(200) % 10)
     update_params(pipeline_copy, {"data": {"source": "npz", "path": str(bad)}})
+    sh([sys.executable, "-m", "slimline.codedeps", "--write"], pipeline_copy)  # the data: a prepare dep
 
     state = pipeline(root=str(pipeline_copy), return_state=True)
     assert state.is_failed()
@@ -182,3 +183,16 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, pipe
         state.result()
     gate = artifacts(state.state_details.flow_run_id)["local-regression-gate"].data
     assert "FAILED" in gate and "gate.max_accuracy_drop is 0.50 pt" in gate
+
+
+def test_the_flow_checks_the_whole_file_and_its_files_before_any_work(prefect_server, pipeline_copy):
+    """As `slimline check` does: here a data folder params.yaml names but dvc.yaml does not
+    list, so a changed image would not rerun prepare."""
+    from flows.pipeline import pipeline
+    from slimline.overrides import OverrideError
+
+    before = tree_digest(pipeline_copy / "data" / "prepared")
+    update_params(pipeline_copy, {"data": {"source": "imagefolder", "path": "images"}})
+    with pytest.raises(OverrideError, match=r"prepare: images.*codedeps --write"):
+        pipeline(root=str(pipeline_copy))
+    assert tree_digest(pipeline_copy / "data" / "prepared") == before
