@@ -194,12 +194,17 @@ def stage_user_files(stage: str, params_path: str | Path) -> list[str]:
     return user_files(stage, read_params(Path(params_path)))
 
 
-def undeclared(stage: str, raw_params: dict, dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
-    """User files the stage needs that dvc.yaml does not list (so editing them would not
-    rerun it)."""
+@lru_cache(maxsize=4)
+def _stages(path: str, mtime_ns: int) -> dict:
     import yaml
 
-    entry = yaml.safe_load(dvc_yaml.read_text())["stages"].get(stage) or {}
+    return yaml.safe_load(Path(path).read_text())["stages"]
+
+
+def undeclared(stage: str, raw_params: dict, dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """User files the stage needs that dvc.yaml does not list (so editing them would not
+    rerun it). dvc.yaml is parsed once per version, however many stages are asked about."""
+    entry = _stages(str(dvc_yaml), dvc_yaml.stat().st_mtime_ns).get(stage) or {}
     deps = set((entry.get("do") or entry).get("deps", []))
     return [f for f in user_files(stage, raw_params) if f not in deps
             and not any(f.startswith(d.rstrip("/") + "/") for d in deps)]

@@ -26,6 +26,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Normalization(BaseModel):
+    """The preprocessing imported weights were trained with: (pixels * scale - mean) / std."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(1 / 255, gt=0, description="Multiplies raw pixels first (1/255: 0..255 to 0..1).")
+    mean: list[float] = Field(min_length=1, description="Per channel (or one for all), subtracted "
+                                                        "after scaling.")
+    std: list[float] = Field(min_length=1, description="Per channel (or one for all), divides after "
+                                                       "the mean.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalize.mean has {len(self.mean)} values and std {len(self.std)}: "
+                             f"give one per channel to both")
+        if min(self.std) <= 0:
+            raise ValueError(f"normalize.std must be positive, got {self.std}")
+        return self
+
+
 class DataParams(Section):
     """`data`: where the images come from and how they are split (stage `prepare`)."""
 
@@ -56,6 +77,18 @@ class DataParams(Section):
     channels: Optional[Literal[1, 3]] = Field(
         None, description="imagefolder: convert every image to 1 (grayscale) or 3 (RGB) channels; "
                           "null: those of the first train image.")
+    normalize: Optional[Normalization] = Field(
+        None, description="The model's first layer: auto (or null: mean and std of the train split, on "
+                          "raw pixels) or {scale, mean, std}, the preprocessing imported weights expect.")
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _auto(cls, v):
+        if isinstance(v, str):
+            if v != "auto":
+                raise ValueError(f"expected auto or a mapping {{scale, mean, std}}, got {v!r}")
+            return None
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "DataParams":
@@ -176,9 +209,18 @@ class Derive(BaseModel):
 class StudentParams(NetworkParams):
     """`student`: the small model trained with KD (and from scratch, the ablation)."""
 
+    skip_training: bool = Field(False, description="Always false for the student: distill trains it "
+                                                   "(its weights, if set, are a starting point).")
     derive: Optional[Derive] = Field(None, description="Derive the student from the baseline's "
                                                        "architecture, uniformly shrunk, freshly "
                                                        "initialised; replaces model and the structure keys.")
+
+    @model_validator(mode="after")
+    def _trained_by_distill(self):
+        if self.skip_training:
+            raise ValueError("skip_training: the student is what distill trains; import its weights "
+                             "as a starting point instead (weights without skip_training)")
+        return self
 
     @model_validator(mode="after")
     def _derive_alone(self):

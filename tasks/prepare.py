@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from slimline.data.dataset import Prepared, save_prepared
-from slimline.data.split import build_splits
+from slimline.data.split import build_splits, normalization
 from slimline.errors import StageError
 from slimline.params import Params
 from slimline.stage import main, markdown_table, write_report
@@ -36,17 +36,15 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     if not report.success:
         raise StageError(f"data validation failed; {args.out} was not changed.\n{report.summary()}")
 
-    x_train = splits["train"][0].astype(np.float64)
-    axes = (0, 2, 3)  # per channel, over train only: val/test must not leak into the stats
-    mean, std = x_train.mean(axis=axes), x_train.std(axis=axes)
+    mean, std = normalization(cfg, splits["train"][0])
     counts = {name: {str(c): int((y == c).sum()) for c in range(num_classes)}
               for name, (_, y) in splits.items()}
     # File names only: absolute paths (a venv, a checkout) would make identical data hash differently.
     meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files], "input_shape": list(splits["train"][0].shape[1:]),
-            "num_classes": num_classes, "mean": [float(m) for m in mean],
-            "std": [float(max(s, 1e-6)) for s in std], "counts": counts,
+            "num_classes": num_classes, "mean": mean, "std": std, "counts": counts,
             "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped,
-            **source_meta}  # image folders: class names, channels, size (predict applies them)
+            **source_meta,  # image folders: class names, channels, size (predict applies them)
+            **({"normalize": cfg.normalize.model_dump()} if cfg.normalize else {})}
     save_prepared(Prepared(splits=splits, meta=meta), args.out)
 
     rows = [{"split": k, "images": len(v[1]), **{f"class {c}": counts[k][str(c)]

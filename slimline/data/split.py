@@ -85,3 +85,22 @@ def build_splits(cfg: DataParams):
     splits = {k: (v[0].astype(np.float32) if v[0].dtype.kind == "f" else v[0], v[1])
               for k, v in splits.items()}
     return raw, splits, dropped, source_meta
+
+
+def normalization(cfg: DataParams, x_train: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) in raw pixel units for the model's first layer: the train
+    split's (val/test must not leak into them), or data.normalize's for imported weights,
+    (x * scale - mean) / std rewritten as (x - mean / scale) / (std / scale)."""
+    channels = x_train.shape[1]
+    n = cfg.normalize
+    if n is None:
+        x = x_train.astype(np.float64)
+        mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+        return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+    if len(n.mean) not in (1, channels):
+        from slimline.data.sources import DataError
+
+        raise DataError(f"data.normalize has {len(n.mean)} mean/std values but the images have "
+                        f"{channels} channel(s): give one per channel, or one for all")
+    mean, std = (n.mean * channels if len(n.mean) == 1 else n.mean), (n.std * channels if len(n.std) == 1 else n.std)
+    return [m / n.scale for m in mean], [s / n.scale for s in std]

@@ -32,7 +32,9 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
             "input": {"name": ox.INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
                       "pixels": "raw, 0..255; normalisation is inside the model",
                       # image folders resized every image at prepare: predict does the same
-                      **({"resize": True} if prep.meta.get("resized") else {})},
+                      **({"resize": True} if prep.meta.get("resized") else {}),
+                      # data.normalize for imported weights (inside the model too), for the record
+                      **({"normalize": prep.meta["normalize"]} if prep.meta.get("normalize") else {})},
             "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
                              **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",

@@ -105,3 +105,21 @@ def test_predict_resizes_and_converts_as_prepare_did(tmp_path):
 def write_and(path, **kw):
     write(path, **kw)
     return path
+
+
+def test_normalize_for_imported_weights_becomes_the_first_layers_mean_and_std():
+    from slimline.data.split import normalization
+    from slimline.params import parse_params
+
+    x = np.zeros((4, 3, 2, 2), np.uint8)
+    cfg = parse_params({"data": {"normalize": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+                                               "std": [0.229, 0.224, 0.225]}}}).data
+    mean, std = normalization(cfg, x)
+    np.testing.assert_allclose(mean, [0.485 * 255, 0.456 * 255, 0.406 * 255])
+    np.testing.assert_allclose(std, [0.229 * 255, 0.224 * 255, 0.225 * 255])
+    one = parse_params({"data": {"normalize": {"mean": [0.5], "std": [0.5]}}}).data
+    assert normalization(one, x)[0] == [127.5] * 3  # one value for every channel
+    with pytest.raises(DataError, match="2 mean/std values but the images have 3 channel"):
+        normalization(parse_params({"data": {"normalize": {"mean": [0.5, 0.5], "std": [1, 1]}}}).data, x)
+    auto = normalization(parse_params({}).data, np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4))
+    assert auto == ([7.5], [float(np.arange(16).std())])

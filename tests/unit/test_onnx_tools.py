@@ -214,3 +214,20 @@ def test_checked_logits_refuses_an_export_that_does_not_match_torch(tmp_path):
     other = tiny_model()  # different weights: as if the exporter had dropped a layer's
     with pytest.raises(ot.StageError, match="does not match torch"):
         ot.checked_logits(other, path, x)
+
+
+def test_throughput_makes_fewer_calls_for_a_slow_model(trained, files, monkeypatch):
+    """Batch-256 timing adapts its call count to the model's cost: at least 3 timed calls."""
+    calls = []
+    real = ot._timings
+
+    def counting(sess, shape, batch, warmup, repeats):
+        calls.append((warmup, repeats))
+        return real(sess, shape, batch, warmup, repeats)
+
+    monkeypatch.setattr(ot, "_timings", counting)
+    assert ot.throughput(files["fp32"], SHAPE, batch=8) > 0
+    assert calls == [(0, 1), (2, 10)]  # a fast model: 3 warm-up calls, 10 timed, as always
+    calls.clear()
+    ot.throughput(files["fp32"], SHAPE, batch=8, budget_s=1e-9)  # as if one call took the budget
+    assert calls == [(0, 1), (1, 3)]

@@ -213,6 +213,7 @@ def test_max_accuracy_drop_must_be_a_fraction():
     ({"baseline": {"kwargs": {"width": 2}}}, ["kwargs apply to zoo and python models"]),
     ({"student": {"derive": {"width": 0.5}, "conv_channels": [4]}}, ["derive", "remove conv_channels"]),
     ({"student": {"derive": {"width": 1.5}}}, ["student.derive.width", "less than 1"]),
+    ({"student": {"weights": "s.pt", "skip_training": True}}, ["student", "distill trains"]),
 ])
 def test_model_keys_are_checked_before_any_work(section, needles):
     with pytest.raises(ParamsError) as err:
