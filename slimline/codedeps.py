@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("tasks", "slimline", "flows")  # project code; everything else is a dependency
 
 
-def _file(module: str) -> Path | None:
-    base = ROOT.joinpath(*module.split("."))
+def _file(module: str, root: Path = ROOT) -> Path | None:
+    base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -116,12 +116,8 @@ def python_source(spec: str, root: Path = ROOT) -> str | None:
     """The project file behind a `python:<module>:<callable>` model spec, relative to root."""
     if not spec.startswith("python:"):
         return None
-    module = spec.split(":")[1]
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate.relative_to(root).as_posix()
-    return None
+    path = _file(spec.split(":")[1], root)
+    return path.relative_to(root).as_posix() if path else None
 
 
 def user_files(stage: str, raw_params: dict) -> list[str]:

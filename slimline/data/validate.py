@@ -196,10 +196,11 @@ def check(name: str, expect: Callable[[Any, dict], list]):
     return register
 
 
-def _train_only():
+def _rows_of(split: str):
+    """GX row condition: only the rows of one split."""
     from great_expectations.expectations.row_conditions import Column
 
-    return Column("split") == "train"
+    return Column("split") == split
 
 
 def _fmt(v: float) -> str:
@@ -237,7 +238,7 @@ def _labels_in_range(ok: bool, o: Outcome) -> str:
 
 
 @check("train_has_all_classes", lambda gxe, p: [gxe.ExpectColumnDistinctValuesToContainSet(
-    column="label", value_set=list(range(p["num_classes"])), row_condition=_train_only())])
+    column="label", value_set=list(range(p["num_classes"])), row_condition=_rows_of("train"))])
 def _train_has_all_classes(ok: bool, o: Outcome) -> str:
     k = o.p["num_classes"]
     if ok:
@@ -249,16 +250,10 @@ def _train_has_all_classes(ok: bool, o: Outcome) -> str:
             f"Fix: split stratified by class, add data for them, or set data.num_classes.")
 
 
-def _split_only(split: str):
-    from great_expectations.expectations.row_conditions import Column
-
-    return Column("split") == split
-
-
 def _others_have_all_classes(gxe, p) -> list:
     # Empty splits are splits_non_empty's to report; with none left the check holds vacuously.
     return [gxe.ExpectColumnDistinctValuesToContainSet(
-        column="label", value_set=list(range(p["num_classes"])), row_condition=_split_only(split))
+        column="label", value_set=list(range(p["num_classes"])), row_condition=_rows_of(split))
         for split in p["nonempty"] if split != "train"] or [gxe.ExpectColumnToExist(column="label")]
 
 
@@ -275,7 +270,7 @@ def _every_split_has_all_classes(ok: bool, o: Outcome) -> str:
 
 
 @check("min_per_class", lambda gxe, p: [gxe.ExpectColumnValuesToBeBetween(
-    column="train_class_count", min_value=p["min_per_class"], row_condition=_train_only())])
+    column="train_class_count", min_value=p["min_per_class"], row_condition=_rows_of("train"))])
 def _min_per_class(ok: bool, o: Outcome) -> str:
     train_counts = o.df.loc[o.df["split"] == "train", "label"].value_counts()
     if ok:
