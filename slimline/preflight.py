@@ -77,35 +77,32 @@ def _run(raw: dict, shape, classes) -> list[str]:
 
     import torch
 
-    from slimline.compress import pruning
     from slimline.compress.onnx_tools import export_onnx
+    from slimline.compress.student import student_plan
     from slimline.errors import StageError
-    from slimline.model import ModelSpec, build_model
+    from slimline.model import build_model
     from slimline.params import parse_params
+    from slimline.training.trainer import network_spec
 
     params = parse_params(raw)
-    base = params.baseline
-    spec = ModelSpec(structure=base.structure().model_dump() if base.model == "cnn" else {},
-                     input_shape=shape, num_classes=classes, mean=(0.0,) * shape[0], std=(1.0,) * shape[0],
-                     model=base.model, kwargs=dict(base.kwargs))
+    base, student = params.baseline, params.student
+    spec = network_spec(base, shape, classes, (0.0,) * shape[0], (1.0,) * shape[0])
     plans = [("baseline", base.model, spec, None)]
-    student = params.student
-    if student.derive is not None:
-        plans.append(("student", f"derive from {base.model} at width {student.derive.width:g}", spec,
-                      student.derive.width))
-    elif student.model != "cnn":
-        plans.append(("student", student.model, ModelSpec(
-            structure={}, input_shape=shape, num_classes=classes, mean=spec.mean, std=spec.std,
-            model=student.model, kwargs=dict(student.kwargs)), None))
+    if student.derive is not None or student.model != "cnn":
+        # As distill builds it; imported student weights are the stage's to load.
+        s, init = student_plan(student, spec)
+        what = (f"derive from {base.model} at width {student.derive.width:g}" if student.derive
+                else student.model)
+        plans.append(("student", what, s, init if student.derive else None))
     problems = []
     example = torch.zeros(2, *shape)
-    for section, what, s, width in plans:
+    for section, what, s, init in plans:
         step = "build"
         try:
             model = build_model(s).eval()
-            if width is not None:
-                step = "derive (Torch-Pruning)"
-                model = pruning.derive(model, example, width).eval()
+            if init is not None:
+                step = "derive"
+                model = init(model).eval()
             step = f"forward on a {tuple(example.shape)} batch"
             with torch.no_grad():
                 out = model(example)

@@ -36,7 +36,7 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     from slimline.training.loop import resolve_device
 
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
-    spec, init = student_plan(params.student, load_spec(args.teacher), prep)
+    spec, init = student_plan(params.student, load_spec(args.teacher))
     if params.distill.require_smaller:
         # Against the teacher as trained (models/baseline, a dep), not params' baseline
         # section, which this stage does not read.

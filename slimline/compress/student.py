@@ -8,10 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from slimline.data.dataset import Prepared
 from slimline.model import ModelSpec, build_model, count_params
 from slimline.params import StudentParams, Structure
-from slimline.training.trainer import model_spec
+from slimline.training.trainer import network_spec
 from slimline.weights import weights_init
 
 Init = Callable[[nn.Module], nn.Module]
@@ -21,14 +20,15 @@ def _round8(width: float) -> int:
     return max(8, int(round(width / 8)) * 8)
 
 
-def student_plan(student: StudentParams, teacher: ModelSpec, prep: Prepared) -> tuple[ModelSpec, Init | None]:
-    """(spec, init hook) of the student; train_network builds spec, then applies init.
+def student_plan(student: StudentParams, teacher: ModelSpec) -> tuple[ModelSpec, Init | None]:
+    """(spec, init hook) of the student, for the data the teacher was built for;
+    train_network builds spec, then applies init.
 
     A derived student has the teacher's architecture at `derive.width` of its channels,
     rounded to a multiple of 8, classifier whole, freshly initialised: for the built-in
     cnn by scaling its widths, for other models by Torch-Pruning the untrained model."""
     if student.derive is None:
-        spec = model_spec(student, prep)
+        spec = network_spec(student, teacher.input_shape, teacher.num_classes, teacher.mean, teacher.std)
         return spec, (weights_init(student.weights, spec.model) if student.weights else None)
     width = student.derive.width
     if teacher.model == "cnn":

@@ -111,15 +111,21 @@ def keep_run_record(stage: str) -> None:
         shutil.copyfile(REPORTS / f"{stage}.run.json", Path(folder) / f"{stage}.run.json")
 
 
-def model_spec(net: Structure, prep: Prepared) -> ModelSpec:
-    """The spec of a params network section (baseline, student, or a bare Structure) for the
-    prepared data. A cnn's structure.json holds exactly what it always has."""
+def network_spec(net: Structure, input_shape: tuple[int, int, int], num_classes: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> ModelSpec:
+    """The spec of a params network section (baseline, student, or a bare Structure) for data
+    of this shape, classes and normalisation. A cnn's structure.json holds exactly what it
+    always has."""
     model = getattr(net, "model", "cnn")
     structure = net.structure() if isinstance(net, NetworkParams) else net
     return ModelSpec(structure=structure.model_dump() if model == "cnn" else {},
-                     input_shape=prep.input_shape, num_classes=prep.num_classes,
-                     mean=tuple(prep.meta["mean"]), std=tuple(prep.meta["std"]),
-                     model=model, kwargs=dict(getattr(net, "kwargs", {}) or {}))
+                     input_shape=tuple(input_shape), num_classes=num_classes, mean=tuple(mean),
+                     std=tuple(std), model=model, kwargs=dict(getattr(net, "kwargs", {}) or {}))
+
+
+def model_spec(net: Structure, prep: Prepared) -> ModelSpec:
+    """network_spec() for the prepared data."""
+    return network_spec(net, prep.input_shape, prep.num_classes, prep.meta["mean"], prep.meta["std"])
 
 
 def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
