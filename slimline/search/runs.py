@@ -29,7 +29,10 @@ from slimline.search.space import THREADS_KEY, Candidate
 
 RECORDS = Path(".slimline/search")  # under the repository root; ignored by git
 FAILED = "failed.json"
-METRIC_KEYS = ("val_accuracy", "test_accuracy", "params", "flops")
+REPORT_KEYS = ("val_accuracy", "test_accuracy", "params", "flops")  # from reports/<stage>.json
+# val_count / val_correct: the validation images behind val_accuracy (the leaderboard's
+# 95% intervals). flows/search.py's pool artifacts carry every METRIC_KEYS entry.
+METRIC_KEYS = (*REPORT_KEYS, "val_count", "val_correct")
 # A Python traceback's last line: the error a crashed stage (a bug, out of memory) died of.
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:")
 
@@ -68,9 +71,33 @@ def exp_refs(root: Path, baseline: str) -> dict[str, str]:
     return out
 
 
+def val_count(root: Path, rev: str, report: dict) -> int | None:
+    """The number of validation images the stage's val accuracy was measured on.
+
+    The training reports hold only the accuracy (correct / n over the whole val split,
+    slimline/training/loop.py's evaluate), so n comes from the val split's size in
+    `prepare`'s report at the same commit (reports/prepare.json, tracked in git, so the
+    experiment commit holds it). A report that records its own count wins. None when
+    neither has it (an older experiment): the leaderboard then uses the point value.
+    """
+    if isinstance(report.get("val_count"), int):
+        return report["val_count"]
+    try:
+        prepare = json.loads(git("show", f"{rev}:reports/prepare.json", cwd=root))
+    except Exception:  # no prepare report at that commit, or not JSON
+        return None
+    n = (prepare.get("sizes") or {}).get("val")
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def read_metrics(root: Path, rev: str, stage: str) -> dict:
     report = json.loads(git("show", f"{rev}:reports/{stage}.json", cwd=root))
-    return {k: report[k] for k in METRIC_KEYS}
+    out = {k: report[k] for k in REPORT_KEYS}
+    n = val_count(root, rev, report)
+    acc = out["val_accuracy"]
+    out["val_count"] = n
+    out["val_correct"] = None if n is None or acc is None else round(acc * n)
+    return out
 
 
 def read_run_record(folder: Path, stage: str) -> dict:

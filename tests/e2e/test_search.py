@@ -134,7 +134,9 @@ def test_leaderboard_ranks_on_val_accuracy_and_marks_the_pareto_fronts():
 
 def test_budgets_and_the_latency_score_change_the_recommendation():
     board = leaderboard(RECORDS, SearchParams(max_flops=3_000_000))
-    assert board["recommended"] == "b" and board["rows"][0]["budget"] == ["5,000,000 FLOPs > max_flops 3,000,000"]
+    # the recommended row comes first; the over-budget a follows by objective
+    assert board["recommended"] == "b" and [r["name"] for r in board["rows"]] == ["b", "a", "c", "d", "e"]
+    assert board["rows"][1]["budget"] == ["5,000,000 FLOPs > max_flops 3,000,000"]
     # score = val - 0.2 x p50 ms: b (0.985 - 0.010) beats a (0.990 - 0.016)
     assert leaderboard(RECORDS, SearchParams(objective="score", latency_weight=0.2))["recommended"] == "b"
     assert leaderboard(RECORDS, SearchParams(max_params=10))["recommended"] is None
@@ -145,8 +147,9 @@ def test_budgets_and_the_latency_score_change_the_recommendation():
 def test_exact_ties_prefer_the_cheaper_then_the_current_structure():
     tied = [rec("x", 0.98, 2_000_000, 0.05, act="elu"), rec("y", 0.98, 2_000_000, 0.05, act="relu")]
     board = leaderboard(tied, SearchParams(), current=tied[1]["structure"])
-    assert board["recommended"] == "y"
-    assert "tied with the runner-up x" in markdown(board, SearchParams())
+    assert board["recommended"] == "y" and board["runner_up"] == "x"
+    assert ("tied on val accuracy with x (equal; no val count for a 95% interval); the structure "
+            "params.yaml already holds") in markdown(board, SearchParams())
 
 
 def test_apply_structure_writes_only_the_chosen_keys_and_keeps_comments(tmp_path):
