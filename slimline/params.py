@@ -378,8 +378,15 @@ class EvaluateParams(Section):
     require_selection: bool = Field(False, description="Fail the stage when no variant meets every "
                                                        "budget; false ships no model and records why.")
     threads: int = Field(1, ge=1, description="ONNX Runtime and torch threads for timing.")
-    warmup: int = Field(20, ge=0, description="Untimed runs before timing each variant.")
-    repeats: int = Field(200, ge=10, description="Timed runs per variant; the p50 is over these.")
+    warmup: int = Field(20, ge=0, description="Untimed runs of each variant before the first round.")
+    repeats: int = Field(200, ge=10, description="Timed runs per variant and round; a round's p50 is over "
+                                                 "these.")
+    rounds: int = Field(5, ge=5, description="Timing rounds; in each, the variants take turns in blocks of "
+                                             "calls. Every round's p50 is kept, and one variant beats another "
+                                             "only in 4 of 5 rounds.")
+    latency_margin: float = Field(
+        0.10, ge=0, lt=1, description="Relative p50 lead a variant needs, round by round, to beat another; "
+                                      "variants the fastest does not beat tie, and fewer bytes decide.")
 
 
 class GateParams(Section):

@@ -1,8 +1,16 @@
 """Measure every ONNX variant the same way: accuracy, bytes, FLOPs, ORT and torch latency.
 
-Every model gets the same ONNX Runtime options, thread count and warm-up. Latency is
-measured in two rounds in opposite orders (the best p50 of the two counts), since a
-shared machine is noisy and a burst of noise should not decide the winner.
+Latency is timed like a careful benchmark, because the selection rests on it:
+- `rounds` rounds; within each, the variants take turns in short blocks of calls,
+  alternating direction, so that every variant meets the machine's slow spells alike
+  (time_rounds); every round's p50 is kept, and the selection compares variants
+  round by round;
+- the same session options for every file, and torch timed only after all of it
+  (its thread pool must not be awake while ONNX Runtime is timed);
+- the runtime floor, a one-op graph on the same input under the same options, is
+  timed in the same rounds: a model's p50 as a multiple of it says how much latency
+  is left to win at all.
+benchmarks/evaluate_timing.py compares these p50s with fresh-process timings.
 """
 from __future__ import annotations
 
@@ -21,12 +29,17 @@ from slimline.evaluation.selection import wilson_ci
 from slimline.model import count_flops, count_params, load_model
 from slimline.numerics import cpu_info
 
+FLOOR = "runtime floor"  # the one-op graph's name among the timed entries
+BLOCK, REWARM = 20, 2  # timed calls per turn of a variant within a round, untimed ones before them
+
 
 def hardware(threads: int) -> dict:
     import onnxruntime
 
-    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__, "python": platform.python_version(),
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "cpu_vendor": cpu["vendor"], "isa": cpu["isa"], "cores": os.cpu_count(),
+            "threads": threads, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -43,42 +56,85 @@ def torch_latency_ms(model, shape, warmup: int, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def measure(entries, onnx_dir: Path, prep, cfg) -> list[dict]:
+def time_rounds(files: dict[str, Path | None], shape, cfg, block: int = BLOCK,
+                rewarm: int = REWARM) -> dict[str, dict[str, list[float]]]:
+    """{name: {"p50": [per round], "p95": [...], "p99": [...]}} at batch 1. A None file is
+    the runtime floor.
+
+    A round cycles through every variant in blocks of `block` timed calls (after
+    `rewarm` untimed ones: the first call after a switch finds cold caches), reversing
+    the order each cycle, until each has `repeats` calls. So every variant's calls are
+    spread over the whole round: a slow spell of the machine, which lasts from
+    milliseconds to seconds, lands on all of them alike instead of on whichever
+    variant was being timed, and round-by-round comparisons stay fair.
+    """
+    names = list(files)
+    sessions = {n: ox.floor_session(shape, cfg.threads) if p is None else ox.session(p, cfg.threads)
+                for n, p in files.items()}
+    for n in names:  # warm every session up once, before any round
+        ox.timings(sessions[n], shape, batch=1, warmup=cfg.warmup, repeats=1)
+    out = {n: {"p50": [], "p95": [], "p99": []} for n in names}
+    for r in range(cfg.rounds):
+        got = {n: [] for n in names}
+        cycle = 0
+        while len(got[names[0]]) < cfg.repeats:
+            for n in names if (r + cycle) % 2 == 0 else names[::-1]:
+                k = min(block, cfg.repeats - len(got[n]))
+                got[n].append(ox.timings(sessions[n], shape, batch=1, warmup=rewarm, repeats=k))
+            cycle += 1
+        for n in names:
+            p50, p95, p99 = np.percentile(np.concatenate(got[n]) * 1e3, [50, 95, 99])
+            out[n]["p50"].append(float(p50))
+            out[n]["p95"].append(float(p95))
+            out[n]["p99"].append(float(p99))
+    return out
+
+
+def median(xs) -> float:
+    return float(np.median(xs))
+
+
+def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
+    """(variant records, floor record {"p50_ms", "p50_ms_rounds"})."""
     (x_val, y_val), (x_test, y_test) = prep.splits["val"], prep.splits["test"]
     x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
     shape = prep.input_shape
-    sessions = {e["name"]: ox.session(onnx_dir / e["file"], threads=cfg.threads) for e in entries}
-    p50 = {e["name"]: [] for e in entries}
-    p95 = {e["name"]: [] for e in entries}
-    for order in (entries, entries[::-1]):  # two rounds, opposite orders
-        for e in order:
-            lat = ox.latency_ms(sessions[e["name"]], shape, batch=1, warmup=cfg.warmup, repeats=cfg.repeats)
-            p50[e["name"]].append(lat["p50"])
-            p95[e["name"]].append(lat["p95"])
-    # Each torch source backs up to four ONNX variants: load and count it once.
-    sources = {}
-    for d in dict.fromkeys(e["source_dir"] for e in entries):
-        model, _ = load_model(d)
-        sources[d] = (model, count_params(model), sparsity(model)[0])
+    # Latency first, with nothing else loaded yet: no torch model, no other session.
+    timed = time_rounds({FLOOR: None} | {e["name"]: onnx_dir / e["file"] for e in entries}, shape, cfg)
+    floor_ms = median(timed[FLOOR]["p50"])
     variants = []
     for e in entries:
-        name, sess, path = e["name"], sessions[e["name"]], onnx_dir / e["file"]
+        name, path = e["name"], onnx_dir / e["file"]
+        sess = ox.session(path, threads=cfg.threads)
         val_correct = int((ox.predict(sess, x_val).argmax(1) == y_val).sum())
         test_correct = int((ox.predict(sess, x_test).argmax(1) == y_test).sum())
-        model, params, nonzero = sources[e["source_dir"]]
         data = path.read_bytes()
-        best = int(np.argmin(p50[name]))
-        fp32 = e["quantization"] == "fp32"
+        t = timed[name]
         variants.append({
             "name": name, "source": e["source"], "quantization": e["quantization"],
             "accuracy": test_correct / len(y_test), "accuracy_ci95": list(wilson_ci(test_correct, len(y_test))),
-            "val_accuracy": val_correct / len(y_val), "params": params, "nonzero_params": nonzero,
+            "val_accuracy": val_correct / len(y_val), "val_ci95": list(wilson_ci(val_correct, len(y_val))),
+            "test_n": len(y_test), "val_n": len(y_val),
             "bytes": len(data), "gzip_bytes": len(gzip.compress(data, mtime=0)),
-            "flops": count_flops(model, shape) if fp32 else None,
-            "ort_p50_ms_b1": p50[name][best], "ort_p95_ms_b1": p95[name][best],
+            "ort_p50_ms_b1": median(t["p50"]), "ort_p95_ms_b1": median(t["p95"]),
+            "ort_p99_ms_b1": median(t["p99"]), "ort_p50_ms_b1_rounds": t["p50"],
+            "floor_multiple": median(t["p50"]) / floor_ms,
             "ort_throughput_b256": ox.throughput(sess, shape, batch=256),
-            "torch_p50_ms_b1": torch_latency_ms(model, shape, cfg.warmup, cfg.repeats) if fp32 else None,
             "agreement_with_fp32": e["agreement"],
         })
-    return variants
-
+        del sess
+    # torch last: each source backs up to four ONNX variants, so load and count it once.
+    sources = {}
+    for d in dict.fromkeys(e["source_dir"] for e in entries):
+        model, _ = load_model(d)
+        sources[d] = {"params": count_params(model), "nonzero_params": sparsity(model)[0],
+                      "flops": count_flops(model, shape),
+                      "torch_p50_ms_b1": torch_latency_ms(model, shape, cfg.warmup, cfg.repeats)}
+    for e, v in zip(entries, variants):
+        src = sources[e["source_dir"]]
+        fp32 = e["quantization"] == "fp32"
+        # FLOPs are the source network's (a quantized form does the same operations);
+        # torch latency is the fp32 network's, so only fp32 rows carry it.
+        v.update(params=src["params"], nonzero_params=src["nonzero_params"], flops=src["flops"],
+                 torch_p50_ms_b1=src["torch_p50_ms_b1"] if fp32 else None)
+    return variants, {"p50_ms": floor_ms, "p50_ms_rounds": timed[FLOOR]["p50"]}

@@ -1,35 +1,56 @@
 """evaluate's headline numbers (evaluate_summary.json) and its markdown report."""
 from __future__ import annotations
 
+from slimline.evaluation.selection import Selection, ratio_range, wins_needed
 from slimline.params import EvaluateParams
 from slimline.stage import markdown_table
 
 COLUMNS = ["name", "val_accuracy", "accuracy", "bytes", "gzip_bytes", "params", "nonzero_params", "flops",
-           "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_throughput_b256", "torch_p50_ms_b1", "within_budget"]
+           "ort_p50_ms_b1", "ort_p95_ms_b1", "floor_multiple", "ort_throughput_b256", "torch_p50_ms_b1",
+           "within_budget"]
 
 
-def summary(base: dict, chosen: dict | None) -> dict:
-    """The chosen variant against the baseline: the ratios a reader wants first."""
-    out = {"selected": chosen["name"] if chosen else None}
+def change(drop_pt: float) -> str:
+    """A drop as a signed change: 0.4 -> "-0.40", 0 -> "+0.00" (never "-0.00")."""
+    return f"{0.0 - drop_pt:+.2f}"
+
+
+def summary(base: dict, chosen: dict | None, sel: Selection) -> dict:
+    """The chosen variant against the baseline: the ratios a reader wants first, the
+    latency ratio with its range over the timing rounds."""
+    out = {"selected": chosen["name"] if chosen else None, "why": sel.why}
     if chosen:
-        out.update(size_ratio=base["bytes"] / chosen["bytes"],
-                   latency_ratio=base["ort_p50_ms_b1"] / chosen["ort_p50_ms_b1"],
+        ratio, lo, hi = ratio_range(base, chosen)
+        out.update(size_ratio=base["bytes"] / chosen["bytes"], latency_ratio=ratio,
+                   latency_ratio_range=[lo, hi],
                    accuracy_drop_pt=(base["accuracy"] - chosen["accuracy"]) * 100,
                    val_accuracy_drop_pt=(base["val_accuracy"] - chosen["val_accuracy"]) * 100,
-                   accuracy=chosen["accuracy"], bytes=chosen["bytes"], ort_p50_ms_b1=chosen["ort_p50_ms_b1"])
+                   accuracy=chosen["accuracy"], bytes=chosen["bytes"], ort_p50_ms_b1=chosen["ort_p50_ms_b1"],
+                   floor_multiple=chosen["floor_multiple"], tied_with=sel.tied[1:], runner_up=sel.runner_up)
     return out
 
 
 def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, why: str) -> str:
-    rows = [{c: v[c] for c in COLUMNS} | {"ci95": f"{v['accuracy_ci95'][0]:.3f}-{v['accuracy_ci95'][1]:.3f}"}
+    rows = [{c: v[c] for c in COLUMNS} | {"ci95": f"{v['accuracy_ci95'][0]:.3f}-{v['accuracy_ci95'][1]:.3f}",
+                                          "speedup": f"{v['latency_ratio']:.2f}x [{v['latency_ratio_range'][0]:.2f}, "
+                                                     f"{v['latency_ratio_range'][1]:.2f}]"}
             for v in variants]
-    head = (f"**Selected: `{summ['selected']}`**: {summ['size_ratio']:.1f}x smaller and "
-            f"{summ['latency_ratio']:.2f}x lower ORT batch-1 p50 latency than the fp32 baseline; "
-            f"accuracy change against it {-summ['accuracy_drop_pt']:+.2f} pt on test, "
-            f"{-summ['val_accuracy_drop_pt']:+.2f} pt on val.") if summ["selected"] else \
-        f"**No variant selected.** {why}"
+    if summ["selected"]:
+        lo, hi = summ["latency_ratio_range"]
+        head = (f"**Selected: `{summ['selected']}`** ({summ['why']}): {summ['size_ratio']:.1f}x smaller and "
+                f"{summ['latency_ratio']:.2f}x [{lo:.2f}, {hi:.2f} over rounds] lower ORT batch-1 p50 latency "
+                f"than the fp32 baseline, {summ['floor_multiple']:.1f}x the runtime floor; accuracy change "
+                f"against it {change(summ['accuracy_drop_pt'])} pt on test, {change(summ['val_accuracy_drop_pt'])} "
+                f"pt on val.")
+    else:
+        head = f"**No variant selected.** {why}"
     return (f"## evaluate\n\n{head}\n\nObjective `{cfg.objective}`, budgets: val accuracy drop <= "
             f"{cfg.max_accuracy_drop * 100:.2f} pt, max_bytes {cfg.max_bytes}, max_p50_ms {cfg.max_p50_ms}. "
             f"Selection uses val accuracy; `accuracy` is test (with 95% CI). Latencies: ONNX Runtime, "
-            f"{cfg.threads} thread(s), {hw['cpu']}; comparable only on the same hardware.\n\n"
-            f"{markdown_table(rows)}\n\nPareto plots: `reports/pareto_latency.png`, `reports/pareto_bytes.png`.\n")
+            f"{cfg.threads} thread(s), {hw['cpu']}; comparable only on the same hardware. Each p50 is the "
+            f"median over {cfg.rounds} rounds (in each, the variants take turns in blocks of calls); one "
+            f"variant beats another only when "
+            f"faster by more than {cfg.latency_margin:.0%} in {wins_needed(cfg.rounds)} of them. Runtime floor "
+            f"(a one-op graph, same options): {hw['floor_p50_ms'] * 1e3:.1f} us; `floor_multiple` is each "
+            f"p50 over it.\n\n{markdown_table(rows)}\n\nPareto plots: `reports/pareto_latency.png`, "
+            f"`reports/pareto_bytes.png`. Model card: `models/ship/MODEL_CARD.md`.\n")

@@ -7,6 +7,7 @@ accuracy is only reported (choosing on the test set would inflate it).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from slimline.params import EvaluateParams
 
@@ -48,11 +49,79 @@ def budget_failures(v: dict, base: dict, cfg: EvaluateParams) -> list[str]:
     return why
 
 
-def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> tuple[str | None, dict[str, list[str]]]:
-    """(selected name or None, {name: reasons it does not qualify}).
+def rounds_of(v: dict) -> list[float]:
+    """Every round's p50 (a record from before rounds were kept: its one p50)."""
+    return v.get("ort_p50_ms_b1_rounds") or [v["ort_p50_ms_b1"]]
 
-    Among the variants within every budget, the best on the objective; ties
-    break on the other measure, then on name, so the choice is deterministic.
+
+def wins_needed(n_rounds: int) -> int:
+    """Rounds one variant must win to beat another: 4 of 5, so one bad round never decides."""
+    return max(1, math.ceil(0.8 * n_rounds))
+
+
+def beats(a: dict, b: dict, margin: float) -> bool:
+    """a is faster than b: b's p50 exceeds a's by more than `margin` (relative) in at
+    least 4 of 5 rounds (rounds are paired: timed back to back in the same pass)."""
+    ra, rb = rounds_of(a), rounds_of(b)
+    if len(ra) != len(rb):  # not timed together: only the medians compare
+        ra, rb = [v_median(a)], [v_median(b)]
+    return sum(y > x * (1 + margin) for x, y in zip(ra, rb)) >= wins_needed(len(ra))
+
+
+def v_median(v: dict) -> float:
+    xs = sorted(rounds_of(v))
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def ratio_range(num: dict, den: dict) -> tuple[float, float, float]:
+    """num's p50 over den's: (ratio of the medians, lowest and highest per-round ratio)."""
+    rn, rd = rounds_of(num), rounds_of(den)
+    per = [x / y for x, y in zip(rn, rd)] if len(rn) == len(rd) else [v_median(num) / v_median(den)]
+    return v_median(num) / v_median(den), min(per), max(per)
+
+
+class Selection(NamedTuple):
+    name: str | None  # the variant to ship; None when none meets every budget
+    failures: dict[str, list[str]]  # {variant: why it misses a budget}; [] where it qualifies
+    tied: list[str]  # the variants the winner tied with on the objective (winner first)
+    runner_up: str | None
+    why: str  # one line: why the winner won
+
+
+def _tie_break(v: dict) -> tuple:
+    # fewer bytes, higher val accuracy, fp32 before a quantized form, name
+    return v["bytes"], -v["val_accuracy"], v["quantization"] != "fp32", v["name"]
+
+
+def _latency_tied(pool: list[dict], margin: float) -> tuple[dict, list[dict]]:
+    """(fastest by median p50, every variant it does not beat). Comparing pairs is not
+    transitive, so the tied set is taken against that one variant, never by sorting."""
+    fastest = min(pool, key=lambda v: (v_median(v), v["name"]))
+    return fastest, [v for v in pool if v is fastest or not beats(fastest, v, margin)]
+
+
+def _reason(winner: dict, others: list[dict]) -> str:
+    """What decided between the winner and the variants it tied with."""
+    keys = [("fewer bytes", lambda v: v["bytes"]), ("higher val accuracy", lambda v: -v["val_accuracy"]),
+            ("fp32 before a quantized form", lambda v: v["quantization"] != "fp32")]
+    rest = list(others)
+    for text, key in keys:
+        if all(key(winner) < key(o) for o in rest):
+            return text
+        rest = [o for o in rest if key(o) == key(winner)]
+    return "the same bytes, val accuracy and form: by name"
+
+
+def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> Selection:
+    """The variant to ship, by a rule that timing noise cannot flip.
+
+    objective latency: among the variants within every budget, F* has the lowest
+    median p50; the tied set is every variant F* does not beat (see `beats`); within
+    it the winner has fewer bytes, then higher val accuracy, then fp32 before a
+    quantized form, then the first name. objective size swaps the roles: the tied set
+    is the variants with the fewest bytes (bytes are exact), and among them latency
+    decides by the same rounds rule, then val accuracy, fp32, name.
     """
     by_name = {v["name"]: v for v in variants}
     if baseline not in by_name:
@@ -61,9 +130,47 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> tuple[st
     failures = {v["name"]: budget_failures(v, base, cfg) for v in variants}
     eligible = [v for v in variants if not failures[v["name"]]]
     if not eligible:
-        return None, failures
+        return Selection(None, failures, [], None, "no variant meets every budget")
+    margin = cfg.latency_margin
     if cfg.objective == "latency":
-        key = lambda v: (v["ort_p50_ms_b1"], v["bytes"], v["name"])  # noqa: E731
+        _, tied = _latency_tied(eligible, margin)
+        winner = min(tied, key=_tie_break)
+        others = [v for v in tied if v is not winner]
+        in_tie = {v["name"] for v in tied}
+        rest = sorted((v for v in eligible if v["name"] not in in_tie), key=lambda v: (v_median(v), v["name"]))
+        if others:
+            runner = min(others, key=_tie_break)
+            n = len(rounds_of(winner))
+            why = (f"tie on latency with {', '.join(o['name'] for o in sorted(others, key=_tie_break))} "
+                   f"(the fastest is not {margin:.0%} faster than any of them in {wins_needed(n)} of {n} "
+                   f"rounds); {_reason(winner, others)}")
+        elif rest:
+            runner = rest[0]
+            r, lo, hi = ratio_range(runner, winner)
+            why = f"faster by {r:.2f}x [{lo:.2f}, {hi:.2f}] than the runner-up {runner['name']}"
+        else:
+            runner, why = None, "the only variant within every budget"
     else:
-        key = lambda v: (v["bytes"], v["ort_p50_ms_b1"], v["name"])  # noqa: E731
-    return min(eligible, key=key)["name"], failures
+        fewest = min(v["bytes"] for v in eligible)
+        same = [v for v in eligible if v["bytes"] == fewest]
+        fastest, tied = _latency_tied(same, margin)
+        key = lambda v: (-v["val_accuracy"], v["quantization"] != "fp32", v["name"])  # noqa: E731
+        winner = fastest if len(tied) == 1 else min(tied, key=key)
+        others = [v for v in same if v is not winner]
+        rest = sorted((v for v in eligible if v["bytes"] > fewest), key=lambda v: (v["bytes"], v["name"]))
+        if others:
+            runner = min(others, key=lambda v: (v_median(v), v["name"]))
+            if len(tied) == 1:
+                r, lo, hi = ratio_range(runner, winner)
+                how = f"faster by {r:.2f}x [{lo:.2f}, {hi:.2f}] than {runner['name']}"
+            else:
+                how = _reason(winner, [o for o in tied if o is not winner])
+            why = f"tie on bytes with {', '.join(o['name'] for o in others)}; {how}"
+        elif rest:
+            runner = rest[0]
+            why = f"{runner['bytes'] / winner['bytes']:.2f}x fewer bytes than the runner-up {runner['name']}"
+        else:
+            runner, why = None, "the only variant within every budget"
+        tied = same
+    tied_names = [winner["name"]] + [v["name"] for v in tied if v is not winner]
+    return Selection(winner["name"], failures, tied_names, runner["name"] if runner else None, why)

@@ -174,11 +174,19 @@ def test_predict_is_independent_of_batch_size(files):
 def test_timing_helpers_return_sensible_numbers(files):
     for path in (files["fp32"], ot.session(files["static"])):
         lat = ot.latency_ms(path, SHAPE, warmup=2, repeats=20)
-        assert set(lat) == {"p50", "p95", "mean"}
+        assert set(lat) == {"p50", "p95", "p99", "mean"}
         assert all(math.isfinite(v) and v > 0 for v in lat.values())
-        assert lat["p50"] <= lat["p95"]
+        assert lat["p50"] <= lat["p95"] <= lat["p99"]
         tput = ot.throughput(path, SHAPE, batch=32, warmup=1, repeats=3)
         assert math.isfinite(tput) and tput > 0
+
+
+def test_runtime_floor_is_one_op_on_the_model_input():
+    sess = ot.floor_session(SHAPE)
+    assert [i.shape for i in sess.get_inputs()] == [["batch", *SHAPE]]
+    x = np.random.default_rng(0).uniform(-1, 1, (2, *SHAPE)).astype(np.float32)
+    assert np.array_equal(ot.predict(sess, x).reshape(x.shape), np.maximum(x, 0))  # Relu
+    assert ot.latency_ms(sess, SHAPE, warmup=2, repeats=20)["p50"] > 0
 
 
 @pytest.mark.parametrize("content", [None, b"this is not an onnx model"])
@@ -219,13 +227,13 @@ def test_checked_logits_refuses_an_export_that_does_not_match_torch(tmp_path):
 def test_throughput_makes_fewer_calls_for_a_slow_model(trained, files, monkeypatch):
     """Batch-256 timing adapts its call count to the model's cost: at least 3 timed calls."""
     calls = []
-    real = ot._timings
+    real = ot.timings
 
     def counting(sess, shape, batch, warmup, repeats):
         calls.append((warmup, repeats))
         return real(sess, shape, batch, warmup, repeats)
 
-    monkeypatch.setattr(ot, "_timings", counting)
+    monkeypatch.setattr(ot, "timings", counting)
     assert ot.throughput(files["fp32"], SHAPE, batch=8) > 0
     assert calls == [(0, 1), (2, 10)]  # a fast model: 3 warm-up calls, 10 timed, as always
     calls.clear()

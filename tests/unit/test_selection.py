@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 
 from slimline.params import EvaluateParams
-from slimline.evaluation.selection import budget_failures, pareto_front, select, wilson_ci
+from slimline.evaluation.selection import beats, budget_failures, pareto_front, ratio_range, select, wilson_ci
 
 
-def V(name, val, acc=None, size=1000, p50=1.0):
-    return {"name": name, "val_accuracy": val, "accuracy": val if acc is None else acc,
-            "bytes": size, "ort_p50_ms_b1": p50}
+def V(name, val, acc=None, size=1000, p50=1.0, quant="fp32", rounds=None):
+    return {"name": name, "val_accuracy": val, "accuracy": val if acc is None else acc, "quantization": quant,
+            "bytes": size, "ort_p50_ms_b1": p50 if rounds is None else float(np.median(rounds)),
+            **({"ort_p50_ms_b1_rounds": list(rounds)} if rounds is not None else {})}
 
 
 VARIANTS = [
@@ -22,14 +24,14 @@ VARIANTS = [
 
 
 def test_objective_latency_picks_fastest_within_budget():
-    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(objective="latency"))
+    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(objective="latency"))[:2]
     assert chosen == "fast"
     assert set(failures) == {v["name"] for v in VARIANTS}
     assert all(f == [] for f in failures.values())
 
 
 def test_objective_size_picks_smallest_within_budget():
-    chosen, _ = select(VARIANTS, "baseline", EvaluateParams(objective="size"))
+    chosen = select(VARIANTS, "baseline", EvaluateParams(objective="size")).name
     assert chosen == "small"
 
 
@@ -38,7 +40,7 @@ def test_accuracy_drop_is_judged_on_val_not_test():
     # accuracy is 1 pt below the baseline's: it must not be chosen.
     variants = VARIANTS + [V("cheat", 0.970, acc=0.999, size=1_000, p50=0.05)]
     for objective, want in (("latency", "fast"), ("size", "small")):
-        chosen, failures = select(variants, "baseline", EvaluateParams(objective=objective))
+        chosen, failures = select(variants, "baseline", EvaluateParams(objective=objective))[:2]
         assert chosen == want
         assert len(failures["cheat"]) == 1
         assert "pt" in failures["cheat"][0] and "val" in failures["cheat"][0]
@@ -59,21 +61,21 @@ def test_accuracy_drop_budget_is_a_fraction_and_inclusive():
 
 def test_max_bytes_and_max_p50_exclusions():
     cfg = EvaluateParams(objective="size", max_bytes=25_000, max_p50_ms=0.35)
-    chosen, failures = select(VARIANTS, "baseline", cfg)
+    chosen, failures = select(VARIANTS, "baseline", cfg)[:2]
     assert chosen == "mid"  # small is too slow, fast too big, baseline both
     assert len(failures["small"]) == 1 and "max_p50_ms" in failures["small"][0]
     assert len(failures["fast"]) == 1 and "max_bytes" in failures["fast"][0]
     assert len(failures["baseline"]) == 2
     assert failures["mid"] == []
     # exactly at the limits still qualifies
-    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(max_bytes=30_000, max_p50_ms=0.20))
+    chosen, failures = select(VARIANTS, "baseline", EvaluateParams(max_bytes=30_000, max_p50_ms=0.20))[:2]
     assert chosen == "fast" and failures["fast"] == []
 
 
 def test_nothing_qualifies_returns_none_with_reasons_for_each():
     variants = VARIANTS + [V("bad", 0.90, size=500, p50=0.01)]
     cfg = EvaluateParams(max_bytes=5_000, max_p50_ms=0.1)
-    chosen, failures = select(variants, "baseline", cfg)
+    chosen, failures = select(variants, "baseline", cfg)[:2]
     assert chosen is None
     assert set(failures) == {v["name"] for v in variants}
     assert all(failures[n] for n in failures), failures
@@ -86,15 +88,91 @@ def test_tie_break_is_deterministic():
             V("b", 0.98, size=5_000, p50=0.5), V("a", 0.98, size=5_000, p50=0.5),
             V("c", 0.98, size=4_000, p50=0.5)]
     # latency ties break on bytes, then on name
-    assert select(tied, "baseline", EvaluateParams(objective="latency"))[0] == "c"
-    assert select(tied[:3], "baseline", EvaluateParams(objective="latency"))[0] == "a"
-    assert select(tied[:3][::-1], "baseline", EvaluateParams(objective="latency"))[0] == "a"
+    assert select(tied, "baseline", EvaluateParams(objective="latency")).name == "c"
+    assert select(tied[:3], "baseline", EvaluateParams(objective="latency")).name == "a"
+    assert select(tied[:3][::-1], "baseline", EvaluateParams(objective="latency")).name == "a"
     # size ties break on latency, then on name
     size_tied = [V("baseline", 0.98, size=9_000, p50=1.0),
                  V("z", 0.98, size=5_000, p50=0.3), V("y", 0.98, size=5_000, p50=0.4),
                  V("x", 0.98, size=5_000, p50=0.4)]
-    assert select(size_tied, "baseline", EvaluateParams(objective="size"))[0] == "z"
-    assert select(size_tied[:1] + size_tied[2:], "baseline", EvaluateParams(objective="size"))[0] == "x"
+    assert select(size_tied, "baseline", EvaluateParams(objective="size")).name == "z"
+    assert select(size_tied[:1] + size_tied[2:], "baseline", EvaluateParams(objective="size")).name == "x"
+
+
+def noisy_rounds(true_ms: float, rng, rounds: int = 5, calls: int = 200) -> list[float]:
+    """Per-round p50s as a shared machine gives them: every call +/-30% at random, and one
+    round of the five caught in a burst that slows every call in it by 30%."""
+    burst = rng.integers(rounds)
+    return [float(np.median(true_ms * rng.uniform(0.7, 1.3, calls) * (1.3 if r == burst else 1.0)))
+            for r in range(rounds)]
+
+
+def noisy(truth: dict, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [V(name, 0.98, size=size, quant=quant, rounds=noisy_rounds(ms, rng))
+            for name, (ms, size, quant) in truth.items()]
+
+
+def test_large_differences_keep_one_choice_under_noise():
+    truth = {"baseline": (1.00, 900_000, "fp32"), "prune_layer": (0.80, 140_000, "fp32"),
+             "student.int8_static": (0.50, 23_000, "static"), "student": (0.25, 59_000, "fp32")}
+    picks = {select(noisy(truth, seed), "baseline", EvaluateParams()).name for seed in range(20)}
+    assert picks == {"student"}  # 2x faster than the next: smaller files do not matter
+    sel = select(noisy(truth, 0), "baseline", EvaluateParams())
+    assert sel.tied == ["student"] and sel.runner_up == "student.int8_static"
+    assert sel.why.startswith("faster by ") and "than the runner-up student.int8_static" in sel.why
+
+
+def test_near_equal_latencies_tie_and_fewer_bytes_decide_under_noise():
+    truth = {"baseline": (1.00, 900_000, "fp32"), "student": (0.250, 59_000, "fp32"),
+             "student.fp16": (0.255, 31_000, "fp16"), "student.int8_dynamic": (0.2575, 22_000, "dynamic")}
+    for seed in range(20):
+        sel = select(noisy(truth, seed), "baseline", EvaluateParams())
+        assert sel.name == "student.int8_dynamic", (seed, sel)
+        assert set(sel.tied) == {"student", "student.fp16", "student.int8_dynamic"}
+        assert sel.why.startswith("tie on latency with ") and sel.why.endswith("fewer bytes")
+
+
+def test_selection_does_not_depend_on_record_order():
+    # a ties b and b ties c, but a beats c: a comparator sort could flip on order
+    variants = [V("baseline", 0.98, size=9_000, rounds=[2.0] * 5),
+                V("a", 0.98, size=3_000, rounds=[1.00] * 5), V("b", 0.98, size=2_000, rounds=[1.08] * 5),
+                V("c", 0.98, size=1_000, rounds=[1.16] * 5)]
+    assert not beats(variants[1], variants[2], 0.10) and not beats(variants[2], variants[3], 0.10)
+    assert beats(variants[1], variants[3], 0.10)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        order = [variants[i] for i in rng.permutation(4)]
+        sel = select(order, "baseline", EvaluateParams())
+        assert sel.name == "b" and sel.tied == ["b", "a"]  # fastest a ties b only; b has fewer bytes
+
+
+def test_one_slow_round_never_decides_and_ratios_carry_their_range():
+    fast = V("fast", 0.98, size=5_000, rounds=[1.0, 1.0, 1.0, 1.0, 1.0])
+    # slower by 20% in two rounds and caught in a burst in a third: 3 of 5, not a win
+    other = V("other", 0.98, size=4_000, rounds=[1.2, 1.2, 1.0, 1.0, 2.0])
+    assert not beats(fast, other, 0.10)
+    assert beats(fast, V("slow", 0.98, rounds=[1.2, 1.2, 1.2, 1.2, 0.9]), 0.10)  # 4 of 5
+    base = V("baseline", 0.98, size=9_000, rounds=[4.0, 4.4, 3.6, 4.0, 4.0])
+    assert ratio_range(base, fast) == (4.0, 3.6, 4.4)
+    sel = select([base, fast, other], "baseline", EvaluateParams())
+    assert sel.name == "other" and sel.why == ("tie on latency with fast (the fastest is not 10% faster than any "
+                                               "of them in 4 of 5 rounds); fewer bytes")
+    # the margin is a param: at 0 every p50 lead counts
+    assert not beats(fast, other, 0.25) and beats(fast, V("s", 0.98, rounds=[1.01] * 4 + [0.5]), 0.0)
+
+
+def test_ties_on_bytes_and_latency_go_to_val_accuracy_then_fp32():
+    base = V("baseline", 0.98, size=9_000, rounds=[2.0] * 5)
+    same = [V("q", 0.985, size=5_000, quant="static", rounds=[1.0] * 5),
+            V("f", 0.985, size=5_000, rounds=[1.02] * 5), V("g", 0.990, size=5_000, quant="fp16", rounds=[1.01] * 5)]
+    sel = select([base, *same], "baseline", EvaluateParams())
+    assert sel.name == "g" and sel.why.endswith("higher val accuracy")
+    sel = select([base, *same[:2]], "baseline", EvaluateParams())
+    assert sel.name == "f" and sel.why.endswith("fp32 before a quantized form")
+    # objective size: the fewest bytes tie here, then the same rules on latency
+    sel = select([base, *same], "baseline", EvaluateParams(objective="size"))
+    assert sel.name == "g" and sel.why.startswith("tie on bytes with ")
 
 
 def test_unknown_baseline_raises_value_error():
