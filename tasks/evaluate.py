@@ -17,18 +17,21 @@ import torch
 
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
+from slimline.evaluation.card import lineage, render
 from slimline.evaluation.measure import hardware, measure
 from slimline.evaluation.plots import pareto_plot
 from slimline.evaluation.report import markdown, summary
-from slimline.evaluation.selection import pareto_front, select
-from slimline.evaluation.ship import write_ship
+from slimline.evaluation.selection import pareto_front, ratio_range, select, wins_needed
+from slimline.evaluation.ship import git_commit, write_ship
 from slimline.io import write_json
 from slimline.params import Params
 from slimline.stage import main, write_report
 
 BASELINE = "baseline"
 
-SECTIONS = ("evaluate",)  # the params it reads: dvc.yaml's `params` for this stage
+# The params it reads (dvc.yaml's `params` for this stage): its own, and those of every
+# stage before it, which the model card cites as the params that made the shipped model.
+SECTIONS = ("evaluate", "data", "baseline", "train", "student", "distill", "prune", "quantize")
 
 
 def evaluate(params: Params, args: argparse.Namespace) -> None:
@@ -39,33 +42,43 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     quant_manifest = json.loads(manifest_path.read_text())
     torch.set_num_threads(cfg.threads)
     prep = load_prepared(args.data)
-    variants = measure(quant_manifest["variants"], args.onnx, prep, cfg)
-    selected, failures = select(variants, BASELINE, cfg)
+    variants, floor = measure(quant_manifest["variants"], args.onnx, prep, cfg)
+    sel = select(variants, BASELINE, cfg)
     for cost in ("ort_p50_ms_b1", "bytes"):
         front = pareto_front(variants, cost)
         for v in variants:
             v[f"pareto_{'latency' if cost.startswith('ort') else 'bytes'}"] = v["name"] in front
+    base = next(v for v in variants if v["name"] == BASELINE)
     for v in variants:
-        v["within_budget"] = not failures[v["name"]]
-        v["budget_misses"] = failures[v["name"]]
-    hw = hardware(cfg.threads)
-    by = {v["name"]: v for v in variants}
-    base, chosen = by[BASELINE], by.get(selected)
+        v["within_budget"] = not sel.failures[v["name"]]
+        v["budget_misses"] = sel.failures[v["name"]]
+        # speed-up over the baseline: ratio of the median p50s, and its range over the rounds
+        ratio, lo, hi = ratio_range(base, v)
+        v["latency_ratio"], v["latency_ratio_range"] = ratio, [lo, hi]
+    hw = hardware(cfg.threads) | {"floor_p50_ms": floor["p50_ms"], "floor_p50_ms_rounds": floor["p50_ms_rounds"]}
+    chosen = next((v for v in variants if v["name"] == sel.name), None)
     why = "" if chosen else "no variant meets every budget: " + "; ".join(
-        f"{n}: {', '.join(f)}" for n, f in failures.items() if f)
+        f"{n}: {', '.join(f)}" for n, f in sel.failures.items() if f)
     if chosen is None and cfg.require_selection:  # before writing: keep the last good bundle
         raise StageError(f"evaluate.require_selection is true and {why}")
-    report = {"baseline": BASELINE, "selected": selected, "variants": variants, "hardware": hw}
-    summ = summary(base, chosen)
+    summ = summary(base, chosen, sel)
+    report = {"baseline": BASELINE, "selected": sel.name, "variants": variants, "hardware": hw,
+              "selection": summ | {"objective": cfg.objective, "latency_margin": cfg.latency_margin,
+                                   "rounds": cfg.rounds, "wins_needed": wins_needed(cfg.rounds)}}
+    if chosen:
+        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
+        report["lineage"] = lineage(chosen, entry, params, args.data, args.onnx, Path("models"), prep.meta,
+                                    git_commit(), quant_manifest.get("calibration"))
     reports = Path("reports")
-    pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png", selected)
-    pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", selected)
-    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why)
+    pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png", sel.name)
+    pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
+    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report) if chosen else None)
     write_json(reports / "evaluate_summary.json", summ)
     md = markdown(cfg, variants, summ, hw, why)
     write_report("evaluate", report, md)
-    print(f"evaluate: selected {selected}" + (f" ({summ['size_ratio']:.1f}x smaller, "
-                                             f"{summ['latency_ratio']:.2f}x faster)" if chosen else ""), flush=True)
+    print(f"evaluate: selected {sel.name}" + (f" ({summ['size_ratio']:.1f}x smaller, "
+                                              f"{summ['latency_ratio']:.2f}x faster; {sel.why})"
+                                              if chosen else ""), flush=True)
 
 
 def _args(p: argparse.ArgumentParser) -> None:

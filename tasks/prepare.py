@@ -44,7 +44,9 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
             "num_classes": num_classes, "mean": mean, "std": std, "counts": counts,
             "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped,
             **source_meta,  # image folders: class names, channels, size (predict applies them)
-            **({"normalize": cfg.normalize.model_dump()} if cfg.normalize else {})}
+            **({"normalize": cfg.normalize.model_dump()} if cfg.normalize else {}),
+            # the checks this data passed, kept with it: the model card cites them
+            "checks": [{"name": c.name, "message": c.message} for c in report.checks]}
     save_prepared(Prepared(splits=splits, meta=meta), args.out)
 
     rows = [{"split": k, "images": len(v[1]), **{f"class {c}": counts[k][str(c)]

@@ -18,13 +18,15 @@ def git_commit() -> str | None:
 
 
 def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: dict, prep, hw: dict,
-               why: str) -> None:
+               why: str, card: str | None = None) -> None:
     with atomic_dir(ship) as tmp:
         if chosen is None:
             write_json(tmp / "manifest.json", {"selected": None, "reason": why})
             return
         entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
         (tmp / "model.onnx").write_bytes((onnx_dir / entry["file"]).read_bytes())
+        if card is not None:
+            (tmp / "MODEL_CARD.md").write_text(card)
         # An image folder's class names; label k otherwise.
         write_json(tmp / "labels.json", prep.meta.get("classes") or [str(i) for i in range(prep.num_classes)])
         write_json(tmp / "manifest.json", {
@@ -38,6 +40,7 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
             "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
                              **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
-                                               "ort_p50_ms_b1", "ort_throughput_b256")},
+                                               "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_p99_ms_b1",
+                                               "ort_throughput_b256")},
             "hardware": hw, "onnxruntime": hw["onnxruntime"], "git_commit": git_commit()})
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, copy_project, dvc, update_params
+from conftest import ROOT, TINY, copy_project, dvc, numbers_not_in, update_params
 
 
 def lock_outs(root):
@@ -51,7 +51,7 @@ REQUIRED = {"name", "accuracy", "params", "nonzero_params", "bytes", "gzip_bytes
 
 def test_evaluate_json_schema(tiny_pipeline):
     report = json.loads((tiny_pipeline / "reports/evaluate.json").read_text())
-    assert set(report) == {"baseline", "selected", "variants", "hardware"}
+    assert {"baseline", "selected", "variants", "hardware", "selection"} <= set(report)
     assert report["baseline"] == "baseline"
     names = [v["name"] for v in report["variants"]]
     assert len(names) == len(set(names))
@@ -64,10 +64,20 @@ def test_evaluate_json_schema(tiny_pipeline):
         assert REQUIRED <= set(v), REQUIRED - set(v)
         assert 0 <= v["accuracy"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
         assert v["bytes"] == (tiny_pipeline / "models/onnx" / f"{v['name']}.onnx").stat().st_size
-        assert v["ort_p50_ms_b1"] > 0 and v["ort_p95_ms_b1"] >= v["ort_p50_ms_b1"]
-        fp32 = v["quantization"] == "fp32"
-        assert (v["flops"] is not None) == fp32 and (v["torch_p50_ms_b1"] is not None) == fp32
-    assert {"cpu", "cores", "threads", "onnxruntime", "torch", "gpu"} <= set(report["hardware"])
+        assert v["ort_p50_ms_b1"] > 0 and v["ort_p99_ms_b1"] >= v["ort_p95_ms_b1"] >= v["ort_p50_ms_b1"]
+        rounds = v["ort_p50_ms_b1_rounds"]  # every round kept; the p50 is their median
+        assert len(rounds) == 5 and v["ort_p50_ms_b1"] == sorted(rounds)[2]
+        assert v["floor_multiple"] == v["ort_p50_ms_b1"] / report["hardware"]["floor_p50_ms"]
+        assert v["flops"] > 0  # a quantized form does its fp32 source's operations
+        assert (v["torch_p50_ms_b1"] is not None) == (v["quantization"] == "fp32")
+    hw = report["hardware"]
+    assert {"cpu", "isa", "cores", "threads", "onnxruntime", "torch", "gpu"} <= set(hw)
+    assert 0 < hw["floor_p50_ms"] and len(hw["floor_p50_ms_rounds"]) == 5
+    sel = report["selection"]
+    assert sel["selected"] == report["selected"] and sel["why"]
+    if report["selected"]:
+        lo, hi = sel["latency_ratio_range"]
+        assert lo <= sel["latency_ratio"] <= hi
     pruned = {v["name"]: v for v in report["variants"]}["prune_unstructured"]
     assert pruned["nonzero_params"] < 0.5 * pruned["params"]  # 75% of weights gone
 
@@ -95,6 +105,19 @@ def test_ship_bundle_matches_its_torch_source(tiny_pipeline):
     agree = (ours == ref).mean()
     # a quantized variant ships only if it passed quantize.min_agreement against its source
     assert agree == 1.0 if entry["quantization"] == "fp32" else agree >= TINY["quantize"]["min_agreement"]
+
+
+def test_model_card_cites_only_evaluate_json_and_dvc_hashes(tiny_pipeline):
+    report = json.loads((tiny_pipeline / "reports/evaluate.json").read_text())
+    card = (tiny_pipeline / "models/ship/MODEL_CARD.md").read_text()
+    assert card.startswith(f"# Model card: `{report['selected']}`")
+    assert numbers_not_in(card, report) == []
+    # the lineage hashes are DVC's own: the same as dvc.lock's for those outputs
+    outs = lock_outs(tiny_pipeline)
+    lin = report["lineage"]
+    for item in [lin["data"], *lin["models"]]:
+        assert outs[item["path"]] == item["md5"], item
+        assert f"`{item['path']}` md5 `{item['md5']}`" in card
 
 
 def test_second_repro_runs_nothing(pipeline_copy):

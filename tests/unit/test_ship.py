@@ -38,7 +38,8 @@ def exported(tmp_path_factory):
 
 
 CHOSEN = {"name": "m", "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "val_accuracy": 0.6, "bytes": 1234,
-          "ort_p50_ms_b1": 0.01, "ort_throughput_b256": 1e5, "params": 1, "quantization": "fp32"}
+          "ort_p50_ms_b1": 0.01, "ort_p95_ms_b1": 0.012, "ort_p99_ms_b1": 0.02, "ort_throughput_b256": 1e5,
+          "params": 1, "quantization": "fp32"}
 HW = {"cpu": "test cpu", "cores": 1, "threads": 1, "onnxruntime": "x.y.z", "torch": "t", "python": "p",
       "gpu": None}
 
@@ -49,7 +50,7 @@ def ship(exported, tmp_path_factory):
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path_factory.mktemp("ship") / "ship"
-    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="")
+    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="", card="# Model card: `m`\n")
     return out
 
 
@@ -60,7 +61,8 @@ def _torch_top1(model, x):
 
 def test_ship_bundle_files_and_manifest(ship, exported):
     _, onnx_dir, _, _ = exported
-    assert sorted(p.name for p in ship.iterdir()) == ["labels.json", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in ship.iterdir()) == ["MODEL_CARD.md", "labels.json", "manifest.json", "model.onnx"]
+    assert (ship / "MODEL_CARD.md").read_text() == "# Model card: `m`\n"  # inside the atomic bundle
     assert (ship / "model.onnx").read_bytes() == (onnx_dir / "m.onnx").read_bytes()
     assert json.loads((ship / "labels.json").read_text()) == ["0", "1", "2"]
     m = json.loads((ship / "manifest.json").read_text())
@@ -68,7 +70,8 @@ def test_ship_bundle_files_and_manifest(ship, exported):
     assert m["quantization"] == {"kind": "fp32"}  # calibration settings belong to static int8 only
     assert m["input"]["shape"] == ["batch", 1, 8, 8] and m["input"]["dtype"] == "float32"
     assert m["metrics"] == {k: CHOSEN[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
-                                                   "ort_p50_ms_b1", "ort_throughput_b256")}
+                                                   "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_p99_ms_b1",
+                                                   "ort_throughput_b256")}
     assert m["hardware"] == HW and m["onnxruntime"] == "x.y.z"
     assert "git_commit" in m
     assert m["git_commit"] is None or isinstance(m["git_commit"], str)

@@ -1,0 +1,200 @@
+"""The model card shipped with the selected model: models/ship/MODEL_CARD.md.
+
+Two halves: `lineage()` gathers what the card cites that evaluate did not measure
+(content hashes, params, data facts, what compression was done) into evaluate.json,
+and `render()` writes the card from evaluate.json alone, so every number in the card
+is one the report holds (tests/unit/test_card.py checks exactly that).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from slimline.evaluation.report import change
+
+# The params sections each kind of source was made with, in pipeline order.
+BASE_SECTIONS = ["data", "baseline", "train"]
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_md5(folder: Path) -> str:
+    """A folder's content hash as DVC computes it (the `md5` dvc.lock records for an
+    output folder): md5 of the sorted JSON listing of (relpath, file md5), plus `.dir`.
+    A reader can match the card against dvc.lock and the DVC cache."""
+    entries = [{"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
+               for p in sorted(folder.rglob("*")) if p.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def path_of(source: str, params) -> tuple[list[str], list[str], list[str]]:
+    """(model folders under models/, params sections, compression steps) on the way to
+    the fp32 network `source` (a name from quantize's manifest)."""
+    if source == "baseline":
+        return ["baseline"], list(BASE_SECTIONS), []
+    if source == "student":
+        d = params.distill
+        return (["baseline", "student"], BASE_SECTIONS + ["student", "distill"],
+                [f"knowledge distillation from the baseline (Hinton logit KD, temperature {d.temperature:g}, "
+                 f"alpha {d.alpha:g}) into a smaller student"])
+    if source == "student_scratch":
+        return (["student_scratch"], ["data", "student", "train", "distill"],
+                ["a smaller student trained from scratch, without KD (the distillation ablation)"])
+    if source.startswith("prune_"):
+        p = params.prune
+        models, sections, steps = path_of(p.source, params)
+        method = source.removeprefix("prune_")
+        what = {"unstructured": f"{p.amount:.0%} of the weights zeroed (magnitude)",
+                "structured": f"{p.amount:.0%} of the channels removed (Torch-Pruning)",
+                "layer": f"{p.layers_to_remove} layer(s) removed"}.get(method, method)
+        teacher = ["baseline"] if p.distill and "baseline" not in models else []
+        return (teacher + models + [f"pruned/{method}"], sections + ["prune"],
+                steps + [f"pruning `{method}` of the {p.source}: {what}, in {p.steps} step(s) with "
+                         f"{p.finetune_epochs} fine-tuning epoch(s) each"
+                         + (" under KD from the baseline" if p.distill else "")])
+    raise ValueError(f"unknown source {source!r}: no lineage rule for it")
+
+
+def lineage(chosen: dict, entry: dict, params, data_dir: Path, onnx_dir: Path, models_dir: Path,
+            meta: dict, commit: str | None, calibration: dict | None) -> dict:
+    """What the card cites about how the chosen variant came to be, hashed from the
+    folders evaluate reads (dvc.lock is not one of its deps)."""
+    models, sections, steps = path_of(chosen["source"], params)
+    quant = chosen["quantization"]
+    if quant != "fp32":
+        sections = sections + ["quantize"]
+        steps = steps + [{"dynamic": "int8 dynamic quantization (ONNX Runtime): int8 weights, "
+                                     "activations quantized per call",
+                          "static": "int8 static quantization (ONNX Runtime, QDQ, per-channel weights), "
+                                    "activation ranges from calibration",
+                          "fp16": "fp16 weights and activations"}.get(quant, quant)]
+    dumped = params.model_dump(mode="json")
+    return {
+        "commit": commit,
+        "command": (f"git checkout {commit.removesuffix('-dirty')} && dvc pull && dvc repro evaluate"
+                    if commit else "dvc repro evaluate"),
+        "data": {"path": data_dir.as_posix(), "md5": dir_md5(data_dir)},
+        "models": [{"path": (models_dir / m).as_posix(), "md5": dir_md5(models_dir / m)} for m in models],
+        "onnx": {"path": (onnx_dir / entry["file"]).as_posix(), "md5": file_md5(onnx_dir / entry["file"])},
+        "params": {s: dumped[s] for s in dict.fromkeys(sections)},
+        "compression": steps or ["none: the fp32 baseline as trained"],
+        "calibration": calibration if quant == "static" else None,
+        "classes": meta.get("classes") or [str(i) for i in range(int(meta["num_classes"]))],
+        "sizes": meta["sizes"],
+        "checks": meta.get("checks", []),
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _isa(flags: list[str]) -> str:
+    has = set(flags)
+    marks = {"AVX2": "avx2" in has, "AVX512": any(f.startswith("avx512") for f in has),
+             "VNNI": bool(has & {"avx512_vnni", "avx_vnni", "avx512vnni"}),
+             "AMX": any(f.startswith("amx") for f in has)}
+    return ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in marks.items())
+
+
+def render(report: dict) -> str:
+    """MODEL_CARD.md from evaluate.json's content (report): numbers come from it only."""
+    by = {v["name"]: v for v in report["variants"]}
+    sel, base, hw = report["selection"], by[report["baseline"]], report["hardware"]
+    if report["selected"] is None:
+        return f"# Model card\n\nNo model shipped: {sel['why']}.\n"
+    v, lin = by[report["selected"]], report["lineage"]
+    lo, hi = sel["latency_ratio_range"]
+    params_yaml = "\n".join(f"{s}: {json.dumps(p, sort_keys=True)}" for s, p in lin["params"].items())
+    order = ["train", "val", "test"]  # meta.json keeps its keys sorted
+    sizes = ", ".join(f"{k} {lin['sizes'][k]:,}" for k in sorted(lin["sizes"], key=lambda k: (
+        order.index(k) if k in order else len(order), k)))
+    c = lin["commit"] or ""
+    commit = ("unknown (not a git checkout)" if not c else f"`{c.removesuffix('-dirty')}`"
+              + (" plus uncommitted changes (a pipeline run writes dvc.lock only after the stage)"
+                 if c.endswith("-dirty") else ""))
+    checks = "\n".join(f"- `{c['name']}`: {c['message']}" for c in lin["checks"]) or \
+        "- (the data predates recorded checks)"
+    cal = lin.get("calibration")
+    cal_line = (f" Calibration: {cal['batches']} batch(es) of {cal['batch_size']} training images, "
+                f"min/max ranges.\n" if cal else "\n")
+    rows = [
+        ("test accuracy (CI95)", f"{_pct(v['accuracy'])} {_ci(v['accuracy_ci95'])}",
+         f"{_pct(base['accuracy'])} {_ci(base['accuracy_ci95'])}"),
+        ("val accuracy (CI95)", f"{_pct(v['val_accuracy'])} {_ci(v['val_ci95'])}",
+         f"{_pct(base['val_accuracy'])} {_ci(base['val_ci95'])}"),
+        ("file bytes", f"{v['bytes']:,}", f"{base['bytes']:,}"),
+        ("FLOPs per image", f"{v['flops']:,}", f"{base['flops']:,}"),
+        ("ORT p50 / p95 / p99, b1 (ms)", f"{v['ort_p50_ms_b1']:.4f} / {v['ort_p95_ms_b1']:.4f} / "
+                                         f"{v['ort_p99_ms_b1']:.4f}",
+         f"{base['ort_p50_ms_b1']:.4f} / {base['ort_p95_ms_b1']:.4f} / {base['ort_p99_ms_b1']:.4f}"),
+        ("ORT throughput, b256 (images/s)", f"{v['ort_throughput_b256']:,.0f}",
+         f"{base['ort_throughput_b256']:,.0f}"),
+        ("p50 over the runtime floor", f"{v['floor_multiple']:.2f}x", f"{base['floor_multiple']:.2f}x"),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    return f"""# Model card: `{v['name']}`
+
+The model in this folder (`model.onnx`, labels in `labels.json`, input in `manifest.json`),
+chosen by the `evaluate` stage: {sel['why']}. The full comparison of every variant is in
+`reports/evaluate.md`.
+
+## Lineage
+- Commit: {commit}
+- Reproduce: `{lin['command']}`
+- Data: `{lin['data']['path']}` md5 `{lin['data']['md5']}`
+{chr(10).join(f"- Model: `{m['path']}` md5 `{m['md5']}`" for m in lin['models'])}
+- Shipped file: `{lin['onnx']['path']}` md5 `{lin['onnx']['md5']}`
+
+The hashes are DVC's: they match the `md5` of these outputs in `dvc.lock` and name them in
+the DVC cache. The params that made it, by section:
+
+```yaml
+{params_yaml}
+```
+
+## Data
+Classes: {', '.join(f'`{c}`' for c in lin['classes'])}. Split sizes: {sizes}.
+Checks passed before anything trained (Great Expectations):
+{checks}
+
+## Metrics
+| metric | shipped `{v['name']}` | baseline `{base['name']}` |
+|---|---|---|
+{table}
+
+Against the baseline: **{sel['size_ratio']:.2f}x fewer bytes**, **{sel['latency_ratio']:.2f}x lower
+p50** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation accuracy
+{change(sel['val_accuracy_drop_pt'])} pt, test accuracy {change(sel['accuracy_drop_pt'])} pt.
+Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
+
+## Compression
+{chr(10).join(f'- {s}' for s in lin['compression'])}
+- Format: `{v['quantization']}`.{cal_line}
+## Hardware
+Measured on {hw['cpu']} ({hw['cores']} cores, {hw['threads']} ONNX Runtime thread(s)),
+ONNX Runtime {hw['onnxruntime']}. ISA: {_isa(hw['isa'])} (flags: {', '.join(hw['isa']) or 'unknown'}).
+
+## Limits
+- Latency and throughput hold for this CPU model and thread count only. int8 kernels
+  differ most between CPUs: the same int8 model can be faster, slower, or less accurate
+  elsewhere (VNNI and AMX change the kernels; accuracy of one QDQ network has been
+  reported several points apart on two CPU families). Re-run `evaluate` on the target.
+- The p50 is the median of {sel['rounds']} rounds, the variants taking turns in each; one beats another only
+  when faster by more than {sel['latency_margin']:.0%} in {sel['wins_needed']} of them.
+- Accuracy is measured on the held-out splits of this data only ({sizes}); the intervals
+  (CI95) are Wilson score intervals, and say nothing about data from elsewhere.
+- Selection used validation accuracy; test accuracy was not looked at to choose.
+"""

@@ -1,0 +1,85 @@
+"""The model card: rendered from evaluate.json alone, lineage rules per kind of source."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import numbers_not_in
+from slimline.evaluation.card import _isa, path_of, render
+from slimline.params import Params
+
+
+def variant(name, quant, acc, p50, size):
+    return {"name": name, "source": name.split(".")[0], "quantization": quant, "accuracy": acc,
+            "accuracy_ci95": [acc - 0.011, acc + 0.007], "val_accuracy": acc + 0.004,
+            "val_ci95": [acc - 0.013, acc + 0.012], "bytes": size, "flops": 402_368,
+            "ort_p50_ms_b1": p50, "ort_p95_ms_b1": p50 * 1.21, "ort_p99_ms_b1": p50 * 1.87,
+            "ort_p50_ms_b1_rounds": [p50 * f for f in (1.0, 1.1, 0.97, 1.02, 0.99)],
+            "ort_throughput_b256": 123_456.7, "floor_multiple": p50 / 0.0061}
+
+
+REPORT = {
+    "baseline": "baseline", "selected": "student.int8_static",
+    "variants": [variant("baseline", "fp32", 0.984, 0.0682, 901_875),
+                 variant("student.int8_static", "static", 0.979, 0.0304, 23_088)],
+    "hardware": {"cpu": "Some CPU 9000X", "cores": 2, "threads": 1, "onnxruntime": "1.32.0",
+                 "isa": ["avx2", "avx512_vnni", "avx512f", "fma"], "floor_p50_ms": 0.0061},
+    "selection": {"selected": "student.int8_static", "why": "faster by 2.24x [2.01, 2.47] than the runner-up b",
+                  "size_ratio": 39.06, "latency_ratio": 2.243, "latency_ratio_range": [2.01, 2.47],
+                  "accuracy_drop_pt": 0.5, "val_accuracy_drop_pt": 0.3, "latency_margin": 0.1, "rounds": 5,
+                  "wins_needed": 4},
+    "lineage": {"commit": "0123abc" * 5 + "12345", "command": "git checkout 0123abc && dvc pull && dvc repro evaluate",
+                "data": {"path": "data/prepared", "md5": "9f0e1d2c3b4a59687766554433221100.dir"},
+                "models": [{"path": "models/baseline", "md5": "11111111111111111111111111111111.dir"},
+                           {"path": "models/student", "md5": "22222222222222222222222222222222.dir"}],
+                "onnx": {"path": "models/onnx/student.int8_static.onnx", "md5": "33333333333333333333333333333333"},
+                "params": {"distill": {"temperature": 4.0, "alpha": 0.5}},
+                "compression": ["knowledge distillation (temperature 4, alpha 0.5)", "int8 static"],
+                "calibration": {"batches": 8, "batch_size": 32},
+                "classes": ["0", "1", "2"], "sizes": {"train": 3500, "val": 500, "test": 1000},
+                "checks": [{"name": "row_count", "message": "5000 images; at least 100 required"}]},
+}
+
+
+def test_every_number_in_the_card_is_one_evaluate_json_holds():
+    card = render(REPORT)
+    assert numbers_not_in(card, REPORT) == []
+    for text in ("# Model card: `student.int8_static`", "39.06x fewer bytes", "2.24x lower",
+                 "[2.01, 2.47]", "97.90%", "0.0304 / 0.0368 / 0.0568", "123,457", "4.98x",
+                 "AVX2 yes, AVX512 yes, VNNI yes, AMX no", "8 batch(es) of 32", "`row_count`",
+                 "train 3,500", "md5 `22222222222222222222222222222222.dir`", '"temperature": 4.0'):
+        assert text in card, text
+    # the check is not vacuous: a number the report lacks is caught
+    assert numbers_not_in(card.replace("39.06x", "41.00x"), REPORT) == ["41.00"]
+
+
+def test_no_selection_gives_a_card_that_says_why():
+    report = dict(REPORT, selected=None, selection={"why": "no variant meets every budget"})
+    assert render(report) == "# Model card\n\nNo model shipped: no variant meets every budget.\n"
+
+
+def test_isa_names_the_kernel_families():
+    assert _isa(["avx", "avx2", "fma"]) == "AVX2 yes, AVX512 no, VNNI no, AMX no"
+    assert _isa(["avx_vnni", "amx_tile"]) == "AVX2 no, AVX512 no, VNNI yes, AMX yes"
+
+
+@pytest.mark.parametrize("source, models, sections, kd", [
+    ("baseline", ["baseline"], ["data", "baseline", "train"], False),
+    ("student", ["baseline", "student"], ["data", "baseline", "train", "student", "distill"], True),
+    ("student_scratch", ["student_scratch"], ["data", "student", "train", "distill"], False),
+    ("prune_structured", ["baseline", "pruned/structured"], ["data", "baseline", "train", "prune"], False),
+])
+def test_lineage_follows_the_source_back_to_the_data(source, models, sections, kd):
+    got_models, got_sections, steps = path_of(source, Params())
+    assert (got_models, got_sections) == (models, sections)
+    assert any("knowledge distillation" in s for s in steps) == kd
+    if source.startswith("prune_"):
+        assert "75% of the channels removed" in steps[-1] and "under KD from the baseline" in steps[-1]
+
+
+def test_pruned_student_lineage_keeps_the_teacher_once():
+    params = Params.model_validate({"prune": {"source": "student"}})
+    models, _, steps = path_of("prune_layer", params)
+    assert models == ["baseline", "student", "pruned/layer"]
+    assert len(steps) == 2 and "pruning `layer` of the student" in steps[1]
+    with pytest.raises(ValueError, match="no lineage rule"):
+        path_of("mystery", params)
