@@ -33,7 +33,7 @@ from flows.gate import regression_gate
 from flows.overrides import apply as apply_overrides
 from flows.overrides import validate as validate_overrides
 from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
-from flows.reports import (Progress, publish_gate, publish_pareto, publish_skipped, publish_stage,
+from flows.reports import (Progress, publish_gate, publish_evaluate, publish_skipped, publish_stage,
                            publish_summary)
 from flows.workspace import workspace_slot
 from slimline.s3 import LOCKED, explain_dvc_failure, is_transient
@@ -278,8 +278,8 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
     logger = get_run_logger()
     start = len(results)
     if any(r["stage"] == "evaluate" and r["outcome"] != SKIPPED for r in results):
-        # push=False: nothing goes to the remote, the report links neither
-        publish_pareto(root_path, prefix,
+        # charts and model card; push=False: nothing goes to the remote, the report links neither
+        publish_evaluate(root_path, prefix,
                        upload_evaluate(root_path, remote, logger) if push is not False else None)
     experiment = None
     if save_experiment if save_experiment is not None else bool(deployment.id):

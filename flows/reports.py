@@ -1,12 +1,13 @@
 """Turn each stage's reports/<stage>.json and .md into Prefect artifacts."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 from pathlib import Path
 
-from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
+from prefect.artifacts import (create_markdown_artifact,
                                create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
@@ -210,21 +211,32 @@ def publish_gate(verdict, prefix: str) -> None:
                              description=f"regression gate {state}")
 
 
-def publish_pareto(root: Path, prefix: str, urls: dict[str, str] | None) -> None:
-    """The Pareto chart as an image artifact when the reports were uploaded (an image
-    artifact needs a URL); otherwise say where the PNG is."""
-    png = root / "reports" / "pareto_latency.png"
-    if urls and png.name in urls:
-        create_image_artifact(image_url=urls[png.name], key=artifact_key(prefix, "evaluate", "pareto"),
-                              description="accuracy vs ORT batch-1 latency (presigned link)")
+def inline_png(path: Path, alt: str) -> str:
+    """A markdown image with the PNG inside it (a data: URI): the dashboard shows it
+    with no remote and no file server, and it outlives any presigned link."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def publish_evaluate(root: Path, prefix: str, urls: dict[str, str] | None) -> None:
+    """evaluate's pictures and model card, as dashboard artifacts: the two Pareto charts
+    inline (`<prefix>-evaluate-pareto`), the model card of the shipped model
+    (`<prefix>-model-card`), and, when the reports were uploaded, presigned links to
+    the files (`<prefix>-evaluate-links`)."""
+    charts = [(root / "reports" / f"pareto_{cost}.png", f"accuracy vs {what}")
+              for cost, what in (("latency", "ORT batch-1 p50 latency"), ("bytes", "file size"))]
+    shown = [f"### {alt}\n\n{inline_png(png, alt)}" for png, alt in charts if png.exists()]
+    if shown:
+        create_markdown_artifact(
+            key=artifact_key(prefix, "evaluate", "pareto"),
+            markdown="# Pareto charts\n\nBlue: the Pareto front; red: the selected variant. Files: "
+                     + ", ".join(f"`reports/{png.name}`" for png, _ in charts) + "\n\n" + "\n\n".join(shown) + "\n",
+            description="accuracy vs latency and vs bytes, every variant")
+    card = root / "models" / "ship" / "MODEL_CARD.md"
+    if card.exists():
+        create_markdown_artifact(key=artifact_key(prefix, "model", "card"), markdown=card.read_text(),
+                                 description="the shipped model's card (models/ship/MODEL_CARD.md)")
+    if urls:
         links = "\n".join(f"- [{name}]({url})" for name, url in sorted(urls.items()))
         create_markdown_artifact(key=artifact_key(prefix, "evaluate", "links"),
                                  markdown=f"# Evaluate report files\n\n{links}\n",
                                  description="presigned links to this run's evaluate report")
-    elif png.exists():
-        create_markdown_artifact(
-            key=artifact_key(prefix, "evaluate", "pareto"),
-            markdown=(f"# Pareto chart\n\nThe chart is at [{png.name}]({png.as_uri()}) on the machine "
-                      f"that ran this flow (`dvc plots show` renders it). Configure an S3 DVC remote "
-                      f"to see it here: the run uploads it and links a presigned URL."),
-            description="where the Pareto chart is")

@@ -223,7 +223,7 @@ def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_r
     found = artifacts_of(manual_run.id)
     keys = {"manual-prepare-report", "manual-train-baseline-report", "manual-evaluate-report",
             "manual-evaluate-metrics", "manual-regression-gate", "manual-pipeline-summary",
-            "manual-evaluate-pareto"}
+            "manual-evaluate-pareto", "manual-model-card"}
     assert keys <= set(found), keys - set(found)
     evaluate = found["manual-evaluate-report"].data
     assert "# evaluate: ran" in evaluate and "Commit `" in evaluate and "DVC md5" in evaluate
@@ -232,8 +232,10 @@ def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_r
     logs = "\n".join(sorted((team["base"]).glob("worker-cpu-*.log"))[0].read_text().splitlines()[-400:])
     assert "restored from run cache" in found["manual-prepare-report"].data, logs
     assert "passed" in found["manual-regression-gate"].data
-    # no remote here: the Pareto artifact says where the chart is
-    assert "pareto_latency.png" in found["manual-evaluate-pareto"].data
+    # no remote here: the charts travel inside the artifact
+    assert "](data:image/png;base64," in found["manual-evaluate-pareto"].data
+    card = found["manual-model-card"].data
+    assert card.startswith("# Model card: `") and "## Lineage" in card and "## Limits" in card
 
 
 def test_artifact_is_visible_through_the_rest_api(team, manual_run):
@@ -278,7 +280,8 @@ def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    art = artifacts_of(manual_run.id)["manual-evaluate-report"]
+    found = artifacts_of(manual_run.id)
+    art, pareto = found["manual-evaluate-report"], found["manual-evaluate-pareto"]
     ui = team["server"].url.removesuffix("/api")
     report = json.loads((team["base"] / "workspaces" / "manual" / "reports" / "evaluate.json").read_text())
     with sync_playwright() as pw:
@@ -291,9 +294,17 @@ def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_
             if report.get("selected"):
                 page.get_by_text(report["selected"]).first.wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "evaluate-artifact.png"), full_page=True)
+            # the Pareto charts show without any remote: inline images that the page decodes
+            page.goto(f"{ui}/artifacts/artifact/{pareto.id}", wait_until="domcontentloaded", timeout=120_000)
+            img = page.locator("img[src^='data:image/png']").first
+            img.wait_for(state="attached", timeout=60_000)
+            page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(),
+                                   timeout=30_000)
+            width = img.evaluate("el => el.naturalWidth")
         finally:
             browser.close()
     assert (tmp_path / "evaluate-artifact.png").stat().st_size > 10_000
+    assert width == 770  # pareto_plot's 7 in at 110 dpi: the whole chart arrived
 
 
 def test_two_triggers_run_one_after_the_other(team):

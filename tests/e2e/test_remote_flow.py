@@ -3,6 +3,8 @@ machine that pulls only what its stages need, and presigned report links."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import urllib.request
 from pathlib import Path
 
@@ -99,10 +101,12 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
                             return_state=True)
         assert state.is_completed(), state.message
         found = artifacts(state.state_details.flow_run_id)
-        image = found["local-evaluate-pareto"]
-        assert image.type == "image"
-        with urllib.request.urlopen(image.data, timeout=30) as resp:
-            assert resp.read() == (fresh / "reports" / "pareto_latency.png").read_bytes()
-        assert "evaluate.md" in found["local-evaluate-links"].data
+        png = (fresh / "reports" / "pareto_latency.png").read_bytes()
+        assert base64.b64encode(png).decode() in found["local-evaluate-pareto"].data  # inline, always
+        links = found["local-evaluate-links"].data
+        assert "evaluate.md" in links
+        url = re.search(r"\[pareto_latency.png\]\((\S+)\)", links).group(1)
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.read() == png
     finally:
         stop(moto)
