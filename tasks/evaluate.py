@@ -3,9 +3,10 @@
     python -m tasks.evaluate --data data/prepared --onnx models/onnx --ship models/ship
                              [--params params.yaml]
 
-Writes reports/evaluate.json ({"baseline", "selected", "variants", "hardware"}),
-evaluate_summary.json, evaluate.md, two Pareto PNGs, and the ship bundle for the
-selected variant in models/ship/ (slimline/evaluation/ holds the how).
+Writes reports/evaluate.json ({"baseline", "selected", "variants", "hardware",
+"selection", "lineage"}), evaluate_summary.json, evaluate.md, two Pareto PNGs, and the
+ship bundle for the selected variant in models/ship/, with its MODEL_CARD.md
+(slimline/evaluation/ holds the how).
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
                                    "rounds": cfg.rounds, "wins_needed": wins_needed(cfg.rounds)}}
     if chosen:
         entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
+        # models/: the folders this stage's dvc.yaml deps name (models/baseline, models/student, ...)
         report["lineage"] = lineage(chosen, entry, params, args.data, args.onnx, Path("models"), prep.meta,
                                     git_commit(), quant_manifest.get("calibration"))
     reports = Path("reports")

@@ -85,7 +85,7 @@ def lineage(chosen: dict, entry: dict, params, data_dir: Path, onnx_dir: Path, m
         "models": [{"path": (models_dir / m).as_posix(), "md5": dir_md5(models_dir / m)} for m in models],
         "onnx": {"path": (onnx_dir / entry["file"]).as_posix(), "md5": file_md5(onnx_dir / entry["file"])},
         "params": {s: dumped[s] for s in dict.fromkeys(sections)},
-        "compression": steps or ["none: the fp32 baseline as trained"],
+        "compression": steps or ["none: the fp32 baseline itself"],
         "calibration": calibration if quant == "static" else None,
         "classes": meta.get("classes") or [str(i) for i in range(int(meta["num_classes"]))],
         "sizes": meta["sizes"],
