@@ -359,6 +359,13 @@ class QuantizeParams(Section):
     min_agreement: float = Field(
         0.99, gt=0, le=1, description="Least top-1 agreement with the fp32 source on the test split; "
                                       "a variant below it is left out.")
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, lt=1, description="Largest val accuracy drop of a variant below its own fp32 source, as "
+                                       "a fraction (0.005 = 0.5 pt); a variant over it is left out, after "
+                                       "static int8 has kept its most sensitive nodes in fp32. Not "
+                                       "evaluate.max_accuracy_drop, which is against the baseline.")
+    max_excluded: int = Field(3, ge=0, description="Most nodes static int8 may keep in fp32 to meet "
+                                                   "max_accuracy_drop; 0: none, a variant over budget is left out.")
     opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 

@@ -4,9 +4,11 @@
 
 For each trained model (baseline, distilled student, scratch student, each
 pruned variant): an fp32 export checked against torch, then the variants in
-quantize.variants (dynamic int8, static int8 QDQ per-channel, fp16). A variant
-whose top-1 predictions agree with its fp32 source on fewer than
-quantize.min_agreement of the test set is left out, with the reason recorded.
+quantize.variants (dynamic int8, static int8 QDQ per-channel, fp16). A variant whose
+val accuracy falls more than quantize.max_accuracy_drop below its fp32 source's, or
+whose top-1 predictions agree with it on fewer than quantize.min_agreement of the
+test set, is left out, with the reason recorded. Static int8 first keeps its most
+sensitive nodes in fp32 to fit (slimline/compress/sensitivity.py).
 models/onnx/manifest.json lists what was written; evaluate reads it.
 """
 from __future__ import annotations
@@ -35,36 +37,60 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
     prep = load_prepared(args.data)
     x_test = prep.splits["test"][0].astype(np.float32)
     calib = calibration_set(prep, cfg)
-    rows, manifest = [], []
+    val = (prep.splits["val"][0].astype(np.float32), prep.splits["val"][1])
+    rows, manifest, sensitivity = [], [], {}
     with atomic_dir(args.out) as tmp:
         for name, folder in find_models(Path(args.models), params.prune.methods).items():
-            entries = make_variants(name, folder, tmp, x_test, calib, cfg)
-            for path, variant, agree in entries:
-                ok = agree is None or agree >= cfg.min_agreement
-                row = {"variant": path.stem, "source": name, "quantization": variant,
+            for e in make_variants(name, folder, tmp, x_test, calib, val, cfg):
+                path, agree = e["path"], e["agreement"]
+                reasons = [e["reason"]] if e["reason"] else []
+                if not reasons and e["val_drop"] > cfg.max_accuracy_drop + 1e-12:
+                    reasons.append(f"val accuracy {e['val_drop'] * 100:.2f} pt below {name} fp32, over "
+                                   f"quantize.max_accuracy_drop {cfg.max_accuracy_drop * 100:.2f} pt")
+                if agree is not None and agree < cfg.min_agreement:
+                    reasons.append(f"top-1 agreement {agree:.4f} with {name} fp32 is below "
+                                   f"quantize.min_agreement {cfg.min_agreement}")
+                row = {"variant": path.stem, "source": name, "quantization": e["variant"],
                        "bytes": path.stat().st_size, "agreement": 1.0 if agree is None else agree,
-                       "passed": ok,
-                       "reason": "" if ok else f"top-1 agreement {agree:.4f} with {name} fp32 is below "
-                                               f"quantize.min_agreement {cfg.min_agreement}"}
+                       "val_drop_pt": e["val_drop"] * 100, "fp32_nodes": len(e["fp32_nodes"]),
+                       "passed": not reasons, "reason": "; ".join(reasons)}
                 rows.append(row)
-                if ok:
+                if e["sensitivity"]:
+                    sensitivity[path.stem] = {"fp32_nodes": e["fp32_nodes"], "nodes": e["sensitivity"]}
+                if not reasons:
                     manifest.append({"name": path.stem, "file": path.name, "source": name,
-                                     "source_dir": str(folder), "quantization": variant,
-                                     "opset": cfg.opset, "agreement": row["agreement"]})
+                                     "source_dir": str(folder), "quantization": e["variant"],
+                                     "opset": cfg.opset, "agreement": row["agreement"],
+                                     # only when some are: manifests of unchanged variants stay byte-identical
+                                     **({"fp32_nodes": e["fp32_nodes"]} if e["fp32_nodes"] else {})})
                 else:
                     path.unlink()  # never handed to evaluate
                     print(f"quantize: {row['variant']} FAILED: {row['reason']}", flush=True)
-                print(f"quantize: {path.stem}: {row['bytes']:,} bytes, agreement {row['agreement']:.4f}",
-                      flush=True)
+                print(f"quantize: {path.stem}: {row['bytes']:,} bytes, agreement {row['agreement']:.4f}, "
+                      f"val {0.0 - row['val_drop_pt']:+.2f} pt", flush=True)
         write_json(tmp / "manifest.json", {"variants": manifest,
                                            "calibration": {"batches": cfg.calibration_batches,
                                                            "batch_size": cfg.calibration_batch_size}})
     failed = [r for r in rows if not r["passed"]]
     md = (f"## quantize\n\n{len(rows) - len(failed)} ONNX models written to `{args.out}` "
-          f"(opset {cfg.opset}); {len(failed)} variant(s) failed the "
-          f"{cfg.min_agreement:.0%} top-1 agreement check.\n\n{markdown_table(rows)}\n")
-    write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed]}, md,
+          f"(opset {cfg.opset}); {len(failed)} variant(s) left out: val accuracy more than "
+          f"{cfg.max_accuracy_drop * 100:.2f} pt below their fp32 source (static int8 first keeps up to "
+          f"{cfg.max_excluded} of its most sensitive nodes in fp32), or top-1 agreement on test below "
+          f"{cfg.min_agreement:.0%}.\n\n{markdown_table(rows)}\n" + sensitivity_md(sensitivity))
+    write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed],
+                              **({"sensitivity": sensitivity} if sensitivity else {})}, md,
                  run=numerics.record(state, "cpu"))
+
+
+def sensitivity_md(sensitivity: dict) -> str:
+    """Per static int8 variant that needed it: each int8 node's val drop when it alone stays fp32."""
+    out = ""
+    for variant, s in sensitivity.items():
+        rows = [{"node": n["node"], "op": n["op"], "val drop if only this stays fp32 (pt)": round(n["val_drop"] * 100, 2),
+                 "kept in fp32": n["node"] in s["fp32_nodes"]} for n in s["nodes"]]
+        out += (f"\n### Sensitivity of `{variant}`\n\nMost sensitive first; {len(s['fp32_nodes'])} node(s) kept "
+                f"in fp32.\n\n{markdown_table(rows)}\n")
+    return out
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -181,7 +181,8 @@ def _float_logits(model: onnx.ModelProto) -> None:
     _prune(model)
 
 
-def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, batch_size: int) -> None:
+def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, batch_size: int,
+                         fp32_nodes: list[str] | tuple = ()) -> None:
     """QDQ int8 with activation ranges from min/max calibration on `calib`.
 
     Weights: int8, symmetric, one scale per output channel (small filters keep
@@ -190,6 +191,10 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, ba
     ReLU folds into the zero point, and U8S8 is ORT's recommended x86 pairing.
     reduce_range stays off: it costs a bit of weight precision and only guards
     against int16 saturation on x86 CPUs without VNNI.
+
+    fp32_nodes: names of nodes (as quant_pre_process names them, the names
+    static_int8_nodes returns) that stay in fp32: the accuracy-aware loop keeps the
+    ones that hurt accuracy most out of int8.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -213,10 +218,28 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, ba
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(model, pre)  # shape inference + basic graph optimisation
         quantize_static(pre, out, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(fp32_nodes))
         result = onnx.load(out)
         _float_logits(result)
     _save(result, dst)
+
+
+def node_ops(path: str | Path) -> list[tuple[str, str]]:
+    """(name, op type) of every node, in graph order."""
+    return [(n.name, n.op_type) for n in _load(path).graph.node]
+
+
+def static_int8_nodes(path: str | Path) -> list[str]:
+    """The nodes of a static int8 (QDQ) model that hold int8 weights (a DequantizeLinear of
+    an initializer feeds them), in graph order: the convs and matmuls where the precision
+    goes. Their names are the ones quantize_static_int8's fp32_nodes takes (the quantizer
+    keeps node names); a node kept in fp32 keeps fp32 weights and is not listed."""
+    model = _load(path)
+    inits = {t.name for t in model.graph.initializer}
+    int8_weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return [n.name for n in model.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and int8_weights & set(n.input)]
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from slimline.compress import onnx_tools as ox
+from slimline.compress.sensitivity import accuracy, static_int8_within_budget
 from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import QuantizeParams
@@ -50,22 +51,34 @@ def calibration_set(prep, cfg) -> np.ndarray:
 
 
 def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib: np.ndarray,
-                  cfg: QuantizeParams) -> list[tuple[Path, str, float | None]]:
-    """Write `name`'s ONNX files into `out`: [(path, variant, top-1 agreement with fp32)],
-    the fp32 export first (agreement None)."""
+                  val: tuple[np.ndarray, np.ndarray], cfg: QuantizeParams) -> list[dict]:
+    """Write `name`'s ONNX files into `out`, the fp32 export first. Per file: {"path",
+    "variant", "agreement" (top-1 with fp32 on test; None for fp32), "val_drop" (val
+    accuracy below fp32's, a fraction), "fp32_nodes" (static int8: nodes kept in fp32),
+    "sensitivity" (static int8, when the budget made it scan), "reason" (why it fails
+    the accuracy budget, "" when it does not)}."""
     model, spec = load_model(folder)
     fp32 = out / f"{name}.onnx"
     ox.export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)
     ref = ox.checked_logits(model, fp32, x_test)
-    entries = [(fp32, "fp32", None)]
-    if name not in FP32_ONLY:
-        for variant in cfg.variants:
-            path = out / f"{name}.{variant if variant == 'fp16' else 'int8_' + variant}.onnx"
-            if variant == "dynamic":
-                ox.quantize_dynamic_int8(fp32, path)
-            elif variant == "static":
-                ox.quantize_static_int8(fp32, path, calib, cfg.calibration_batch_size)
-            else:
-                ox.convert_fp16(fp32, path)
-            entries.append((path, variant, ox.agreement(ox.predict(path, x_test), ref)))
+    x_val, y_val = val
+    ref_val = accuracy(fp32, x_val, y_val)
+    entries = [{"path": fp32, "variant": "fp32", "agreement": None, "val_drop": 0.0, "fp32_nodes": [],
+                "sensitivity": [], "reason": ""}]
+    if name in FP32_ONLY:
+        return entries
+    for variant in cfg.variants:
+        path = out / f"{name}.{variant if variant == 'fp16' else 'int8_' + variant}.onnx"
+        entry = {"path": path, "variant": variant, "fp32_nodes": [], "sensitivity": [], "reason": ""}
+        if variant == "static":
+            got = static_int8_within_budget(fp32, path, calib, cfg.calibration_batch_size, x_val, y_val,
+                                            cfg.max_accuracy_drop, cfg.max_excluded)
+            entry.update(fp32_nodes=got.fp32_nodes, sensitivity=got.sensitivity, reason=got.reason)
+        elif variant == "dynamic":
+            ox.quantize_dynamic_int8(fp32, path)
+        else:
+            ox.convert_fp16(fp32, path)
+        entry.update(agreement=ox.agreement(ox.predict(path, x_test), ref),
+                     val_drop=ref_val - accuracy(path, x_val, y_val))
+        entries.append(entry)
     return entries

@@ -75,7 +75,11 @@ def lineage(chosen: dict, entry: dict, params, data_dir: Path, onnx_dir: Path, m
                                      "activations quantized per call",
                           "static": "int8 static quantization (ONNX Runtime, QDQ, per-channel weights), "
                                     "activation ranges from calibration",
-                          "fp16": "fp16 weights and activations"}.get(quant, quant)]
+                          "fp16": "fp16 weights and activations"}.get(quant, quant)
+                         # accuracy-aware static int8: the nodes it kept out of int8
+                         + (f"; {len(entry['fp32_nodes'])} node(s) kept in fp32 to stay within "
+                            f"quantize.max_accuracy_drop: " + ", ".join(f"`{n}`" for n in entry["fp32_nodes"])
+                            if entry.get("fp32_nodes") else "")]
     dumped = params.model_dump(mode="json")
     return {
         "commit": commit,

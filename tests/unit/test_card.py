@@ -83,3 +83,20 @@ def test_pruned_student_lineage_keeps_the_teacher_once():
     assert len(steps) == 2 and "pruning `layer` of the student" in steps[1]
     with pytest.raises(ValueError, match="no lineage rule"):
         path_of("mystery", params)
+
+
+def test_lineage_names_the_nodes_static_int8_kept_in_fp32(tmp_path):
+    from slimline.evaluation.card import lineage
+
+    for folder in ("data/prepared", "models/baseline", "models/onnx"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.bin").write_bytes(b"x")
+    chosen = {"source": "baseline", "quantization": "static"}
+    entry = {"file": "x.bin", "fp32_nodes": ["/0/0.3/Conv"]}
+    meta = {"num_classes": 2, "sizes": {"train": 4}}
+    lin = lineage(chosen, entry, Params(), tmp_path / "data/prepared", tmp_path / "models/onnx",
+                  tmp_path / "models", meta, "abc", {"batches": 1, "batch_size": 2})
+    assert lin["compression"][-1].endswith("1 node(s) kept in fp32 to stay within quantize.max_accuracy_drop: "
+                                           "`/0/0.3/Conv`")
+    assert lin["calibration"] == {"batches": 1, "batch_size": 2} and lin["classes"] == ["0", "1"]
+    assert set(lin["params"]) == {"data", "baseline", "train", "quantize"}

@@ -1,0 +1,68 @@
+"""Which layers hurt: accuracy-aware static int8.
+
+A static int8 variant that loses more validation accuracy than
+`quantize.max_accuracy_drop` against its own fp32 source is not dropped whole at
+once. Each node that computes in int8 is first tried alone in fp32 (the drop that
+remains then is its sensitivity: the lower, the more that node was costing); the
+most sensitive are then kept in fp32 one at a time, until the variant fits the
+budget or `quantize.max_excluded` nodes are out of int8. Only then is it dropped,
+with the reason.
+
+The ranking sees one node at a time: when two layers each break int8 on their own,
+keeping either one in fp32 recovers nothing, they rank no higher than the rest, and
+the variant is dropped. The scan costs one quantization per int8 node, and runs only
+for a variant that misses its budget.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slimline.compress import onnx_tools as ox
+
+
+@dataclass
+class StaticInt8:
+    fp32_nodes: list[str]  # nodes kept in fp32, in the order they were taken out of int8
+    val_drop: float  # fp32 source's val accuracy minus the variant's, as a fraction, as written
+    ok: bool  # within the budget
+    reason: str = ""  # why not, when not
+    sensitivity: list[dict] = field(default_factory=list)  # [{"node", "op", "val_drop"}], most sensitive first
+
+
+def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(ox.predict(path, x).argmax(1) == y)) if len(y) else 1.0
+
+
+def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_size: int, x_val: np.ndarray,
+                              y_val: np.ndarray, max_drop: float, max_excluded: int) -> StaticInt8:
+    """Write the static int8 form of `fp32` to `dst`, keeping the fewest nodes in fp32
+    that bring its val accuracy within `max_drop` of fp32's (see the module doc)."""
+    ref = accuracy(fp32, x_val, y_val)
+    ox.quantize_static_int8(fp32, dst, calib, batch_size)
+    drop = ref - accuracy(dst, x_val, y_val)
+    if drop <= max_drop + 1e-12:
+        return StaticInt8([], drop, True)
+    ops = dict(ox.node_ops(dst))
+    ranking = []
+    with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        for i, node in enumerate(ox.static_int8_nodes(dst)):
+            ox.quantize_static_int8(fp32, probe, calib, batch_size, fp32_nodes=[node])
+            ranking.append((ref - accuracy(probe, x_val, y_val), i, node))
+    ranking.sort()  # the lowest remaining drop first; ties in graph order
+    sensitivity = [{"node": n, "op": ops.get(n, "?"), "val_drop": d} for d, _, n in ranking]
+    kept: list[str] = []
+    for _, _, node in ranking[:max_excluded]:
+        kept.append(node)
+        ox.quantize_static_int8(fp32, dst, calib, batch_size, fp32_nodes=kept)
+        drop = ref - accuracy(dst, x_val, y_val)
+        if drop <= max_drop + 1e-12:
+            return StaticInt8(kept, drop, True, sensitivity=sensitivity)
+    return StaticInt8(kept, drop, False, (
+        f"int8 static is {drop * 100:.2f} pt below its fp32 source on val with {len(kept)} node(s) kept in "
+        f"fp32{' (' + ', '.join(kept) + ')' if kept else ''}: over quantize.max_accuracy_drop "
+        f"{max_drop * 100:.2f} pt, and quantize.max_excluded {max_excluded} allows no more"), sensitivity)
