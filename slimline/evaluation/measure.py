@@ -75,13 +75,11 @@ def time_rounds(files: dict[str, Path | None], shape, cfg, block: int = BLOCK,
         ox.timings(sessions[n], shape, batch=1, warmup=cfg.warmup, repeats=1)
     out = {n: {"p50": [], "p95": [], "p99": []} for n in names}
     for r in range(cfg.rounds):
-        got = {n: [] for n in names}
-        cycle = 0
-        while len(got[names[0]]) < cfg.repeats:
+        got = {n: [] for n in names}  # this round's blocks of call times
+        for cycle in range(-(-cfg.repeats // block)):  # ceil: the last block may be short
+            k = min(block, cfg.repeats - cycle * block)
             for n in names if (r + cycle) % 2 == 0 else names[::-1]:
-                k = min(block, cfg.repeats - len(got[n]))
                 got[n].append(ox.timings(sessions[n], shape, batch=1, warmup=rewarm, repeats=k))
-            cycle += 1
         for n in names:
             p50, p95, p99 = np.percentile(np.concatenate(got[n]) * 1e3, [50, 95, 99])
             out[n]["p50"].append(float(p50))
@@ -99,7 +97,7 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
     (x_val, y_val), (x_test, y_test) = prep.splits["val"], prep.splits["test"]
     x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
     shape = prep.input_shape
-    # Latency first, with nothing else loaded yet: no torch model, no other session.
+    # Latency first, before any torch model is loaded and run.
     timed = time_rounds({FLOOR: None} | {e["name"]: onnx_dir / e["file"] for e in entries}, shape, cfg)
     floor_ms = median(timed[FLOOR]["p50"])
     variants = []
