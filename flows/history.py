@@ -40,8 +40,8 @@ def metric_deltas(root: Path, rel: str, rev: str = "HEAD") -> list[dict]:
     before = flatten(at_revision(root, rel, rev) or {})
     rows = []
     for key, value in now.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or key.startswith("lineage."):
+            continue  # evaluate's lineage (params, split sizes) says where a model came from: not a metric
         old = before.get(key)
         old = old if isinstance(old, (int, float)) and not isinstance(old, bool) else None
         rows.append({"metric": key, "previous": old, "now": value,

@@ -390,10 +390,11 @@ class EvaluateParams(Section):
                                                  "these.")
     rounds: int = Field(5, ge=5, description="Timing rounds; in each, the variants take turns in blocks of "
                                              "calls. Every round's p50 is kept, and one variant beats another "
-                                             "only in 4 of 5 rounds.")
+                                             "only in 80% of the rounds (4 of 5).")
     latency_margin: float = Field(
-        0.10, ge=0, lt=1, description="Relative p50 lead a variant needs, round by round, to beat another; "
-                                      "variants the fastest does not beat tie, and fewer bytes decide.")
+        0.10, ge=0, lt=1, description="Relative p50 lead a variant needs, round by round, to beat another. "
+                                      "objective latency: the variants the fastest does not beat tie, and "
+                                      "fewer bytes decide.")
 
 
 class GateParams(Section):

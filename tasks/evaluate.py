@@ -74,7 +74,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     reports = Path("reports")
     pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png", sel.name)
     pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
-    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report) if chosen else None)
+    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report))
     write_json(reports / "evaluate_summary.json", summ)
     md = markdown(cfg, variants, summ, hw, why)
     write_report("evaluate", report, md)

@@ -52,7 +52,7 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
                                    f"quantize.min_agreement {cfg.min_agreement}")
                 row = {"variant": path.stem, "source": name, "quantization": e["variant"],
                        "bytes": path.stat().st_size, "agreement": 1.0 if agree is None else agree,
-                       "val_drop_pt": e["val_drop"] * 100, "fp32_nodes": len(e["fp32_nodes"]),
+                       "val_drop_pt": e["val_drop"] * 100, "fp32_node_count": len(e["fp32_nodes"]),
                        "passed": not reasons, "reason": "; ".join(reasons)}
                 rows.append(row)
                 if e["sensitivity"]:

@@ -283,7 +283,8 @@ def floor_session(input_shape: tuple, threads: int = 1, opset: int = 17) -> ort.
         [helper.make_node("Relu", [INPUT], [OUTPUT], "floor")], "runtime_floor",
         [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, dims)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    # IR 8 goes with opset 17: pinned, so a newer onnx package cannot outrun the runtime
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     return ort.InferenceSession(model.SerializeToString(), _options(threads),
                                 providers=["CPUExecutionProvider"])
 

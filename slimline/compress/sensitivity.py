@@ -46,6 +46,8 @@ def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_si
     drop = ref - accuracy(dst, x_val, y_val)
     if drop <= max_drop + 1e-12:
         return StaticInt8([], drop, True)
+    if max_excluded == 0:  # nothing may leave int8: the scan could not change the outcome
+        return StaticInt8([], drop, False, _miss(drop, [], max_drop, max_excluded))
     ops = dict(ox.node_ops(dst))
     ranking = []
     with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
@@ -62,7 +64,10 @@ def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_si
         drop = ref - accuracy(dst, x_val, y_val)
         if drop <= max_drop + 1e-12:
             return StaticInt8(kept, drop, True, sensitivity=sensitivity)
-    return StaticInt8(kept, drop, False, (
-        f"int8 static is {drop * 100:.2f} pt below its fp32 source on val with {len(kept)} node(s) kept in "
-        f"fp32{' (' + ', '.join(kept) + ')' if kept else ''}: over quantize.max_accuracy_drop "
-        f"{max_drop * 100:.2f} pt, and quantize.max_excluded {max_excluded} allows no more"), sensitivity)
+    return StaticInt8(kept, drop, False, _miss(drop, kept, max_drop, max_excluded), sensitivity)
+
+
+def _miss(drop: float, kept: list[str], max_drop: float, max_excluded: int) -> str:
+    return (f"int8 static is {drop * 100:.2f} pt below its fp32 source on val with {len(kept)} node(s) kept in "
+            f"fp32{' (' + ', '.join(kept) + ')' if kept else ''}: over quantize.max_accuracy_drop "
+            f"{max_drop * 100:.2f} pt, and quantize.max_excluded {max_excluded} allows no more")

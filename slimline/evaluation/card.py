@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from slimline.errors import StageError
 from slimline.evaluation.report import change
 
 # The params sections each kind of source was made with, in pipeline order.
@@ -29,6 +30,9 @@ def dir_md5(folder: Path) -> str:
     """A folder's content hash as DVC computes it (the `md5` dvc.lock records for an
     output folder): md5 of the sorted JSON listing of (relpath, file md5), plus `.dir`.
     A reader can match the card against dvc.lock and the DVC cache."""
+    if not folder.is_dir():
+        raise StageError(f"{folder} is missing: the model card cannot hash it (run `dvc repro` for the stage "
+                         f"that writes it)")
     entries = [{"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
                for p in sorted(folder.rglob("*")) if p.is_file()]
     entries.sort(key=lambda e: e["relpath"])
@@ -118,7 +122,7 @@ def render(report: dict) -> str:
     by = {v["name"]: v for v in report["variants"]}
     sel, base, hw = report["selection"], by[report["baseline"]], report["hardware"]
     if report["selected"] is None:
-        return f"# Model card\n\nNo model shipped: {sel['why']}.\n"
+        return f"# Model card\n\nNo model shipped: {sel['why']}. `reports/evaluate.md` lists each variant's misses.\n"
     v, lin = by[report["selected"]], report["lineage"]
     lo, hi = sel["latency_ratio_range"]
     params_yaml = "\n".join(f"{s}: {json.dumps(p, sort_keys=True)}" for s, p in lin["params"].items())
@@ -162,8 +166,9 @@ chosen by the `evaluate` stage: {sel['why']}. The full comparison of every varia
 {chr(10).join(f"- Model: `{m['path']}` md5 `{m['md5']}`" for m in lin['models'])}
 - Shipped file: `{lin['onnx']['path']}` md5 `{lin['onnx']['md5']}`
 
-The hashes are DVC's: they match the `md5` of these outputs in `dvc.lock` and name them in
-the DVC cache. The params that made it, by section:
+The data and model hashes are DVC's: they match the `md5` of these outputs in `dvc.lock`
+and name them in the DVC cache; the shipped file's is its own md5. The params that made it,
+by section:
 
 ```yaml
 {params_yaml}
@@ -179,8 +184,8 @@ Checks passed before anything trained (Great Expectations):
 |---|---|---|
 {table}
 
-Against the baseline: **{sel['size_ratio']:.2f}x fewer bytes**, **{sel['latency_ratio']:.2f}x lower
-p50** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation accuracy
+Against the baseline (above 1: smaller, faster): bytes ratio **{sel['size_ratio']:.2f}x**, p50 speed-up
+**{sel['latency_ratio']:.2f}x** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation accuracy
 {change(sel['val_accuracy_drop_pt'])} pt, test accuracy {change(sel['accuracy_drop_pt'])} pt.
 Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
 

@@ -37,9 +37,10 @@ def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, wh
             for v in variants]
     if summ["selected"]:
         lo, hi = summ["latency_ratio_range"]
-        head = (f"**Selected: `{summ['selected']}`** ({summ['why']}): {summ['size_ratio']:.1f}x smaller and "
-                f"{summ['latency_ratio']:.2f}x [{lo:.2f}, {hi:.2f} over rounds] lower ORT batch-1 p50 latency "
-                f"than the fp32 baseline, {summ['floor_multiple']:.1f}x the runtime floor; accuracy change "
+        head = (f"**Selected: `{summ['selected']}`** ({summ['why']}). Against the fp32 baseline (above 1: "
+                f"smaller, faster): bytes ratio {summ['size_ratio']:.1f}x, ORT batch-1 p50 speed-up "
+                f"{summ['latency_ratio']:.2f}x [{lo:.2f}, {hi:.2f} over rounds]; {summ['floor_multiple']:.1f}x the "
+                f"runtime floor; accuracy change "
                 f"against it {change(summ['accuracy_drop_pt'])} pt on test, {change(summ['val_accuracy_drop_pt'])} "
                 f"pt on val.")
     else:

@@ -172,5 +172,5 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> Selectio
         else:
             runner, why = None, "the only variant within every budget"
         tied = same
-    tied_names = [winner["name"]] + [v["name"] for v in tied if v is not winner]
+    tied_names = [winner["name"]] + [v["name"] for v in sorted(tied, key=_tie_break) if v is not winner]
     return Selection(winner["name"], failures, tied_names, runner["name"] if runner else None, why)

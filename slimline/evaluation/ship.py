@@ -20,13 +20,13 @@ def git_commit() -> str | None:
 def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: dict, prep, hw: dict,
                why: str, card: str | None = None) -> None:
     with atomic_dir(ship) as tmp:
+        if card is not None:  # also when nothing ships: the card then says why
+            (tmp / "MODEL_CARD.md").write_text(card)
         if chosen is None:
             write_json(tmp / "manifest.json", {"selected": None, "reason": why})
             return
         entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
         (tmp / "model.onnx").write_bytes((onnx_dir / entry["file"]).read_bytes())
-        if card is not None:
-            (tmp / "MODEL_CARD.md").write_text(card)
         # An image folder's class names; label k otherwise.
         write_json(tmp / "labels.json", prep.meta.get("classes") or [str(i) for i in range(prep.num_classes)])
         write_json(tmp / "manifest.json", {

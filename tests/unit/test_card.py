@@ -43,7 +43,7 @@ REPORT = {
 def test_every_number_in_the_card_is_one_evaluate_json_holds():
     card = render(REPORT)
     assert numbers_not_in(card, REPORT) == []
-    for text in ("# Model card: `student.int8_static`", "39.06x fewer bytes", "2.24x lower",
+    for text in ("# Model card: `student.int8_static`", "bytes ratio **39.06x**", "speed-up\n**2.24x**",
                  "[2.01, 2.47]", "97.90%", "0.0304 / 0.0368 / 0.0568", "123,457", "4.98x",
                  "AVX2 yes, AVX512 yes, VNNI yes, AMX no", "8 batch(es) of 32", "`row_count`",
                  "train 3,500", "md5 `22222222222222222222222222222222.dir`", '"temperature": 4.0'):
@@ -54,7 +54,7 @@ def test_every_number_in_the_card_is_one_evaluate_json_holds():
 
 def test_no_selection_gives_a_card_that_says_why():
     report = dict(REPORT, selected=None, selection={"why": "no variant meets every budget"})
-    assert render(report) == "# Model card\n\nNo model shipped: no variant meets every budget.\n"
+    assert render(report).startswith("# Model card\n\nNo model shipped: no variant meets every budget.")
 
 
 def test_isa_names_the_kernel_families():

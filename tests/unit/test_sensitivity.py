@@ -79,6 +79,8 @@ def test_max_excluded_reached_drops_the_variant_and_says_why(project, tmp_path):
     assert not got.ok and len(got.fp32_nodes) == 1
     assert "max_excluded 1" in got.reason and "pt below its fp32 source on val" in got.reason
     assert got.val_drop > 0.02 and got.sensitivity  # the scan is reported for the reader
+    got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=0.02, max_excluded=0)
+    assert not got.ok and got.sensitivity == [] and "max_excluded 0" in got.reason  # no scan: nothing may move
 
 
 def test_a_variant_within_budget_is_left_alone(project, tmp_path):

@@ -157,8 +157,10 @@ def test_write_ship_without_choice(exported, tmp_path):
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path / "ship"
-    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: too big")
-    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: too big",
+               card="# Model card\n\nNo model shipped: no variant meets every budget.\n")
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "manifest.json"]
+    assert "No model shipped" in (out / "MODEL_CARD.md").read_text()
     assert json.loads((out / "manifest.json").read_text()) == {
         "selected": None, "reason": "no variant meets every budget: m: too big"}
 
