@@ -38,10 +38,12 @@ def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_size: int, x_val: np.ndarray,
-                              y_val: np.ndarray, max_drop: float, max_excluded: int) -> StaticInt8:
+                              y_val: np.ndarray, max_drop: float, max_excluded: int,
+                              ref: float | None = None) -> StaticInt8:
     """Write the static int8 form of `fp32` to `dst`, keeping the fewest nodes in fp32
-    that bring its val accuracy within `max_drop` of fp32's (see the module doc)."""
-    ref = accuracy(fp32, x_val, y_val)
+    that bring its val accuracy within `max_drop` of fp32's (see the module doc).
+    ref: fp32's val accuracy, when the caller has it already."""
+    ref = accuracy(fp32, x_val, y_val) if ref is None else ref
     ox.quantize_static_int8(fp32, dst, calib, batch_size)
     drop = ref - accuracy(dst, x_val, y_val)
     if drop <= max_drop + 1e-12:

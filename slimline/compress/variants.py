@@ -72,13 +72,15 @@ def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib:
         entry = {"path": path, "variant": variant, "fp32_nodes": [], "sensitivity": [], "reason": ""}
         if variant == "static":
             got = static_int8_within_budget(fp32, path, calib, cfg.calibration_batch_size, x_val, y_val,
-                                            cfg.max_accuracy_drop, cfg.max_excluded)
-            entry.update(fp32_nodes=got.fp32_nodes, sensitivity=got.sensitivity, reason=got.reason)
-        elif variant == "dynamic":
-            ox.quantize_dynamic_int8(fp32, path)
+                                            cfg.max_accuracy_drop, cfg.max_excluded, ref=ref_val)
+            entry.update(fp32_nodes=got.fp32_nodes, sensitivity=got.sensitivity, reason=got.reason,
+                         val_drop=got.val_drop)  # measured on the file as written
         else:
-            ox.convert_fp16(fp32, path)
-        entry.update(agreement=ox.agreement(ox.predict(path, x_test), ref),
-                     val_drop=ref_val - accuracy(path, x_val, y_val))
+            if variant == "dynamic":
+                ox.quantize_dynamic_int8(fp32, path)
+            else:
+                ox.convert_fp16(fp32, path)
+            entry["val_drop"] = ref_val - accuracy(path, x_val, y_val)
+        entry["agreement"] = ox.agreement(ox.predict(path, x_test), ref)
         entries.append(entry)
     return entries

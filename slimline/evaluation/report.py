@@ -1,7 +1,7 @@
 """evaluate's headline numbers (evaluate_summary.json) and its markdown report."""
 from __future__ import annotations
 
-from slimline.evaluation.selection import Selection, ratio_range, wins_needed
+from slimline.evaluation.selection import Selection, wins_needed
 from slimline.params import EvaluateParams
 from slimline.stage import markdown_table
 
@@ -17,12 +17,11 @@ def change(drop_pt: float) -> str:
 
 def summary(base: dict, chosen: dict | None, sel: Selection) -> dict:
     """The chosen variant against the baseline: the ratios a reader wants first, the
-    latency ratio with its range over the timing rounds."""
+    latency ratio with its range over the timing rounds (the variant's own, set by evaluate)."""
     out = {"selected": chosen["name"] if chosen else None, "why": sel.why}
     if chosen:
-        ratio, lo, hi = ratio_range(base, chosen)
-        out.update(size_ratio=base["bytes"] / chosen["bytes"], latency_ratio=ratio,
-                   latency_ratio_range=[lo, hi],
+        out.update(size_ratio=base["bytes"] / chosen["bytes"], latency_ratio=chosen["latency_ratio"],
+                   latency_ratio_range=chosen["latency_ratio_range"],
                    accuracy_drop_pt=(base["accuracy"] - chosen["accuracy"]) * 100,
                    val_accuracy_drop_pt=(base["val_accuracy"] - chosen["val_accuracy"]) * 100,
                    accuracy=chosen["accuracy"], bytes=chosen["bytes"], ort_p50_ms_b1=chosen["ort_p50_ms_b1"],

@@ -7,6 +7,7 @@ accuracy is only reported (choosing on the test set would inflate it).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import NamedTuple
 
 from slimline.params import EvaluateParams
@@ -69,9 +70,7 @@ def beats(a: dict, b: dict, margin: float) -> bool:
 
 
 def v_median(v: dict) -> float:
-    xs = sorted(rounds_of(v))
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return statistics.median(rounds_of(v))
 
 
 def ratio_range(num: dict, den: dict) -> tuple[float, float, float]:
