@@ -165,14 +165,18 @@ def _apply_reshaped(model: nn.Module, reshaped: dict, shapes: dict) -> None:
                 t.data = torch.zeros(shape, dtype=t.dtype)
 
 
-def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> None:
-    """Write weights + structure into out_dir atomically (all or nothing)."""
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path, extra: dict[str, dict] | None = None
+               ) -> None:
+    """Write weights + structure, and any `extra` JSON files (name -> content), into out_dir
+    atomically (all or nothing)."""
     if spec.model != "cnn":
         spec = replace(spec, reshaped=record_reshaped(model, spec))
     with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         write_json(tmp / "structure.json", spec.to_json())
+        for name, content in (extra or {}).items():
+            write_json(tmp / name, content)
 
 
 def load_spec(model_dir: str | Path) -> ModelSpec:

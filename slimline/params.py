@@ -337,6 +337,13 @@ class PruneParams(Section):
                                                       "scoring each candidate removal.")
     distill: bool = Field(True, description="Fine-tune with the KD loss from models/baseline "
                                             "instead of the labels alone.")
+    ratios: Literal["uniform", "sensitivity"] = Field(
+        "uniform", description="Structured method: remove `amount` of every layer's channels, or per-layer "
+                               "ratios from a sensitivity scan that remove as many FLOPs (docs/compression.md).")
+    scan_ratios: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1,
+        description="ratios: sensitivity: the ratios each layer is pruned by, alone, in the scan; the "
+                    "largest caps every layer's ratio.")
 
     @field_validator("methods")
     @classmethod
@@ -344,6 +351,20 @@ class PruneParams(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"methods lists a method twice: {v}")
         return v
+
+    @field_validator("scan_ratios")
+    @classmethod
+    def _fractions(cls, v):
+        if any(not 0 < r < 1 for r in v) or sorted(set(v)) != v:
+            raise ValueError(f"scan_ratios must be increasing fractions in (0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _scan_reaches_amount(self):
+        if self.ratios == "sensitivity" and self.amount > self.scan_ratios[-1]:
+            raise ValueError(f"amount {self.amount} is more than the largest of scan_ratios "
+                             f"{self.scan_ratios}: add a ratio of at least {self.amount} to scan_ratios")
+        return self
 
 
 class QuantizeParams(Section):
@@ -366,6 +387,9 @@ class QuantizeParams(Section):
                                        "evaluate.max_accuracy_drop, which is against the baseline.")
     max_excluded: int = Field(3, ge=0, description="Most nodes static int8 may keep in fp32 to meet "
                                                    "max_accuracy_drop; 0: none, a variant over budget is left out.")
+    sensitivity_scan: bool = Field(
+        True, description="Rank every static int8 variant's nodes by sensitivity for reports/sensitivity.md "
+                          "(one quantization per int8 node); false: only for a variant over max_accuracy_drop.")
     opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 

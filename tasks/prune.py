@@ -16,6 +16,7 @@ import torch
 
 from slimline import numerics as numerics_mod
 from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.compress.sensitivity_report import LAYERS_FILE
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.model import count_flops, count_params, load_model, save_model
@@ -59,7 +60,8 @@ def prune(params: Params, args: argparse.Namespace) -> None:
         return
     model = pruned.model.cpu().eval()
     out_spec = pruning.saved_spec(model, pruned.spec)
-    save_model(model, out_spec, out)
+    layers = {"ratios": cfg.ratios, "layers": pruned.layers, "allocation": pruned.allocation}
+    save_model(model, out_spec, out, {LAYERS_FILE: layers} if method == "structured" else None)
     nonzero, total = pruning.sparsity(model)
     cpu = data if device.type == "cpu" else to_tensors(prep, torch.device("cpu"))
     val_loss, val_acc = evaluate(model, *cpu["val"])
@@ -69,12 +71,22 @@ def prune(params: Params, args: argparse.Namespace) -> None:
                "sparsity": 1 - nonzero / total, "flops": count_flops(model, out_spec.input_shape),
                "amount": cfg.amount, "steps": cfg.steps, "structure": out_spec.structure,
                "ablation": pruned.ablation}
+    if method == "structured":
+        results.update(layers)
     md = (f"## prune ({method})\n\nFrom `{cfg.source}` (val {source_acc:.4f}): test accuracy "
           f"**{test_acc:.4f}** (val {val_acc:.4f}), {results['params']:,} params of which "
           f"{nonzero:,} non-zero ({results['sparsity']:.1%} sparse), "
           f"{results['flops'] / 1e6:.2f} MFLOPs.\n\n"
           + (f"Structure: conv {out_spec.structure['conv_channels']}, hidden {out_spec.structure['hidden']}.\n"
              if out_spec.model == "cnn" else f"Model `{out_spec.model}`, pruned.\n"))
+    if pruned.layers:
+        md += f"\n### Channels per layer (ratios: {cfg.ratios})\n\n" + markdown_table(pruned.layers) + "\n"
+    if pruned.allocation:
+        a = pruned.allocation
+        md += (f"\nThe sensitivity scan's per-layer ratios give {a['flops']:,} FLOPs, against "
+               f"{a['target_flops']:,} from `amount` {cfg.amount} uniformly (unpruned {a['base_flops']:,}); "
+               f"drop threshold {a['threshold']:.4f}. `drop@r`: val accuracy lost with that layer alone "
+               f"pruned by r, before fine-tuning.\n")
     if pruned.ablation:
         md += "\n### Layer ablation (val accuracy after removing each unit)\n\n" + markdown_table(
             [{k: v for k, v in row.items() if k != "structure"} for row in pruned.ablation]) + "\n"

@@ -23,6 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
+from slimline.compress import pruning_ratios
 from slimline.errors import StageError
 from slimline.model import ModelSpec, ShapeError, build_model, count_params
 from slimline.params import PRUNE_METHODS, PruneParams, Structure
@@ -109,8 +110,10 @@ def derive(model: nn.Module, example_input: torch.Tensor, width: float) -> nn.Mo
 
 
 def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: float, steps: int,
-                     finetune: FineTune, epochs_per_step: int) -> nn.Module:
-    """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning)."""
+                     finetune: FineTune, epochs_per_step: int,
+                     ratios: dict[str, float] | None = None) -> nn.Module:
+    """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning):
+    `amount` of each layer, or of the layers named in `ratios` (module path -> ratio) theirs."""
     _check(amount, steps)
     device = next(model.parameters()).device
     was_training = model.training
@@ -121,6 +124,7 @@ def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: floa
         model, example_input.to(device),
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=amount,  # of each layer's original channels, reached at the last step
+        pruning_ratio_dict={dict(model.named_modules())[n]: r for n, r in (ratios or {}).items()},
         iterative_steps=steps,  # linear schedule: amount * k/steps after step k
         ignored_layers=[classifier(model)],  # keep one logit per class
     )
@@ -305,6 +309,8 @@ class Pruned:
     model: nn.Module
     spec: ModelSpec
     ablation: list[dict]  # the layer method's candidate table; [] for the others
+    layers: list[dict] = dataclasses.field(default_factory=list)  # structured: each group's ratio
+    allocation: dict | None = None  # structured, ratios: sensitivity: how the ratios were chosen
 
 
 def _unstructured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
@@ -312,10 +318,28 @@ def _unstructured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
     return Pruned(prune_unstructured(model, c.amount, c.steps, job.finetune, c.finetune_epochs), spec, [])
 
 
+def _width(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
 def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
+    """Uniform ratios, or (ratios: sensitivity) per-layer ratios from a scan at the same FLOPs."""
     c = job.cfg
-    return Pruned(prune_structured(model, job.example, c.amount, c.steps, job.finetune,
-                                   c.finetune_epochs), spec, [])
+    example = job.example.to(next(model.parameters()).device)
+    ignored = [n for n, m in model.named_modules() if m is classifier(model)]
+    ratios, allocation, scanned = None, None, []
+    if c.ratios == "sensitivity":
+        scanned = pruning_ratios.scan(model, example, ignored, job.evaluate, c.scan_ratios)
+        found = pruning_ratios.allocate(model, example, ignored, scanned, c.amount, spec.input_shape)
+    before = pruning_ratios.groups(model, example, [classifier(model)])
+    if c.ratios == "sensitivity":
+        ratios, allocation = found.ratios(before), dataclasses.asdict(found)
+    drops = {layer.name: layer.drops for layer in scanned}
+    model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs, ratios)
+    modules = dict(model.named_modules())
+    layers = [{"layer": n, "channels": w, "kept": _width(modules[n]), "ratio": 1 - _width(modules[n]) / w,
+               **{f"drop@{r:g}": d for r, d in drops.get(n, {}).items()}} for n, w in before.items()]
+    return Pruned(model, spec, [], layers, allocation)
 
 
 def _layer(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
