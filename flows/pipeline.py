@@ -33,8 +33,8 @@ from flows.gate import regression_gate
 from flows.overrides import apply as apply_overrides
 from flows.overrides import validate as validate_overrides
 from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
-from flows.reports import (Progress, publish_gate, publish_evaluate, publish_skipped, publish_stage,
-                           publish_summary)
+from flows.reports import (Progress, publish_gate, publish_evaluate, publish_sensitivity, publish_skipped,
+                           publish_stage, publish_summary)
 from flows.workspace import workspace_slot
 from slimline.s3 import LOCKED, explain_dvc_failure, is_transient
 from slimline.params import load_params
@@ -270,13 +270,15 @@ def pipeline(targets: list[str] | None = None, force: bool = False, push: bool |
 
 def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | None,
              save_experiment: bool | None, results: list[dict]) -> list[dict]:
-    """After the stages: publish the Pareto charts, save the run as a DVC experiment,
+    """After the stages: publish the sensitivity report and the Pareto charts, save the run as a DVC experiment,
     pass the regression gate, push. Appends each step's outcome to `results` (a failed
     gate's summary still lists them) and returns them."""
     from prefect.runtime import deployment
 
     logger = get_run_logger()
     start = len(results)
+    if any(r["stage"] == "quantize" and r["outcome"] != SKIPPED for r in results):
+        publish_sensitivity(root_path, prefix)
     if any(r["stage"] == "evaluate" and r["outcome"] != SKIPPED for r in results):
         # charts and model card; push=False: nothing goes to the remote, the report links neither
         publish_evaluate(root_path, prefix,

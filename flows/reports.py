@@ -217,6 +217,24 @@ def inline_png(path: Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
+def sensitivity_markdown(root: Path) -> str | None:
+    """reports/sensitivity.md with its chart inline, or None when quantize has not written it."""
+    md, png = root / "reports" / "sensitivity.md", root / "reports" / "sensitivity.png"
+    if not md.exists():
+        return None
+    text = md.read_text()
+    return text.replace("![accuracy drop per layer](sensitivity.png)",
+                        inline_png(png, "accuracy drop per layer")) if png.exists() else text
+
+
+def publish_sensitivity(root: Path, prefix: str) -> None:
+    """quantize's sensitivity report as the `<prefix>-sensitivity-report` artifact."""
+    md = sensitivity_markdown(root)
+    if md:
+        create_markdown_artifact(key=artifact_key(prefix, "sensitivity", "report"), markdown=md,
+                                 description="which layers hurt accuracy, for int8 and for pruning")
+
+
 def publish_evaluate(root: Path, prefix: str, urls: dict[str, str] | None) -> None:
     """evaluate's pictures and model card, as dashboard artifacts: the two Pareto charts
     inline (`<prefix>-evaluate-pareto`), the model card of the shipped model

@@ -10,21 +10,26 @@ whose top-1 predictions agree with it on fewer than quantize.min_agreement of th
 test set, is left out, with the reason recorded. Static int8 first keeps its most
 sensitive nodes in fp32 to fit (slimline/compress/sensitivity.py).
 models/onnx/manifest.json lists what was written; evaluate reads it.
+reports/sensitivity.md (and .png) says which layers hurt: each scanned static int8
+variant's nodes, and each structured-pruned model's layers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from slimline import numerics
+from slimline.compress import sensitivity_report
+from slimline.compress.sensitivity_report import LAYERS_FILE
 from slimline.compress.variants import calibration_set, find_models, make_variants
 from slimline.data.dataset import load_prepared
-from slimline.io import atomic_dir, write_json
+from slimline.io import atomic_dir, write_json, write_text
 from slimline.params import Params
-from slimline.stage import main, markdown_table, write_report
+from slimline.stage import REPORTS, main, markdown_table, write_report
 
 SECTIONS = ("quantize", "prune", "train")  # the params it reads: dvc.yaml's `params` for this stage
 
@@ -39,8 +44,9 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
     calib = calibration_set(prep, cfg)
     val = (prep.splits["val"][0].astype(np.float32), prep.splits["val"][1])
     rows, manifest, sensitivity = [], [], {}
+    models = find_models(Path(args.models), params.prune.methods)
     with atomic_dir(args.out) as tmp:
-        for name, folder in find_models(Path(args.models), params.prune.methods).items():
+        for name, folder in models.items():
             for e in make_variants(name, folder, tmp, x_test, calib, val, cfg):
                 path, agree = e["path"], e["agreement"]
                 reasons = [e["reason"]] if e["reason"] else []
@@ -76,21 +82,15 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
           f"(opset {cfg.opset}); {len(failed)} variant(s) left out: val accuracy more than "
           f"{cfg.max_accuracy_drop * 100:.2f} pt below their fp32 source (static int8 first keeps up to "
           f"{cfg.max_excluded} of its most sensitive nodes in fp32), or top-1 agreement on test below "
-          f"{cfg.min_agreement:.0%}.\n\n{markdown_table(rows)}\n" + sensitivity_md(sensitivity))
+          f"{cfg.min_agreement:.0%}.\n\n{markdown_table(rows)}\n\nWhich nodes and layers hurt accuracy: "
+          f"`reports/sensitivity.md`.\n")
     write_report("quantize", {"variants": rows, "failed": [r["variant"] for r in failed],
                               **({"sensitivity": sensitivity} if sensitivity else {})}, md,
                  run=numerics.record(state, "cpu"))
-
-
-def sensitivity_md(sensitivity: dict) -> str:
-    """Per static int8 variant that needed it: each int8 node's val drop when it alone stays fp32."""
-    out = ""
-    for variant, s in sensitivity.items():
-        rows = [{"node": n["node"], "op": n["op"], "val drop if only this stays fp32 (pt)": round(n["val_drop"] * 100, 2),
-                 "kept in fp32": n["node"] in s["fp32_nodes"]} for n in s["nodes"]]
-        out += (f"\n### Sensitivity of `{variant}`\n\nMost sensitive first; {len(s['fp32_nodes'])} node(s) kept "
-                f"in fp32.\n\n{markdown_table(rows)}\n")
-    return out
+    pruning = {name: json.loads((folder / LAYERS_FILE).read_text()) for name, folder in models.items()
+               if (folder / LAYERS_FILE).exists()}
+    sensitivity_report.chart(sensitivity, pruning, REPORTS / "sensitivity.png")
+    write_text(REPORTS / "sensitivity.md", sensitivity_report.render(sensitivity, pruning, "sensitivity.png"))
 
 
 def _args(p: argparse.ArgumentParser) -> None:

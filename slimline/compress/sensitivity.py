@@ -10,8 +10,9 @@ with the reason.
 
 The ranking sees one node at a time: when two layers each break int8 on their own,
 keeping either one in fp32 recovers nothing, they rank no higher than the rest, and
-the variant is dropped. The scan costs one quantization per int8 node, and runs only
-for a variant that misses its budget.
+the variant is dropped. The scan costs one quantization per int8 node; it runs for a
+variant that misses its budget, and for every variant when quantize.sensitivity_scan
+asks (the per-node tables of reports/sensitivity.md).
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class StaticInt8:
     val_drop: float  # fp32 source's val accuracy minus the variant's, as a fraction, as written
     ok: bool  # within the budget
     reason: str = ""  # why not, when not
-    sensitivity: list[dict] = field(default_factory=list)  # [{"node", "op", "val_drop"}], most sensitive first
+    # [{"node", "op", "val_drop" (what remains with it alone in fp32), "recovered" (what that
+    # gives back)}], most sensitive first
+    sensitivity: list[dict] = field(default_factory=list)
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -39,17 +42,17 @@ def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_size: int, x_val: np.ndarray,
                               y_val: np.ndarray, max_drop: float, max_excluded: int,
-                              ref: float | None = None) -> StaticInt8:
+                              ref: float | None = None, scan: bool = False) -> StaticInt8:
     """Write the static int8 form of `fp32` to `dst`, keeping the fewest nodes in fp32
     that bring its val accuracy within `max_drop` of fp32's (see the module doc).
-    ref: fp32's val accuracy, when the caller has it already."""
+    ref: fp32's val accuracy, when the caller has it already. scan: rank the nodes even
+    when the variant fits (for reports/sensitivity.md)."""
     ref = accuracy(fp32, x_val, y_val) if ref is None else ref
     ox.quantize_static_int8(fp32, dst, calib, batch_size)
     drop = ref - accuracy(dst, x_val, y_val)
-    if drop <= max_drop + 1e-12:
-        return StaticInt8([], drop, True)
-    if max_excluded == 0:  # nothing may leave int8: the scan could not change the outcome
-        return StaticInt8([], drop, False, _miss(drop, [], max_drop, max_excluded))
+    over = drop > max_drop + 1e-12
+    if not scan and (not over or max_excluded == 0):  # the scan could not change the outcome
+        return StaticInt8([], drop, not over, _miss(drop, [], max_drop, max_excluded) if over else "")
     ops = dict(ox.node_ops(dst))
     ranking = []
     with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
@@ -58,7 +61,9 @@ def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_si
             ox.quantize_static_int8(fp32, probe, calib, batch_size, fp32_nodes=[node])
             ranking.append((ref - accuracy(probe, x_val, y_val), i, node))
     ranking.sort()  # the lowest remaining drop first; ties in graph order
-    sensitivity = [{"node": n, "op": ops.get(n, "?"), "val_drop": d} for d, _, n in ranking]
+    sensitivity = [{"node": n, "op": ops.get(n, "?"), "val_drop": d, "recovered": drop - d} for d, _, n in ranking]
+    if not over:
+        return StaticInt8([], drop, True, sensitivity=sensitivity)
     kept: list[str] = []
     for _, _, node in ranking[:max_excluded]:
         kept.append(node)

@@ -55,7 +55,7 @@ def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib:
     """Write `name`'s ONNX files into `out`, the fp32 export first. Per file: {"path",
     "variant", "agreement" (top-1 with fp32 on test; None for fp32), "val_drop" (val
     accuracy below fp32's, a fraction), "fp32_nodes" (static int8: nodes kept in fp32),
-    "sensitivity" (static int8, when the budget made it scan), "reason" (why it fails
+    "sensitivity" (static int8, when scanned), "reason" (why it fails
     the accuracy budget, "" when it does not)}."""
     model, spec = load_model(folder)
     fp32 = out / f"{name}.onnx"
@@ -72,7 +72,8 @@ def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib:
         entry = {"path": path, "variant": variant, "fp32_nodes": [], "sensitivity": [], "reason": ""}
         if variant == "static":
             got = static_int8_within_budget(fp32, path, calib, cfg.calibration_batch_size, x_val, y_val,
-                                            cfg.max_accuracy_drop, cfg.max_excluded, ref=ref_val)
+                                            cfg.max_accuracy_drop, cfg.max_excluded, ref=ref_val,
+                                            scan=cfg.sensitivity_scan)
             entry.update(fp32_nodes=got.fp32_nodes, sensitivity=got.sensitivity, reason=got.reason,
                          val_drop=got.val_drop)  # measured on the file as written
         else:

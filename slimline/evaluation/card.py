@@ -191,7 +191,8 @@ Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
 
 ## Compression
 {chr(10).join(f'- {s}' for s in lin['compression'])}
-- Format: `{v['quantization']}`.{cal_line}
+- Format: `{v['quantization']}`.{cal_line}- Which layers hurt accuracy, for int8 and for pruning: [`reports/sensitivity.md`](../../reports/sensitivity.md).
+
 ## Hardware
 Measured on {hw['cpu']} ({hw['cores']} cores, {hw['threads']} ONNX Runtime thread(s)),
 ONNX Runtime {hw['onnxruntime']}. ISA: {_isa(hw['isa'])} (flags: {', '.join(hw['isa']) or 'unknown'}).

@@ -69,8 +69,10 @@ def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_s
     keys = {f"local-{k}" for k in (
         "prepare-report", "train-baseline-report", "train-baseline-metrics", "distill-report",
         "prune-layer-report", "prune-structured-metrics", "quantize-report", "evaluate-report",
-        "evaluate-metrics", "pipeline-summary", "regression-gate", "distill-progress")}
+        "evaluate-metrics", "pipeline-summary", "regression-gate", "distill-progress", "sensitivity-report")}
     assert keys <= set(found), keys - set(found)
+    sensitivity = found["local-sensitivity-report"].data  # its chart inline, as the dashboard shows it
+    assert "## Structured pruning" in sensitivity and "](data:image/png;base64," in sensitivity
     assert "skipped" in found["local-prepare-report"].data
     assert "KD gain" in found["local-distill-report"].data
     assert "Selected" in found["local-evaluate-report"].data or "No variant selected" in found["local-evaluate-report"].data

@@ -87,3 +87,11 @@ def test_a_variant_within_budget_is_left_alone(project, tmp_path):
     fp32, calib, x, y = project(both=False)
     got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=1.0, max_excluded=3)
     assert got.ok and got.fp32_nodes == [] and got.sensitivity == []  # no scan when none is needed
+    # Asked to scan for the report, it ranks the nodes but still keeps every one in int8.
+    got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=1.0, max_excluded=3,
+                                    scan=True)
+    conv2 = [n for n, op in ox.node_ops(fp32) if op == "Conv"][1]
+    assert got.ok and got.fp32_nodes == [] and ox.static_int8_nodes(tmp_path / "q.onnx")[1] == conv2
+    top = got.sensitivity[0]
+    assert top["node"] == conv2 and top["recovered"] == pytest.approx(got.val_drop - top["val_drop"])
+    assert top["recovered"] > 0.1  # keeping conv2 in fp32 gives back most of what int8 lost
