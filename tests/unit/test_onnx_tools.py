@@ -98,11 +98,23 @@ def test_export_is_deterministic_and_leaves_the_model_alone(trained, tmp_path):
     ot.export_onnx(model, SHAPE, b)
     assert a.read_bytes() == b.read_bytes()
     assert model.training  # export worked on an eval-mode copy
-    # BatchNorm folded into Conv (by the exporter) and Linear (by us); dropout gone.
-    assert ops(a) == ["Sub", "Div", "Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool",
-                      "Flatten", "Gemm", "Relu", "Gemm"]
+    # BatchNorm folded into Conv (by the exporter) and Linear (by us), the input
+    # normalisation into the first conv (by us); dropout gone.
+    assert ops(a) == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]
     assert ot.fold_check(model, a, make_data(7, seed=5)[0]) < 1e-4
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_input_normalisation_folds_into_an_unpadded_first_conv_only(tmp_path):
+    torch.manual_seed(0)
+    x = make_data(7, seed=6)[0]
+    for padding, first in ((0, ["Conv"]), (1, ["Sub", "Div", "Conv"])):
+        model = tiny_model(padding=padding).eval()  # mean 100, std 60: far from identity
+        ot.export_onnx(model, SHAPE, tmp_path / f"p{padding}.onnx")
+        assert ops(tmp_path / f"p{padding}.onnx")[:len(first)] == first  # a padded border must see 0 after Sub/Div
+        assert ot.fold_check(model, tmp_path / f"p{padding}.onnx", x) < 1e-4
+    graph = onnx.load(tmp_path / "p0.onnx").graph
+    assert len(graph.initializer) == len({i for n in graph.node for i in n.input} & {t.name for t in graph.initializer})
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "static", "fp16"])
