@@ -110,19 +110,26 @@ def _fold_input_normalization(model: onnx.ModelProto) -> None:
         found = readers.get(name, [])
         return found[0] if len(found) == 1 and found[0].op_type == op else None
 
+    outputs = {o.name for o in model.graph.output}
     sub = only_reader(INPUT, "Sub")
     div = sub and sub.input[0] == INPUT and sub.input[1] in inits and only_reader(sub.output[0], "Div")
     conv = div and div.input[0] == sub.output[0] and div.input[1] in inits and only_reader(div.output[0], "Conv")
-    if not conv or conv.input[0] != div.output[0] or conv.input[1] not in inits:
+    if not conv or conv.input[0] != div.output[0] or conv.input[1] not in inits \
+            or (len(conv.input) > 2 and conv.input[2] not in inits) \
+            or {sub.output[0], div.output[0]} & outputs:
         return
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     if any(attrs.get("pads", [0])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") \
             or attrs.get("group", 1) != 1:
         return
     w = numpy_helper.to_array(inits[conv.input[1]])
+    if w.ndim != 4:
+        return
     channels = w.shape[1]
     mean, std = (numpy_helper.to_array(inits[n]).astype(np.float32) for n in (sub.input[1], div.input[1]))
-    if any(a.size not in (1, channels) for a in (mean, std)):
+    # Per channel means shape (1, C, 1, 1) or (C, 1, 1) (or one value): a (C,) would
+    # broadcast along the image width instead.
+    if not all(a.size == 1 or (a.size == channels and a.shape[-3:] == (channels, 1, 1)) for a in (mean, std)):
         return
     mean, std = (np.broadcast_to(a.reshape(-1), (channels,)) for a in (mean, std))
     folded = (w / std[None, :, None, None]).astype(np.float32)
@@ -130,8 +137,19 @@ def _fold_input_normalization(model: onnx.ModelProto) -> None:
     shift = [math.fsum((folded[o].astype(np.float64) * mean[:, None, None].astype(np.float64)).ravel())
              for o in range(w.shape[0])]
     bias = np.array([float(b[o]) - shift[o] for o in range(w.shape[0])], dtype=np.float32)
-    wname, bname = f"{conv.input[1]}_normalized", f"{conv.input[1]}_normalized_bias"
-    model.graph.initializer.extend([numpy_helper.from_array(folded, wname), numpy_helper.from_array(bias, bname)])
+
+    # The conv's own tensors take the folded values under their names, unless another node
+    # shares them: then the fold gets new ones.
+    def mine(name: str) -> bool:
+        return len(readers.get(name, [])) == 1
+
+    wname = conv.input[1] if mine(conv.input[1]) else f"{conv.input[1]}_normalized"
+    bname = conv.input[2] if len(conv.input) > 2 and mine(conv.input[2]) else f"{conv.input[1]}_folded_bias"
+    if wname != conv.input[1] and wname in inits or bname not in conv.input and bname in inits:
+        return  # a name the fold would take is in use
+    kept = [t for t in model.graph.initializer if t.name not in (wname, bname)]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, numpy_helper.from_array(folded, wname), numpy_helper.from_array(bias, bname)])
     conv.input[:] = [INPUT, wname, bname]
     keep = [n for n in model.graph.node if n is not sub and n is not div]
     del model.graph.node[:]
