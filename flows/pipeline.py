@@ -277,7 +277,8 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
 
     logger = get_run_logger()
     start = len(results)
-    if any(r["stage"] == "quantize" and r["outcome"] != SKIPPED for r in results):
+    if any(r["stage"] == "quantize" and r["outcome"] != SKIPPED and not r["outcome"].startswith("failed")
+           for r in results):  # never a stale report
         publish_sensitivity(root_path, prefix)
     if any(r["stage"] == "evaluate" and r["outcome"] != SKIPPED for r in results):
         # charts and model card; push=False: nothing goes to the remote, the report links neither

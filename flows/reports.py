@@ -219,12 +219,13 @@ def inline_png(path: Path, alt: str) -> str:
 
 def sensitivity_markdown(root: Path) -> str | None:
     """reports/sensitivity.md with its chart inline, or None when quantize has not written it."""
-    md, png = root / "reports" / "sensitivity.md", root / "reports" / "sensitivity.png"
+    from slimline.compress.sensitivity_report import CHART, CHART_LINK
+
+    md, png = root / "reports" / "sensitivity.md", root / "reports" / CHART
     if not md.exists():
         return None
     text = md.read_text()
-    return text.replace("![accuracy drop per layer](sensitivity.png)",
-                        inline_png(png, "accuracy drop per layer")) if png.exists() else text
+    return text.replace(CHART_LINK, inline_png(png, "accuracy drop per layer")) if png.exists() else text
 
 
 def publish_sensitivity(root: Path, prefix: str) -> None:

@@ -24,6 +24,8 @@ from slimline.params import Params, ParamsError, load_params
 
 # In a method's output folder when it could not apply (its report says why): later stages skip it.
 NOT_APPLICABLE = "not_applicable.json"
+# In a structured-pruned model's folder: prune's per-layer table, which quantize reports.
+LAYERS_FILE = "layers.json"
 REPORTS = Path("reports")
 RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
 STAMP = "report-json-sha256: "

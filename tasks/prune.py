@@ -16,12 +16,11 @@ import torch
 
 from slimline import numerics as numerics_mod
 from slimline.compress.kd import load_teacher, make_kd_loss
-from slimline.compress.sensitivity_report import LAYERS_FILE
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.model import count_flops, count_params, load_model, save_model
 from slimline.params import PRUNE_METHODS, Params
-from slimline.stage import main, markdown_table, write_report
+from slimline.stage import LAYERS_FILE, main, markdown_table, write_report
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 from slimline.training.trainer import to_tensors
 
@@ -87,6 +86,11 @@ def prune(params: Params, args: argparse.Namespace) -> None:
                f"{a['target_flops']:,} from `amount` {cfg.amount} uniformly (unpruned {a['base_flops']:,}); "
                f"drop threshold {a['threshold']:.4f}. `drop@r`: val accuracy lost with that layer alone "
                f"pruned by r, before fine-tuning.\n")
+        if a["short_by"] > 0.02:
+            why = (f"every layer at the largest of prune.scan_ratios {cfg.scan_ratios} removes "
+                   f"{a['short_by']:.0%} less than the uniform budget: add a larger scan ratio")
+            md += f"\n**Short of the FLOPs budget:** {why}.\n"
+            print(f"prune {method}: WARNING: {why}", flush=True)
     if pruned.ablation:
         md += "\n### Layer ablation (val accuracy after removing each unit)\n\n" + markdown_table(
             [{k: v for k, v in row.items() if k != "structure"} for row in pruned.ablation]) + "\n"

@@ -24,12 +24,11 @@ import torch
 
 from slimline import numerics
 from slimline.compress import sensitivity_report
-from slimline.compress.sensitivity_report import LAYERS_FILE
 from slimline.compress.variants import calibration_set, find_models, make_variants
 from slimline.data.dataset import load_prepared
 from slimline.io import atomic_dir, write_json, write_text
 from slimline.params import Params
-from slimline.stage import REPORTS, main, markdown_table, write_report
+from slimline.stage import LAYERS_FILE, REPORTS, main, markdown_table, write_report
 
 SECTIONS = ("quantize", "prune", "train")  # the params it reads: dvc.yaml's `params` for this stage
 
@@ -89,8 +88,8 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
                  run=numerics.record(state, "cpu"))
     pruning = {name: json.loads((folder / LAYERS_FILE).read_text()) for name, folder in models.items()
                if (folder / LAYERS_FILE).exists()}
-    sensitivity_report.chart(sensitivity, pruning, REPORTS / "sensitivity.png")
-    write_text(REPORTS / "sensitivity.md", sensitivity_report.render(sensitivity, pruning, "sensitivity.png"))
+    sensitivity_report.chart(sensitivity, pruning, REPORTS / sensitivity_report.CHART)
+    write_text(REPORTS / "sensitivity.md", sensitivity_report.render(sensitivity, pruning))
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -115,20 +115,13 @@ def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: floa
     """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning):
     `amount` of each layer, or of the layers named in `ratios` (module path -> ratio) theirs."""
     _check(amount, steps)
-    device = next(model.parameters()).device
-    was_training = model.training
-    # The dependency graph is traced with one forward pass: in train mode a BatchNorm1d
-    # rejects a batch of one, and the trace must not update BN running statistics.
-    model.eval()
-    pruner = tp.pruner.BasePruner(
-        model, example_input.to(device),
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=amount,  # of each layer's original channels, reached at the last step
-        pruning_ratio_dict={dict(model.named_modules())[n]: r for n, r in (ratios or {}).items()},
-        iterative_steps=steps,  # linear schedule: amount * k/steps after step k
-        ignored_layers=[classifier(model)],  # keep one logit per class
-    )
-    model.train(was_training)
+    modules = dict(model.named_modules())
+    pruner = pruning_ratios.pruner(
+        model, example_input.to(next(model.parameters()).device),
+        ignored=[classifier(model)],  # keep one logit per class
+        amount=amount,  # of each layer's original channels, reached at the last step
+        ratios={modules[n]: r for n, r in (ratios or {}).items()},
+        steps=steps)  # linear schedule: amount * k/steps after step k
     for _ in range(steps):
         pruner.step()  # physically slices Conv/BN/Linear weights and their consumers' inputs
         finetune(model, epochs_per_step)
@@ -326,15 +319,15 @@ def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
     """Uniform ratios, or (ratios: sensitivity) per-layer ratios from a scan at the same FLOPs."""
     c = job.cfg
     example = job.example.to(next(model.parameters()).device)
-    ignored = [n for n, m in model.named_modules() if m is classifier(model)]
-    ratios, allocation, scanned = None, None, []
+    head = classifier(model)
+    ignored = [n for n, m in model.named_modules() if m is head]
+    before = pruning_ratios.groups(model, example, [head])
+    ratios, allocation, drops = None, None, {}
     if c.ratios == "sensitivity":
-        scanned = pruning_ratios.scan(model, example, ignored, job.evaluate, c.scan_ratios)
+        scanned = pruning_ratios.scan(model, example, ignored, job.evaluate, before, c.scan_ratios)
         found = pruning_ratios.allocate(model, example, ignored, scanned, c.amount, spec.input_shape)
-    before = pruning_ratios.groups(model, example, [classifier(model)])
-    if c.ratios == "sensitivity":
-        ratios, allocation = found.ratios(before), dataclasses.asdict(found)
-    drops = {layer.name: layer.drops for layer in scanned}
+        ratios, drops = found.ratios(), {layer.name: layer.drops for layer in scanned}
+        allocation = {**dataclasses.asdict(found), "short_by": found.short_by()}
     model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs, ratios)
     modules = dict(model.named_modules())
     layers = [{"layer": n, "channels": w, "kept": _width(modules[n]), "ratio": 1 - _width(modules[n]) / w,

@@ -28,8 +28,19 @@ _EPS = 1e-6  # slope added to each drop curve so that it is strictly increasing,
 _BISECTIONS = 40
 
 
-def _importance():
-    return tp.importance.GroupMagnitudeImportance(p=2)
+def pruner(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], amount: float,
+           ratios: dict[nn.Module, float] | None = None, steps: int = 1) -> tp.pruner.BasePruner:
+    """Torch-Pruning's pruner as every structured path here uses it: group L2 magnitude,
+    `amount` of every group's channels, or the group of each module in `ratios` its own,
+    reached after `steps` linear steps. Traced in eval mode: a BatchNorm1d rejects a batch
+    of one in train mode, and the trace must not update BatchNorm statistics."""
+    was_training = model.training
+    model.eval()
+    built = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                 pruning_ratio=amount, pruning_ratio_dict=ratios or {}, iterative_steps=steps,
+                                 ignored_layers=ignored)
+    model.train(was_training)
+    return built
 
 
 def groups(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> dict[str, int]:
@@ -52,11 +63,7 @@ def prune_copy(model: nn.Module, example: torch.Tensor, ignored: list[str], rati
     in one Torch-Pruning step. The model itself is untouched."""
     model = copy.deepcopy(model).eval()
     modules = dict(model.named_modules())
-    pruner = tp.pruner.BasePruner(
-        model, example, importance=_importance(), pruning_ratio=default,
-        pruning_ratio_dict={modules[n]: r for n, r in ratios.items()},
-        ignored_layers=[modules[n] for n in ignored])
-    pruner.step()
+    pruner(model, example, [modules[n] for n in ignored], default, {modules[n]: r for n, r in ratios.items()}).step()
     return model
 
 
@@ -68,23 +75,18 @@ class Layer:
 
 
 def scan(model: nn.Module, example: torch.Tensor, ignored: list[str], evaluate: Evaluate,
-         ratios: list[float]) -> list[Layer]:
-    """Prune each group alone by each ratio and measure the validation accuracy drop."""
+         channels: dict[str, int], ratios: list[float]) -> list[Layer]:
+    """Prune each group (`channels`, from `groups`) alone by each ratio and measure the
+    validation accuracy drop."""
     base = float(evaluate(model))
-    modules = dict(model.named_modules())
-    layers = []
-    for name, channels in groups(model, example, [modules[n] for n in ignored]).items():
-        drops = {r: base - float(evaluate(prune_copy(model, example, ignored,
-                                                     {name: tp_ratio(_kept(r, channels), channels)})))
-                 for r in ratios}
-        layers.append(Layer(name, channels, drops))
-    return layers
+    return [Layer(name, c, {r: base - float(evaluate(prune_copy(model, example, ignored, {name: tp_ratio(_kept(r, c), c)})))
+                            for r in ratios}) for name, c in channels.items()]
 
 
 def _kept(ratio: float, channels: int) -> int:
-    """Channels a layer keeps at this ratio: rounded, and at least one (Torch-Pruning skips a
-    group that would keep none)."""
-    return max(1, round(channels * (1 - ratio)))
+    """Channels a layer keeps at this ratio, as Torch-Pruning counts them for uniform pruning
+    (rounded down), and at least one (it skips a group that would keep none)."""
+    return max(1, int(channels * (1 - ratio) + 1e-9))
 
 
 def tp_ratio(kept: int, channels: int) -> float:
@@ -114,14 +116,19 @@ def _drop_of(layer: Layer, kept: int) -> float:
 @dataclasses.dataclass
 class Allocation:
     kept: dict[str, int]  # group root -> channels it keeps
-    threshold: float  # the common drop threshold that gave them
+    channels: dict[str, int]  # group root -> channels before pruning
+    threshold: float  # the common drop threshold of the bisection (before the one-layer move)
     flops: int  # of the model pruned to these widths
     target_flops: int  # of the model pruned uniformly by `amount`
     base_flops: int  # unpruned
 
-    def ratios(self, channels: dict[str, int]) -> dict[str, float]:
+    def ratios(self) -> dict[str, float]:
         """For Torch-Pruning's pruning_ratio_dict."""
-        return {n: tp_ratio(k, channels[n]) for n, k in self.kept.items()}
+        return {n: tp_ratio(k, self.channels[n]) for n, k in self.kept.items()}
+
+    def short_by(self) -> float:
+        """How much of the uniform FLOPs reduction these widths miss (0 when they reach it)."""
+        return max(0.0, (self.flops - self.target_flops) / (self.base_flops - self.target_flops))
 
 
 def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers: list[Layer],
@@ -131,10 +138,14 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
     they are. Two steps:
 
     1. bisect on the common drop threshold;
-    2. move one layer's width to land closest to the target. A channel of a small layer
-       can hold a large share of the FLOPs (it feeds every channel of the next conv), so
-       the threshold alone can miss by that much. Among the moves that land within 1% of
-       the reduction, the one with the least summed drop wins.
+    2. move one layer's width (never past its largest scan ratio) to land closest to the
+       target. A channel of a small layer can hold a large share of the FLOPs (it feeds
+       every channel of the next conv), so the threshold alone can miss by that much.
+       Among the moves that land within 1% of the reduction, the one with the least
+       summed drop wins.
+
+    When even every layer at its largest scan ratio keeps more FLOPs than the target, that
+    is returned, and `short_by` says by how much.
     """
     channels = {layer.name: layer.channels for layer in layers}
     seen: dict[tuple, int] = {}
@@ -149,11 +160,21 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
     def widths(threshold: float) -> dict[str, int]:
         return {layer.name: _kept_at(layer, threshold) for layer in layers}
 
+    def moved(kept: dict[str, int], layer: Layer) -> dict[str, int]:
+        """kept, with this layer's width the one (FLOPs grow with it) closest to the target."""
+        a, b = _kept(max(layer.drops), layer.channels), layer.channels  # bisect for the smallest
+        floor = a  # width whose FLOPs reach the target, no narrower than the scan went
+        while a < b:
+            w = (a + b) // 2
+            a, b = (w + 1, b) if flops({**kept, layer.name: w}) < target else (a, w)
+        return min(({**kept, layer.name: w} for w in {max(floor, a - 1), a}),
+                   key=lambda k: abs(flops(k) - target))
+
     base = count_flops(copy.deepcopy(model).cpu(), input_shape)
     target = count_flops(prune_copy(model, example, ignored, {}, amount).cpu(), input_shape)
     lo, hi = 0.0, max(max(layer.drops.values(), default=0.0) for layer in layers) + 1.0
     if flops(widths(hi)) > target:  # every layer at its largest scanned ratio is not enough
-        return Allocation(widths(hi), hi, flops(widths(hi)), target, base)  # the caller reports it
+        return Allocation(widths(hi), channels, hi, flops(widths(hi)), target, base)
     best = hi
     for _ in range(_BISECTIONS):
         if widths(lo) == widths(hi):
@@ -162,19 +183,8 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
         if abs(flops(widths(mid)) - target) < abs(flops(widths(best)) - target):
             best = mid
         lo, hi = (mid, hi) if flops(widths(mid)) > target else (lo, mid)
-    kept = widths(best)
-
-    def moved(layer: Layer) -> dict[str, int]:
-        """kept, with this layer's width the one (FLOPs grow with it) closest to the target."""
-        a, b = 1, layer.channels  # smallest width whose FLOPs reach the target, by bisection
-        while a < b:
-            w = (a + b) // 2
-            a, b = (w + 1, b) if flops({**kept, layer.name: w}) < target else (a, w)
-        return min(({**kept, layer.name: w} for w in {max(1, a - 1), a}),
-                   key=lambda k: abs(flops(k) - target))
-
     tolerance = 0.01 * (base - target)
-    kept = min([kept, *(moved(layer) for layer in layers)],
+    kept = min([widths(best), *(moved(widths(best), layer) for layer in layers)],
                key=lambda k: (max(0.0, abs(flops(k) - target) - tolerance),
                               sum(_drop_of(layer, k[layer.name]) for layer in layers)))
-    return Allocation(kept, best, flops(kept), target, base)
+    return Allocation(kept, channels, best, flops(kept), target, base)

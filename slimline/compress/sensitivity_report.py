@@ -15,20 +15,21 @@ from pathlib import Path
 from slimline.io import atomic_write_bytes
 from slimline.stage import markdown_table
 
-LAYERS_FILE = "layers.json"  # in a structured-pruned model's folder: prune's per-layer table
+CHART = "sensitivity.png"  # beside the report, which links it
+CHART_LINK = f"![accuracy drop per layer]({CHART})"
 
 
 def _pt(x: float) -> float:
     return round(x * 100, 2)
 
 
-def render(int8: dict[str, dict], pruning: dict[str, dict], chart: str | None) -> str:
+def render(int8: dict[str, dict], pruning: dict[str, dict], with_chart: bool = True) -> str:
     """int8: quantize's {variant: {"fp32_nodes", "nodes"}}; pruning: {model: layers.json}."""
     md = ["# Which layers hurt", "",
           "Validation accuracy, in points, measured one layer at a time. Written by the `quantize` "
           "stage; the methods are in docs/compression.md.", ""]
-    if chart:
-        md += [f"![accuracy drop per layer]({chart})", ""]
+    if with_chart:
+        md += [CHART_LINK, ""]
     md += ["## int8 (static, QDQ)", ""]
     if not int8:
         md += ["No static int8 variant was scanned (`quantize.variants` has no `static`, or "

@@ -67,6 +67,7 @@ def test_an_unreachable_budget_returns_the_most_the_scan_can_remove():
               pruning_ratios.groups(model, torch.rand(2, *SHAPE), [classifier(model)]).items()]
     a = pruning_ratios.allocate(model, torch.rand(2, *SHAPE), [], layers, 0.75, SHAPE)
     assert a.kept == {"0.1": 12, SENSITIVE: 24, "1.0": 24} and a.flops > a.target_flops
+    assert 0 < a.short_by() == (a.flops - a.target_flops) / (a.base_flops - a.target_flops) < 1
 
 
 @pytest.mark.parametrize("bad, says", [

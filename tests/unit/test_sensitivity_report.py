@@ -20,7 +20,7 @@ def png_size(path):
 
 
 def test_both_scans_render_as_tables_in_points(tmp_path):
-    md = render(INT8, PRUNING, "sensitivity.png")
+    md = render(INT8, PRUNING)
     assert "![accuracy drop per layer](sensitivity.png)" in md
     assert "All-int8 drop against its fp32 source: 12.2 pt" in md  # 0.004 + 0.118
     assert "| /0/0.4/Conv | Conv | 11.8 | 0.4 | True |" in md
@@ -33,9 +33,9 @@ def test_both_scans_render_as_tables_in_points(tmp_path):
 def test_nothing_scanned_says_why_and_still_draws(tmp_path):
     uniform = {"prune_structured": {"ratios": "uniform", "allocation": None, "layers": [
         {"layer": "0.1", "channels": 32, "kept": 8, "ratio": 0.75}]}}
-    md = render({}, uniform, None)
+    md = render({}, uniform, with_chart=False)
     assert "No static int8 variant was scanned" in md and "no scan ran" in md and "](" not in md
     assert "| 0.1 | 32 | 8 | 0.75 |" in md
-    assert "No structured pruning in this run" in render({}, {}, None)
+    assert "No structured pruning in this run" in render({}, {}, with_chart=False)
     chart({}, uniform, tmp_path / "s.png")
     assert png_size(tmp_path / "s.png") == (1320, 495)
