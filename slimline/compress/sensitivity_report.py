@@ -9,10 +9,9 @@ pruning, written by the quantize stage (which sees every model).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from slimline.io import atomic_write_bytes
+from slimline.figures import pyplot, save_png
 from slimline.stage import markdown_table
 
 CHART = "sensitivity.png"  # beside the report, which links it
@@ -62,11 +61,7 @@ def render(int8: dict[str, dict], pruning: dict[str, dict], with_chart: bool = T
 def chart(int8: dict[str, dict], pruning: dict[str, dict], path: Path) -> None:
     """One figure, two panels: int8 accuracy given back per node (bars), and pruning drop per
     layer against the ratio (lines). A panel with nothing scanned says so."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{v.removesuffix('.int8_static')}: {n['node']}" for v, s in int8.items() for n in s["nodes"]]
     values = [n["recovered"] * 100 for s in int8.values() for n in s["nodes"]]
@@ -91,8 +86,4 @@ def chart(int8: dict[str, dict], pruning: dict[str, dict], path: Path) -> None:
         if empty:
             ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)

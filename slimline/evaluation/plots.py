@@ -1,19 +1,14 @@
 """Pareto charts: accuracy against a cost, front and selected variant marked."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from slimline.evaluation.selection import pareto_front
-from slimline.io import atomic_write_bytes
+from slimline.figures import pyplot, save_png
 
 
 def pareto_plot(variants, cost: str, label: str, path: Path, selected: str | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     front = pareto_front(variants, cost)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
@@ -29,9 +24,5 @@ def pareto_plot(variants, cost: str, label: str, path: Path, selected: str | Non
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy vs {label} (blue: Pareto front, red: selected)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
