@@ -1,4 +1,4 @@
-"""Knowledge distillation: Hinton's logit loss, and the teacher it distils from."""
+"""Knowledge distillation: Hinton's logit loss (plus feature hints), and the teacher it distils from."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from slimline.compress.features import FeatureHints
 from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import DistillParams
@@ -24,8 +25,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams):
-    """A loss for training.fit: the teacher sees exactly the (augmented) batch the student sees."""
+def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams, hints: FeatureHints | None = None):
+    """A loss for training.fit: the teacher sees exactly the (augmented) batch the student sees.
+    With `hints` (attached to the student), their feature loss is added to the logit loss."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -33,7 +35,8 @@ def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams):
     def loss(logits, xb, yb):
         with torch.no_grad():
             t_logits = teacher(xb).float()
-        return kd_loss(logits, t_logits, yb, cfg.temperature, cfg.alpha)
+        out = kd_loss(logits, t_logits, yb, cfg.temperature, cfg.alpha)
+        return out if hints is None else out + hints.loss()
 
     return loss
 

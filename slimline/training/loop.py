@@ -83,11 +83,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / max(len(x), 1), correct / max(len(x), 1)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainParams, extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(opt, cfg: TrainParams, total_steps: int):
@@ -109,11 +110,14 @@ class FitResult:
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, store: CheckpointStore,
         loss_fn: Optional[LossFn] = None, on_epoch: Optional[Callable[[dict], None]] = None,
-        desc: str = "train") -> FitResult:
+        desc: str = "train", extra: Optional[nn.Module] = None) -> FitResult:
     """Train `model` in place on tensors already on the target device.
 
     Checkpoints after every epoch into `store` and resumes from its newest
     checkpoint. `on_epoch(metrics)` runs after each epoch (logging hooks).
+    `extra`: training-only modules that loss_fn uses (feature-KD adapters). They
+    train with the model, in its optimizer, and their state is checkpointed with
+    it, so a resumed run stays bit-identical; they are not part of the model.
     """
     from tqdm import tqdm  # bar only on a terminal: tqdm disables itself otherwise (disable=None)
 
@@ -124,13 +128,16 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     if steps > 1 and n % cfg.batch_size == 1:
         steps -= 1  # a last batch of one image breaks BatchNorm in training mode: fold it in
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, extra)
+    trained = list(opt.param_groups[0]["params"])
     sched = make_scheduler(opt, cfg, cfg.epochs * steps)
     result = FitResult()
 
     state = store.latest()
     if state is not None:
         model.load_state_dict(state["model"])
+        if extra is not None:
+            extra.load_state_dict(state["extra"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -142,6 +149,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                 on_epoch(metrics)
 
     model.train()
+    if extra is not None:
+        extra.train()
     for epoch in range(result.resumed_from + 1, cfg.epochs + 1):
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -164,7 +173,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(idx)
@@ -181,10 +190,13 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
               f"val_acc {val_acc:.4f} ({n / elapsed:.0f} samples/s)", flush=True)
         store.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "rng": rng_state(),
-                           "history": result.history})
+                           "history": result.history,
+                           **({"extra": extra.state_dict()} if extra is not None else {})})
         if on_epoch:
             on_epoch(metrics)
     model.eval()
+    if extra is not None:
+        extra.eval()
     return result
 
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from slimline.model import ModelSpec, build_model, count_flops, count_params, sa
 from slimline.params import NetworkParams, Structure, TrainParams
 from slimline.stage import REPORTS, resume_dir
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
+
+if TYPE_CHECKING:  # the trainer needs no KD code to run
+    from slimline.compress.features import FeatureHints
 
 
 @dataclass
@@ -131,13 +134,18 @@ def model_spec(net: Structure, prep: Prepared) -> ModelSpec:
 def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
                   out_dir: str | Path, key_params: dict, deps: list[str],
                   loss_fn: LossFn | None = None, keep_checkpoints: bool = False,
-                  init: Callable[[nn.Module], nn.Module] | None = None, train: bool = True) -> Trained:
+                  init: Callable[[nn.Module], nn.Module] | None = None, train: bool = True,
+                  hints: FeatureHints | None = None, log: bool = True) -> Trained:
     """Build `spec` for the prepared data, train it with `cfg`, save it to out_dir.
 
     init: applied to the freshly built (seeded) model before training: imported weights,
     or deriving a smaller architecture. train=False evaluates and saves it as it is.
     keep_checkpoints: leave the resume folder for the caller to clear, for stages
     that train several models and must resume all of them after a kill.
+    hints: feature-KD hints (the loss_fn adds their loss): attached to the model for
+    training, their adapters trained and checkpointed with it, detached before saving.
+    log: write the dvclive and TensorBoard curves (dvclive/<stage>); off for a run
+    whose curve has no place in the DAG's outputs (an ablation).
     """
     numerics = seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     device = resolve_device(cfg.device)
@@ -148,12 +156,17 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     data = to_tensors(prep, device)
     store = CheckpointStore(resume_dir(stage, key_params, deps))
     if train:
-        logger = EpochLogger(stage)
+        logger = EpochLogger(stage) if log else None
+        if hints is not None:
+            hints.attach(model)
         try:
             result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
-                         on_epoch=logger, desc=stage)
+                         on_epoch=logger, desc=stage, extra=hints)
         finally:
-            logger.close()
+            if hints is not None:
+                hints.detach()
+            if logger is not None:
+                logger.close()
     else:  # an imported model used as it is: its metrics, no epochs
         (train_loss, train_acc), (val_loss, val_acc) = (evaluate(model, *data[s]) for s in ("train", "val"))
         result = FitResult(history=[{"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
