@@ -1,13 +1,20 @@
-"""KD gain over seeds: the distilled student against the same student from scratch.
+"""KD gain over seeds: scratch, logit KD, and logit + feature KD, paired by seed.
 
-    python -m benchmarks.kd_gain [--seeds 0 1 2] [--temperature T] [--alpha A] [--epochs N]
+    python -m benchmarks.kd_gain [--seeds 0 1 2] [--feature-weights 1.0 ...]
+                                 [--set distill.temperature=2 --set student.conv_channels=[4,8]]
+                                 [--train-limit N] [--split val|test]
 
-For each seed, a baseline (teacher) is trained with that seed, then the student
-is trained from scratch and by distillation from that teacher, with the same
-seed, recipe and augmentation. Prints each seed's accuracies, the paired
-difference, and mean +/- std. Target: mean KD gain >= +0.5 pt, no divergence.
+For each seed, a baseline (teacher) is trained with that seed; then the student is
+trained from scratch, by logit KD from that teacher, and by logit KD plus FitNets
+feature hints (distill.features: auto unless --set gives pairs) at each feature weight,
+all with the same seed, recipe and augmentation. Prints val and test accuracy of each,
+the paired differences, and mean +/- std over seeds. Target: logit + feature KD
+>= +0.5 pt over scratch, no divergence. Tune on --split val; report test.
+
+--train-limit N trains every model on a fixed random N of the train images (val and
+test stay whole): a harder config, where the teacher has more to give.
 Uses the prepared data in data/prepared (run `dvc repro prepare` first) and
-params.yaml for everything not given on the command line.
+params.yaml with the --set overrides for everything else.
 """
 from __future__ import annotations
 
@@ -17,60 +24,108 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from slimline.data.dataset import load_prepared
+import tasks  # noqa: F401,I001 - first: pins the CPU math before torch loads
+import numpy as np
+import yaml
+
+from slimline.compress.features import FeatureHints, auto_pairs, check_pairs, describe_pairs
 from slimline.compress.kd import make_kd_loss
-from slimline.params import load_params
-from slimline.training.trainer import model_spec, train_network
+from slimline.compress.student import student_plan
+from slimline.data.dataset import Prepared, load_prepared
+from slimline.model import build_model
+from slimline.params import Params, load_params
 from slimline.training.loop import resolve_device
+from slimline.training.trainer import model_spec, train_network
+
+
+def with_overrides(params: Params, sets: list[str]) -> Params:
+    raw = params.model_dump()
+    for item in sets:
+        key, _, text = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name or section not in raw:
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        raw[section][name] = yaml.safe_load(text)
+    return Params.model_validate(raw)
+
+
+def subsample(prep: Prepared, n: int | None) -> Prepared:
+    if not n:
+        return prep
+    x, y = prep.splits["train"]
+    keep = np.sort(np.random.default_rng(0).permutation(len(y))[:n])
+    return Prepared(splits={**prep.splits, "train": (x[keep], y[keep])}, meta=prep.meta)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--temperature", type=float, default=None)
-    ap.add_argument("--alpha", type=float, default=None)
-    ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: as params.yaml)")
-    ap.add_argument("--split", default="test", choices=["val", "test"], help="accuracy reported")
+    ap.add_argument("--feature-weights", type=float, nargs="+", default=None,
+                    help="one feature-KD arm per weight (default: distill.feature_weight)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override params.yaml (YAML value), e.g. distill.alpha=0.9")
+    ap.add_argument("--train-limit", type=int, default=None, help="train on this many images")
+    ap.add_argument("--split", default="test", choices=["val", "test"], help="accuracy the summary uses")
     args = ap.parse_args()
     root = Path.cwd()
-    params = load_params(root / "params.yaml")
-    dcfg = params.distill.model_copy(update={k: v for k, v in
-                                             {"temperature": args.temperature, "alpha": args.alpha}.items()
-                                             if v is not None})
-    prep = load_prepared(root / "data" / "prepared")
-    key = f"{args.split}_accuracy"
+    params = with_overrides(load_params(root / "params.yaml"), args.sets)
+    dcfg = params.distill
+    weights = args.feature_weights or [dcfg.feature_weight]
+    prep = subsample(load_prepared(root / "data" / "prepared"), args.train_limit)
+    tcfg0 = params.train
+    epochs = dcfg.epochs or tcfg0.epochs
+    arms = ["scratch", "kd", *[f"feat@{w:g}" for w in weights]]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # training writes its logs relative to the cwd: keep them out of the repo
         for seed in args.seeds:
-            tcfg = params.train.model_copy(update={"seed": seed})
-            scfg = tcfg.model_copy(update={"epochs": args.epochs or params.distill.epochs or tcfg.epochs})
-            run = lambda name, net, cfg, loss=None: train_network(  # noqa: E731
-                name, model_spec(net, prep), cfg, prep, Path(tmp) / name,
-                key_params={"seed": seed, "name": name}, deps=[], loss_fn=loss)
-            teacher = run("teacher", params.baseline, tcfg)
-            scratch = run("scratch", params.student, scfg)
-            device = resolve_device(tcfg.device)  # the saved teacher comes back on the CPU
-            kd = run("kd", params.student, scfg, make_kd_loss(teacher.model.to(device), dcfg))
-            row = {"seed": seed, "baseline": teacher.results[key], "scratch": scratch.results[key],
-                   "kd": kd.results[key]}
-            row["gain"] = row["kd"] - row["scratch"]
+            tcfg = tcfg0.model_copy(update={"seed": seed})
+            scfg = tcfg.model_copy(update={"epochs": epochs})
+
+            def run(name, spec, cfg, loss=None, init=None, hints=None):
+                return train_network(name, spec, cfg, prep, Path(tmp) / name, key_params={"seed": seed, "name": name},
+                                     deps=[], loss_fn=loss, init=init, hints=hints, log=False)
+
+            teacher = run("teacher", model_spec(params.baseline, prep), tcfg)
+            t_model = teacher.model.to(resolve_device(tcfg.device))  # saved models come back on the CPU
+            spec, init = student_plan(params.student, teacher.spec)
+            probe = build_model(spec)
+            probe = init(probe) if init else probe
+            pairs = (auto_pairs(t_model, probe, spec.input_shape) if dcfg.features in ("auto", "off")
+                     else check_pairs(t_model, probe, spec.input_shape, list(dcfg.features)))
+            if not pairs:
+                raise SystemExit("no feature pairs between this teacher and student: nothing to compare")
+            logit_cfg = dcfg.model_copy(update={"features": "off"})
+            row = {"seed": seed, "teacher": teacher.results}
+            row["scratch"] = run("scratch", spec, scfg, init=init).results
+            row["kd"] = run("kd", spec, scfg, make_kd_loss(t_model, logit_cfg), init=init).results
+            for w in weights:
+                hints = FeatureHints(t_model, pairs, w, seed)
+                row[f"feat@{w:g}"] = run(f"feat{w:g}", spec, scfg, make_kd_loss(t_model, dcfg, hints),
+                                         init=init, hints=hints).results
             rows.append(row)
-            print(f"seed {seed}: baseline {row['baseline']:.4f}  scratch {row['scratch']:.4f}  "
-                  f"kd {row['kd']:.4f}  gain {row['gain'] * 100:+.2f} pt", flush=True)
+            print(f"seed {seed} (pairs {describe_pairs(pairs)}):", flush=True)
+            for arm in ["teacher", *arms]:
+                r = row[arm]
+                print(f"  {arm:12s} val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}", flush=True)
         os.chdir(root)
 
-    def stat(k):
-        vals = [r[k] * 100 for r in rows]
+    def stat(vals):
+        vals = [v * 100 for v in vals]
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.2f} +/- {sd:.2f}"
+        return f"{statistics.mean(vals):6.2f} +/- {sd:.2f}"
 
-    print(f"\n{args.split} accuracy over seeds {args.seeds} (T={dcfg.temperature}, alpha={dcfg.alpha}, "
-          f"student epochs {args.epochs or params.distill.epochs or params.train.epochs}):")
-    print(f"  baseline  {stat('baseline')} %")
-    print(f"  scratch   {stat('scratch')} %")
-    print(f"  distilled {stat('kd')} %")
-    print(f"  KD gain (paired) {stat('gain')} pt  (target >= +0.5)")
+    key = f"{args.split}_accuracy"
+    print(f"\n{args.split} accuracy, % over seeds {args.seeds} (T={dcfg.temperature}, alpha={dcfg.alpha}, "
+          f"student epochs {epochs}, train images {len(prep.splits['train'][1])}"
+          + (f", overrides {' '.join(args.sets)}" if args.sets else "") + "):")
+    for arm in ["teacher", *arms]:
+        print(f"  {arm:12s} {stat([r[arm][key] for r in rows])}")
+    print("paired gains, pt (target: feature KD - scratch >= +0.5):")
+    for arm in arms[1:]:
+        print(f"  {arm:12s} - scratch {stat([r[arm][key] - r['scratch'][key] for r in rows])}")
+    for arm in arms[2:]:
+        print(f"  {arm:12s} - kd      {stat([r[arm][key] - r['kd'][key] for r in rows])}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "data": {"limit": 400, "min_per_class": 5},
     "train": {"epochs": 2, "num_threads": 1},
+    # Feature KD on, so the shared pipeline covers the three-run distill stage (the default
+    # `off` is what the committed pipeline runs).
+    "distill": {"features": "auto"},
     "prune": {"steps": 1, "finetune_epochs": 1, "ablation_epochs": 0},
     # Barely trained models have near-tied logits: int8 flips 1 of the 80 test images on some
     # CPUs, which the default 0.99 would reject, and then a variant the tests expect is missing.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from functools import lru_cache
-from typing import Any, Iterable, Literal, Optional, get_args
+from typing import Any, Iterable, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
@@ -311,6 +311,30 @@ class DistillParams(Section):
                                 "the baseline got.")
     require_smaller: bool = Field(True, description="Reject a student with no fewer params than "
                                                     "the baseline (teacher).")
+    features: Union[Literal["off", "auto"], list[tuple[str, str]]] = Field(
+        "off", description="Feature KD (FitNets hints) on top of logit KD: off, auto (the last block of "
+                           "each resolution stage, paired by spatial size) or a list of "
+                           "[teacher_module, student_module] pairs (docs/compression.md).")
+    feature_weight: float = Field(1.0, gt=0, description="Weight of the hint loss: the mean over pairs "
+                                                         "of the MSE between adapted student and "
+                                                         "teacher feature maps.")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, v):
+        if v is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if isinstance(v, str):
+            if v not in ("off", "auto"):
+                raise ValueError("expected off, auto or a list of [teacher_module, student_module] pairs")
+            return v
+        bad = not isinstance(v, list) or not v or any(
+            not isinstance(p, (list, tuple)) or len(p) != 2 or not all(isinstance(n, str) and n for n in p)
+            for p in v)
+        if bad:
+            raise ValueError("expected off, auto or a non-empty list of [teacher_module, student_module] "
+                             "pairs of module names")
+        return [tuple(p) for p in v]
 
 
 # The names of slimline.compress.pruning.PRUNERS (here without importing torch).

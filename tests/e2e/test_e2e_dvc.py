@@ -30,6 +30,16 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
     assert sum(prep["sizes"].values()) == 400 and prep["validation"]["success"]
     shown = dvc("metrics", "show", "--json", cwd=tiny_pipeline).stdout
     assert "test_accuracy" in shown and "kd_gain_test" in shown
+    # distill.features: auto (the tiny config): the two conv stages paired, three runs reported
+    kd = json.loads((tiny_pipeline / "reports/distill.json").read_text())
+    assert kd["features"] == [["0.1", "0.1"], ["0.4", "0.4"]]
+    assert kd["feature_gain_test"] == kd["test_accuracy"] - kd["logit_kd_test_accuracy"]
+    assert "| logit KD only |" in (tiny_pipeline / "reports/distill.md").read_text()
+    # the logit-KD ablation leaves neither a model nor curves behind
+    assert sorted(p.name for p in (tiny_pipeline / "models").iterdir()) == [
+        ".gitignore", "baseline", "onnx", "pruned", "ship", "student", "student_scratch"]
+    assert sorted(p.name for p in (tiny_pipeline / "dvclive").iterdir()) == [
+        "distill", "distill_scratch", "train_baseline"]
 
 
 def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):

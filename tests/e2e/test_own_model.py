@@ -62,6 +62,7 @@ def test_own_data_python_model_and_derived_student_through_the_flow(prefect_api,
     assert base["model"] == MODEL and base["epochs"] == 1
     student = json.loads((root / "reports/distill.json").read_text())
     assert student["params"] < base["params"] / 2  # width 0.5: about a quarter, classifier whole
+    assert student["features"] == [["1.4", "1.4"]]  # feature KD (tiny config): the last residual block
     layer = json.loads((root / "reports/prune_layer.json").read_text())
     assert [r["removed"] for r in layer["ablation"]] == ["1.3", "1.4"]  # the two residual blocks
     evaluate = json.loads((root / "reports/evaluate.json").read_text())
