@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slimline.compress.features import FeatureHints
 from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import DistillParams
@@ -25,9 +24,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams, hints: FeatureHints | None = None):
+def make_kd_loss(teacher: torch.nn.Module, cfg: DistillParams, hints: torch.nn.Module | None = None):
     """A loss for training.fit: the teacher sees exactly the (augmented) batch the student sees.
-    With `hints` (attached to the student), their feature loss is added to the logit loss."""
+    With `hints` (slimline.compress.features.FeatureHints, attached to the student), their
+    feature loss is added to the logit loss. (Not imported here: stages that only need the
+    logit loss, like prune, do not depend on the feature code.)"""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -24,9 +24,6 @@ from slimline.model import ModelSpec, build_model, count_flops, count_params, sa
 from slimline.params import NetworkParams, Structure, TrainParams
 from slimline.stage import REPORTS, resume_dir
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
-
-if TYPE_CHECKING:  # the trainer needs no KD code to run
-    from slimline.compress.features import FeatureHints
 
 
 @dataclass
@@ -135,14 +132,16 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
                   out_dir: str | Path, key_params: dict, deps: list[str],
                   loss_fn: LossFn | None = None, keep_checkpoints: bool = False,
                   init: Callable[[nn.Module], nn.Module] | None = None, train: bool = True,
-                  hints: FeatureHints | None = None, log: bool = True) -> Trained:
+                  hints: nn.Module | None = None, log: bool = True) -> Trained:
     """Build `spec` for the prepared data, train it with `cfg`, save it to out_dir.
 
     init: applied to the freshly built (seeded) model before training: imported weights,
     or deriving a smaller architecture. train=False evaluates and saves it as it is.
     keep_checkpoints: leave the resume folder for the caller to clear, for stages
     that train several models and must resume all of them after a kill.
-    hints: feature-KD hints (the loss_fn adds their loss): attached to the model for
+    hints: feature-KD hints (slimline.compress.features.FeatureHints, whose loss the
+    loss_fn adds; a type this module does not import, so stages that train without
+    hints do not depend on that code): attached to the model for
     training, their adapters trained and checkpointed with it, detached before saving.
     log: write the dvclive and TensorBoard curves (dvclive/<stage>); off for a run
     whose curve has no place in the DAG's outputs (an ablation).
