@@ -33,7 +33,7 @@ from slimline.compress.kd import make_kd_loss
 from slimline.compress.student import student_plan
 from slimline.data.dataset import Prepared, load_prepared
 from slimline.model import build_model
-from slimline.params import Params, load_params
+from slimline.params import Params, load_params, parse_params
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import model_spec, train_network
 
@@ -46,7 +46,7 @@ def with_overrides(params: Params, sets: list[str]) -> Params:
         if not name or section not in raw:
             raise SystemExit(f"--set {item!r}: expected section.key=value")
         raw[section][name] = yaml.safe_load(text)
-    return Params.model_validate(raw)
+    return parse_params(raw, "params.yaml with --set")  # every rule and cross-check of the schema
 
 
 def subsample(prep: Prepared, n: int | None) -> Prepared:
@@ -70,7 +70,7 @@ def main() -> None:
     root = Path.cwd()
     params = with_overrides(load_params(root / "params.yaml"), args.sets)
     dcfg = params.distill
-    weights = args.feature_weights or [dcfg.feature_weight]
+    weights = list(dict.fromkeys(args.feature_weights or [dcfg.feature_weight]))  # 1 and 1.0 are one arm
     prep = subsample(load_prepared(root / "data" / "prepared"), args.train_limit)
     tcfg0 = params.train
     epochs = dcfg.epochs or tcfg0.epochs

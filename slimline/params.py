@@ -315,7 +315,7 @@ class DistillParams(Section):
         "off", description="Feature KD (FitNets hints) on top of logit KD: off, auto (the last block of "
                            "each resolution stage, paired by spatial size) or a list of "
                            "[teacher_module, student_module] pairs (docs/compression.md).")
-    feature_weight: float = Field(1.0, gt=0, description="Weight of the hint loss: the mean over pairs "
+    feature_weight: float = Field(3.0, gt=0, description="Weight of the hint loss: the mean over pairs "
                                                          "of the MSE between adapted student and "
                                                          "teacher feature maps.")
 
@@ -324,6 +324,8 @@ class DistillParams(Section):
     def _features(cls, v):
         if v is False:  # YAML 1.1 reads a bare `off` as false
             return "off"
+        if v is True:
+            raise ValueError("expected off or auto: YAML reads a bare on/yes/true as true; write auto")
         if isinstance(v, str):
             if v not in ("off", "auto"):
                 raise ValueError("expected off, auto or a list of [teacher_module, student_module] pairs")

@@ -12,7 +12,8 @@ them (reported, not saved). All reuse the one training loop.
 from __future__ import annotations
 
 import argparse
-import shutil
+import tempfile
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -49,9 +50,12 @@ def distill(params: Params, args: argparse.Namespace) -> None:
         if s >= t:
             raise StageError(f"student has {s:,} params, the baseline {t:,}: the student must be "
                              f"smaller. Shrink `student`, or set distill.require_smaller: false")
-    probe = build_model(spec)  # the student's modules, for the feature pairs (train_network reseeds)
-    pairs = resolve_pairs(params.distill.features, teacher, init(probe) if init else probe, spec.input_shape)
-    key = {"student": params.student.model_dump(), "train": cfg.model_dump()}
+    pairs = []
+    if params.distill.features != "off":
+        probe = build_model(spec)  # the student's modules, for the pairs (train_network reseeds)
+        pairs = resolve_pairs(params.distill.features, teacher, init(probe) if init else probe, spec.input_shape)
+    # The spec too: a derived student changes with its teacher's architecture.
+    key = {"student": params.student.model_dump(), "train": cfg.model_dump(), "spec": asdict(spec)}
     deps = [str(args.data), *CODE_DEPS, *stage_user_files("distill", args.params)]
     # Each model is saved beside its target and moved in only when every training has
     # finished, so a failure in KD never leaves a new scratch model next to an old student.
@@ -59,12 +63,12 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     train = partial(train_network, spec=spec, cfg=cfg, prep=prep, deps=deps, init=init, keep_checkpoints=True)
     scratch = train("distill_scratch", out_dir=pending[args.scratch_out], key_params=key)
     logit_cfg = params.distill.model_copy(update={"features": "off"})
-    logit_key = {**key, "distill": logit_cfg.model_dump()}
+    logit_key = {**key, "distill": params.distill.model_dump(exclude={"features", "feature_weight"})}
     kd_deps = [*deps, str(args.teacher)]
     if pairs:  # the logit-KD ablation: measured and reported, never an output
-        logit_out = args.out.parent / f".{args.out.name}.logit-kd.pending"
-        logit = train("distill_logit_kd", out_dir=logit_out, key_params=logit_key, deps=kd_deps,
-                      loss_fn=make_kd_loss(teacher, logit_cfg), log=False)
+        with tempfile.TemporaryDirectory(prefix="slimline-logit-kd-") as logit_out:
+            logit = train("distill_logit_kd", out_dir=logit_out, key_params=logit_key, deps=kd_deps,
+                          loss_fn=make_kd_loss(teacher, logit_cfg), log=False)
         hints = FeatureHints(teacher, pairs, params.distill.feature_weight, cfg.seed)
         kd = train("distill", out_dir=pending[args.out],
                    key_params={**key, "distill": params.distill.model_dump()}, deps=kd_deps,
@@ -79,8 +83,6 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     # All done: only now drop the checkpoints, so a kill during KD never retrains scratch.
     for r in runs:
         r.store.clear()
-    if pairs:
-        shutil.rmtree(logit_out, ignore_errors=True)
 
     r_kd, r_sc, r_lg = kd.results, scratch.results, logit.results
     results = {

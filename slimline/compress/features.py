@@ -32,6 +32,7 @@ class FeatureMap:
     order: int
     learned: bool  # the module (or one inside it) has parameters
     calls: int  # forwards per model forward: a module run twice has no one output to match
+    in_size: tuple[int, int] | None = None  # the spatial size of its (first) input, when 4-D
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,28 @@ class HintPair:
     size: tuple[int, int]
 
 
+def _spatial(shape: torch.Size, image: tuple[int, int]) -> bool:
+    """Whether a 4-D shape reads as (N, C, H, W) of this image: no larger and with its aspect
+    ratio up to rounding. A channels-last map (N, H, W, C), as inside ConvNeXt or Swin
+    blocks, fails it and is skipped rather than paired by the wrong axes."""
+    (h, w), (ih, iw) = shape[2:], image
+    return h <= ih and w <= iw and abs(h * iw - w * ih) <= max(ih, iw)
+
+
 @torch.no_grad()
 def feature_maps(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, FeatureMap]:
-    """Every named module whose output is a 4-D tensor, from one forward of a zero batch in
-    eval mode (the model's mode is restored)."""
-    ends: dict[str, tuple[int, torch.Size]] = {}
+    """Every named module whose output is a (N, C, H, W) feature map, from one forward of a
+    zero batch in eval mode (the model's mode is restored)."""
+    image = tuple(input_shape[1:3])
+    ends: dict[str, tuple[int, torch.Size, tuple[int, int] | None]] = {}
     calls: dict[str, int] = {}
 
     def hook(name, module, args, out):
         calls[name] = calls.get(name, 0) + 1
-        if isinstance(out, torch.Tensor) and out.ndim == 4:
-            ends[name] = (sum(calls.values()), out.shape)  # forwards ended so far: the order
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and _spatial(out.shape, image):
+            x = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 else None
+            # forwards ended so far: the order
+            ends[name] = (sum(calls.values()), out.shape, tuple(x.shape[2:]) if x is not None else None)
 
     handles = [m.register_forward_hook(partial(hook, name)) for name, m in model.named_modules() if name]
     was_training = model.training
@@ -66,8 +78,8 @@ def feature_maps(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Fe
             h.remove()
         model.train(was_training)
     learned = {name for name, m in model.named_modules() if next(m.parameters(), None) is not None}
-    return {name: FeatureMap(name, shape[1], (shape[2], shape[3]), order, name in learned, calls[name])
-            for name, (order, shape) in ends.items()}
+    return {name: FeatureMap(name, shape[1], (shape[2], shape[3]), order, name in learned, calls[name], in_size)
+            for name, (order, shape, in_size) in ends.items()}
 
 
 def timm_stages(model: nn.Module) -> set[str] | None:
@@ -80,20 +92,41 @@ def timm_stages(model: nn.Module) -> set[str] | None:
     return None
 
 
+def _inside_strided_block(m: FeatureMap, maps: dict[str, FeatureMap]) -> bool:
+    """Whether `m` is at the input size of a block that downsamples: an enclosing module run
+    once that takes m's size in, gives another out, and has only those two sizes inside. The
+    widening 1x1 conv of a bottleneck or inverted residual is such a module: it runs at the
+    old resolution but belongs to the next stage. A stage container (many sizes inside) is
+    not such a block, so the stages it holds still count."""
+    parts = m.name.split(".")
+    for i in range(1, len(parts)):
+        a = maps.get(".".join(parts[:i]))
+        if a is None or a.calls != 1 or a.in_size != m.size or a.size == m.size:
+            continue
+        inner = {x.size for x in maps.values() if x.name.startswith(a.name + ".") and x.size != (1, 1)}
+        if inner <= {m.size, a.size}:
+            return True
+    return False
+
+
 def stage_ends(maps: dict[str, FeatureMap], declared: set[str] | None = None) -> dict[tuple[int, int], FeatureMap]:
     """The last block of each resolution stage: per spatial size, the last module to finish
     whose output has that size and that runs once.
 
-    Among the modules a model declares (timm's feature_info) when it does; otherwise among
-    modules with parameters. Parameter-free ones (the input normalisation, activations,
-    pooling) are skipped, so for a plain conv block this is the conv (or its BatchNorm):
-    pre-activation features, which keep the teacher's negative responses (Heo et al. 2019);
-    for a residual stage it is the stage container. In a block that widens before it
-    strides (an inverted residual) the last module at a size can be that block's expansion,
-    which is why a timm model's own declaration is preferred."""
+    Among the modules a model declares (timm's feature_info) when it does. Otherwise among
+    modules with parameters, skipping 1x1 maps (squeeze-excite gates, pooled heads) and the
+    first layers of a strided block. Parameter-free modules (the input normalisation,
+    activations, pooling) are skipped, so for a plain conv block this is the conv (or its
+    BatchNorm): pre-activation features, which keep the teacher's negative responses (Heo et
+    al. 2019); for a residual model it is each stage."""
     ends: dict[tuple[int, int], FeatureMap] = {}
     for m in sorted(maps.values(), key=lambda m: m.order):
-        if m.calls == 1 and (m.name in declared if declared else m.learned):
+        if m.calls != 1:
+            continue
+        if declared:
+            if m.name in declared:
+                ends[m.size] = m
+        elif m.learned and m.size != (1, 1) and not _inside_strided_block(m, maps):
             ends[m.size] = m
     return dict(sorted(ends.items(), key=lambda kv: kv[1].order))
 
@@ -141,39 +174,42 @@ def _pair(t: FeatureMap, s: FeatureMap) -> HintPair:
 
 
 class FeatureHints(nn.Module):
-    """The hint loss and its adapters. The module's state is the adapters alone; the
-    teacher's hooks live from construction to detach(), the student's from attach()."""
+    """The hint loss and its adapters. The module's state is the adapters alone; attach()
+    hooks the paired modules of the student and the teacher, detach() removes the hooks."""
 
     def __init__(self, teacher: nn.Module, pairs: list[HintPair], weight: float, seed: int):
         super().__init__()
         if not pairs:
             raise ValueError("FeatureHints needs at least one pair")
         self.pairs, self.weight = list(pairs), weight
-        # Own seeded stream: adding hints leaves the global RNG (dropout) where it was.
+        self._teachers = [teacher]  # a list, not an attribute: its parameters are not ours to train
+        # Own seeded stream: adding hints leaves every global generator (dropout) where it was.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             self.adapters = nn.ModuleList(nn.Conv2d(p.student_channels, p.teacher_channels, 1)
                                           for p in self.pairs)
         self._student: dict[int, torch.Tensor] = {}
         self._teacher: dict[int, torch.Tensor] = {}
-        modules = dict(teacher.named_modules())
-        self._handles = [modules[p.teacher].register_forward_hook(partial(self._keep, self._teacher, i))
-                         for i, p in enumerate(self.pairs)]
+        self._handles: list = []
 
-    @staticmethod
-    def _keep(store, i, module, args, out):
-        store[i] = out
+    # Copies, not the outputs themselves: an in-place activation after the module (ReLU(inplace=True))
+    # would otherwise overwrite the captured map before the loss reads it.
+    def _keep_teacher(self, i, module, args, out):
+        self._teacher[i] = out.detach().clone()
 
-    def _keep_training(self, i, module, args, out):
+    def _keep_student(self, i, module, args, out):
         if torch.is_grad_enabled():  # a training step, not an evaluation
-            self._student[i] = out
+            self._student[i] = out.clone()
 
     def attach(self, student: nn.Module) -> "FeatureHints":
-        """Hook the student's paired modules and move the adapters to its device."""
+        """Hook the paired modules of both models and move the adapters to the student's device."""
+        self.detach()
         self.to(next(student.parameters()).device)
-        modules = dict(student.named_modules())
-        self._handles += [modules[p.student].register_forward_hook(partial(self._keep_training, i))
-                          for i, p in enumerate(self.pairs)]
+        for model, role, keep in ((student, "student", self._keep_student),
+                                  (self._teachers[0], "teacher", self._keep_teacher)):
+            modules = dict(model.named_modules())
+            self._handles += [modules[getattr(p, role)].register_forward_hook(partial(keep, i))
+                              for i, p in enumerate(self.pairs)]
         return self
 
     def detach(self) -> None:

@@ -155,10 +155,11 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     data = to_tensors(prep, device)
     store = CheckpointStore(resume_dir(stage, key_params, deps))
     if train:
-        logger = EpochLogger(stage) if log else None
-        if hints is not None:
-            hints.attach(model)
+        logger = None
         try:
+            logger = EpochLogger(stage) if log else None
+            if hints is not None:
+                hints.attach(model)
             result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
                          on_epoch=logger, desc=stage, extra=hints)
         finally:

@@ -108,12 +108,14 @@ def test_explicit_pairs_are_checked_by_name_and_size():
 
 
 def test_features_param_values():
-    assert DistillParams().features == "off" and DistillParams().feature_weight == 1.0
+    assert DistillParams().features == "off" and DistillParams().feature_weight == 3.0
     assert DistillParams(features=[["0.1", "0.1"]]).features == [("0.1", "0.1")]
     assert DistillParams(features=False).features == "off"  # YAML 1.1 reads a bare `off` as false
     for bad in ("on", [], [["0.1"]], [["0.1", ""]], [[1, 2]], {"a": "b"}):
         with pytest.raises(ValidationError, match="expected off, auto or a"):
             DistillParams(features=bad)
+    with pytest.raises(ValidationError, match="YAML reads a bare on/yes/true as true; write auto"):
+        DistillParams(features=True)
     with pytest.raises(ValidationError, match="feature_weight"):
         DistillParams(feature_weight=0)
 
@@ -216,3 +218,83 @@ def test_adapters_never_reach_the_saved_or_exported_student(tmp_path, monkeypatc
         graph = onnx.load(tmp_path / f"{name}.onnx").graph
         names.append(([n.op_type for n in graph.node], sorted(i.name for i in graph.initializer)))
     assert names[0] == names[1]
+
+
+def test_distill_stage_trains_scratch_logit_kd_and_feature_kd(tmp_path, monkeypatch):
+    """The stage itself, in process on tiny data: three runs, hints only in the one saved as
+    models/student, the logit-KD ablation neither logged nor left on disk, a bad explicit pair
+    stopped before any training."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    import tasks.distill as stage
+    from slimline.data.dataset import save_prepared
+    from slimline.model import save_model
+    from slimline.params import load_params
+
+    monkeypatch.chdir(tmp_path)
+    save_prepared(tiny_prepared(), tmp_path / "data")
+    t_spec = network_spec(Structure(conv_channels=[8, 8], hidden=[8]), *TINY_SHAPE)
+    save_model(build_model(t_spec), t_spec, tmp_path / "teacher")
+    raw = {"train": {"epochs": 1, "batch_size": 16, "num_threads": 1, "device": "cpu"},
+           "student": {"conv_channels": [4, 4], "hidden": [8]}, "distill": {"features": "auto"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    args = argparse.Namespace(data=tmp_path / "data", teacher=tmp_path / "teacher", out=tmp_path / "m/student",
+                              scratch_out=tmp_path / "m/scratch", params="params.yaml")
+    calls = []
+
+    def spy(name, **kw):
+        calls.append((name, kw))
+        return train_network(name, **kw)
+
+    monkeypatch.setattr(stage, "train_network", spy)
+    root = Path(stage.__file__).parents[1]  # the code deps are relative to the project
+    monkeypatch.setattr(stage, "CODE_DEPS", [str(root / p) for p in stage.CODE_DEPS])
+    stage.distill(load_params("params.yaml"), args)
+    assert [name for name, _ in calls] == ["distill_scratch", "distill_logit_kd", "distill"]
+    (_, scratch), (_, logit), (_, kd) = calls
+    assert kd["hints"] is not None and "hints" not in logit and "hints" not in scratch
+    assert logit["log"] is False and str(args.teacher) in kd["deps"] and str(args.teacher) in logit["deps"]
+    assert kd["key_params"]["distill"]["features"] == "auto" and "features" not in logit["key_params"]["distill"]
+    report = json.loads((tmp_path / "reports/distill.json").read_text())
+    assert report["features"] == [["0.1", "0.1"], ["0.4", "0.4"]] and report["feature_weight"] == 3.0
+    assert {"logit_kd_test_accuracy", "feature_gain_val"} <= set(report)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["scratch", "student"]
+    assert sorted(p.name for p in (tmp_path / "dvclive").iterdir()) == ["distill", "distill_scratch"]
+    assert not (tmp_path / ".slimline/resume").exists() or not any((tmp_path / ".slimline/resume").iterdir())
+
+    calls.clear()
+    raw["distill"]["features"] = [["0.1", "0.4"]]  # 10x10 against 3x3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(StageError, match="teacher '0.1' is 10x10 but student '0.4' is 3x3"):
+        stage.distill(load_params("params.yaml"), args)
+    assert calls == []
+
+
+def test_stage_ends_skip_a_strided_blocks_first_layers_and_channels_last_maps():
+    class Inverted(nn.Module):  # widen at the old size, then stride: the widening is the next stage's
+        def __init__(self, c):
+            super().__init__()
+            self.expand, self.dw = nn.Conv2d(c, 4 * c, 1), nn.Conv2d(4 * c, 4 * c, 3, 2, 1, groups=4 * c)
+            self.project = nn.Conv2d(4 * c, c, 1)
+
+        def forward(self, x):
+            return self.project(self.dw(self.expand(x)))
+
+    class ChannelsLast(nn.Module):  # a ConvNeXt-style norm on (N, H, W, C)
+        def __init__(self, c):
+            super().__init__()
+            self.norm = nn.LayerNorm(c)
+
+        def forward(self, x):
+            return self.norm(x.permute(0, 2, 3, 1))
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Inverted(4), Inverted(4), ChannelsLast(4),
+                        nn.Flatten(), nn.Linear(2 * 2 * 4, 3))
+    maps = feature_maps(net, (1, 8, 8))
+    assert "3" not in maps and "3.norm" not in maps  # (1, 2, 2, 4) is not read as 2 channels of 2x4
+    assert maps["1.expand"].size == (8, 8)
+    assert [(m.name, m.size) for m in stage_ends(maps).values()] == [("0", (8, 8)), ("1", (4, 4)), ("2", (2, 2))]
