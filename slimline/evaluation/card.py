@@ -39,6 +39,10 @@ def dir_md5(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
+def _features(features) -> str:
+    return features if isinstance(features, str) else ", ".join(f"{t} <- {s}" for t, s in features)
+
+
 def path_of(source: str, params) -> tuple[list[str], list[str], list[str]]:
     """(model folders under models/, params sections, compression steps) on the way to
     the fp32 network `source` (a name from quantize's manifest)."""
@@ -48,7 +52,11 @@ def path_of(source: str, params) -> tuple[list[str], list[str], list[str]]:
         d = params.distill
         return (["baseline", "student"], BASE_SECTIONS + ["student", "distill"],
                 [f"knowledge distillation from the baseline (Hinton logit KD, temperature {d.temperature:g}, "
-                 f"alpha {d.alpha:g}) into a smaller student"])
+                 f"alpha {d.alpha:g}"
+                 + ("" if d.features == "off" else
+                    f"; FitNets feature hints, distill.features {_features(d.features)}, weight "
+                    f"{d.feature_weight:g}, where the models have maps to pair: reports/distill.json lists them")
+                 + ") into a smaller student"])
     if source == "student_scratch":
         return (["student_scratch"], ["data", "student", "train", "distill"],
                 ["a smaller student trained from scratch, without KD (the distillation ablation)"])

@@ -100,3 +100,12 @@ def test_lineage_names_the_nodes_static_int8_kept_in_fp32(tmp_path):
                                            "`/0/0.3/Conv`")
     assert lin["calibration"] == {"batches": 1, "batch_size": 2} and lin["classes"] == ["0", "1"]
     assert set(lin["params"]) == {"data", "baseline", "train", "quantize"}
+
+
+def test_student_lineage_names_feature_hints_when_on():
+    off = path_of("student", Params())[2][0]
+    assert "feature hints" not in off and off.endswith("alpha 0.5) into a smaller student")
+    auto = path_of("student", Params.model_validate({"distill": {"features": "auto", "feature_weight": 2}}))[2][0]
+    assert "FitNets feature hints, distill.features auto, weight 2" in auto
+    pairs = Params.model_validate({"distill": {"features": [["0.4", "0.4"]]}})
+    assert "distill.features 0.4 <- 0.4, weight 3" in path_of("student", pairs)[2][0]
