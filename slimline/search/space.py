@@ -140,6 +140,9 @@ def apply_structure(params_path: Path, target: str, choice: dict) -> str:
 
     yaml = YAML()  # round trip
     yaml.width = 4096
+    # Keep quotes as written: ruamel writes YAML 1.2, where a bare `off` is a string, but
+    # YAML 1.1 readers (PyYAML, so slimline's own loader) read it as false.
+    yaml.preserve_quotes = True
     # Keep `null` spelled out, as the file writes it (ruamel's default is an empty value).
     yaml.representer.add_representer(
         type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
