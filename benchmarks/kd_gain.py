@@ -26,27 +26,16 @@ from pathlib import Path
 
 import tasks  # noqa: F401,I001 - first: pins the CPU math before torch loads
 import numpy as np
-import yaml
 
 from slimline.compress.features import FeatureHints, auto_pairs, check_pairs, describe_pairs
 from slimline.compress.kd import make_kd_loss
 from slimline.compress.student import student_plan
 from slimline.data.dataset import Prepared, load_prepared
 from slimline.model import build_model
-from slimline.params import Params, load_params, parse_params
+from slimline.overrides import apply_to, parse_set_args
+from slimline.params import load_params, parse_params
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import model_spec, train_network
-
-
-def with_overrides(params: Params, sets: list[str]) -> Params:
-    raw = params.model_dump()
-    for item in sets:
-        key, _, text = item.partition("=")
-        section, _, name = key.partition(".")
-        if not name or section not in raw:
-            raise SystemExit(f"--set {item!r}: expected section.key=value")
-        raw[section][name] = yaml.safe_load(text)
-    return parse_params(raw, "params.yaml with --set")  # every rule and cross-check of the schema
 
 
 def subsample(prep: Prepared, n: int | None) -> Prepared:
@@ -68,7 +57,9 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["val", "test"], help="accuracy the summary uses")
     args = ap.parse_args()
     root = Path.cwd()
-    params = with_overrides(load_params(root / "params.yaml"), args.sets)
+    # --set as `-S`: parsed, applied and checked by the whole schema as the flow's overrides are
+    params = parse_params(apply_to(load_params(root / "params.yaml").model_dump(), parse_set_args(args.sets)),
+                          "params.yaml with --set")
     dcfg = params.distill
     weights = list(dict.fromkeys(args.feature_weights or [dcfg.feature_weight]))  # 1 and 1.0 are one arm
     prep = subsample(load_prepared(root / "data" / "prepared"), args.train_limit)

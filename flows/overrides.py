@@ -7,27 +7,11 @@ records the values, and the run is saved as a DVC experiment that shows them
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import yaml
 
-from slimline.overrides import OverrideError, as_set_args
-
-
-def _apply(raw: dict, overrides: dict) -> dict:
-    raw = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        parts = key.split(".")
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                raise OverrideError(f"override '{key}': '{'.'.join(parts[:i + 1])}' is not a section "
-                                    f"of params.yaml; sections: {', '.join(sorted(raw))}")
-            node = child
-        node[parts[-1]] = value
-    return raw
+from slimline.overrides import OverrideError, apply_to, as_set_args
 
 
 def validate(root: Path, overrides: dict) -> list[str]:
@@ -40,7 +24,7 @@ def validate(root: Path, overrides: dict) -> list[str]:
     # The whole file, as `slimline check` does: schema, the files it brings, the models.
     from slimline.check import problems
 
-    message = problems(_apply(raw, overrides) if overrides else raw, root,
+    message = problems(apply_to(raw, overrides) if overrides else raw, root,
                        "params.yaml with the overrides" if overrides else "params.yaml")
     if message:
         raise OverrideError(message)

@@ -32,6 +32,7 @@ from flows.errors import RegressionFailed, StageFailed, TransientFailure, retry_
 from flows.gate import regression_gate
 from flows.overrides import apply as apply_overrides
 from flows.overrides import validate as validate_overrides
+from slimline.overrides import parse_set_args
 from flows.remote import Remote, push_outputs, remote_for, save_run, stage_env, upload_evaluate
 from flows.reports import (Progress, publish_gate, publish_evaluate, publish_sensitivity, publish_skipped,
                            publish_stage, publish_summary)
@@ -49,20 +50,6 @@ SKIP_LINE = "didn't change, skipping"  # ... and when --allow-missing skips a st
 GUARD = ("import ctypes, os, signal, sys\n"
          "if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
          "os.execv(sys.executable, [sys.executable, '-m', 'dvc', *sys.argv[1:]])")
-
-
-
-def parse_set_args(items: list[str]) -> dict:
-    """`-S key=value` strings as an overrides dict (values parsed as YAML, as DVC does)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"-S {item!r}: expected key=value, e.g. -S train.epochs=3")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def stage_name(repo, stage) -> str:
