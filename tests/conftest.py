@@ -30,6 +30,19 @@ from slimline.stage import die_with_parent
 from benchmarks.project import ROOT, TINY, build_tiny, copy_project, run_env, update_params  # noqa: F401  (shared with the tests)
 
 
+def tiny_prepared(n: int = 60, seed: int = 0):
+    """Tiny random data for training tests: n 12x12 grayscale images per split, 3 classes."""
+    import numpy as np
+
+    from slimline.data.dataset import Prepared
+
+    rng = np.random.default_rng(seed)
+    splits = {name: (rng.integers(0, 256, (n, 1, 12, 12)).astype(np.uint8), np.arange(n) % 3)
+              for name in ("train", "val", "test")}
+    return Prepared(splits=splits, meta={"input_shape": [1, 12, 12], "num_classes": 3,
+                                         "mean": [127.0], "std": [70.0]})
+
+
 def sh(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env={**run_env(), **env}, capture_output=True, text=True)
     if check and proc.returncode != 0:

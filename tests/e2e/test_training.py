@@ -5,23 +5,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
-from conftest import run_env, sh, tree_digest, update_params
+from conftest import run_env, sh, tiny_prepared, tree_digest, update_params
 from slimline.training.checkpoint import CheckpointStore
-from slimline.data.dataset import Prepared
 from slimline.params import NetworkParams, Structure, TrainParams
 from slimline.training.trainer import model_spec, train_network
 from slimline.training.loop import random_shift
-
-
-def tiny_prepared(n=60, seed=0) -> Prepared:
-    rng = np.random.default_rng(seed)
-    splits = {name: (rng.integers(0, 256, (n, 1, 12, 12)).astype(np.uint8), np.arange(n) % 3)
-              for name in ("train", "val", "test")}
-    return Prepared(splits=splits, meta={"input_shape": [1, 12, 12], "num_classes": 3,
-                                         "mean": [127.0], "std": [70.0]})
 
 
 def train_once(tmp_path, out, **train):

@@ -2,7 +2,6 @@
 adapters train and resume with the student but never reach its saved or exported form."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -10,12 +9,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch import nn
 
+from conftest import tiny_prepared
 from slimline.compress.features import (FeatureHints, auto_pairs, check_pairs, resolve_pairs, stage_ends,
                                         feature_maps, timm_stages)
 from slimline.compress.kd import make_kd_loss
 from slimline.compress.onnx_tools import export_onnx
 from slimline.compress.student import student_plan
-from slimline.data.dataset import Prepared
 from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model
 from slimline.params import DistillParams, StudentParams, Structure, TrainParams
@@ -146,14 +145,6 @@ def test_hint_loss_trains_student_and_adapters_not_teacher():
                                           "adapters.1.weight"]  # the adapters only, never the teacher
 
 
-def tiny_prepared(n=48) -> Prepared:
-    rng = np.random.default_rng(0)
-    splits = {name: (rng.integers(0, 256, (n, 1, 12, 12)).astype(np.uint8), np.arange(n) % 3)
-              for name in ("train", "val", "test")}
-    return Prepared(splits=splits, meta={"input_shape": [1, 12, 12], "num_classes": 3,
-                                         "mean": [127.0], "std": [70.0]})
-
-
 TINY_SHAPE = ((1, 12, 12), 3, (127.0,), (70.0,))
 
 
@@ -166,7 +157,7 @@ def test_resume_with_hints_is_bit_exact(tmp_path):
     """A run killed after its epoch-2 checkpoint, resumed by a fresh process (fresh model and
     adapters, everything from disk), ends bit-identical to an uninterrupted one."""
     teacher = tiny_pair()
-    data = tiny_prepared()
+    data = tiny_prepared(48)
     train, val = [(torch.from_numpy(x), torch.from_numpy(y).long()) for x, y in
                   (data.splits["train"], data.splits["val"])]
     cfg = TrainParams(epochs=3, batch_size=16, num_threads=1, device="cpu", lr=0.05)
@@ -202,7 +193,7 @@ def test_resume_with_hints_is_bit_exact(tmp_path):
 def test_adapters_never_reach_the_saved_or_exported_student(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     teacher = tiny_pair()
-    data = tiny_prepared()
+    data = tiny_prepared(48)
     spec = network_spec(Structure(conv_channels=[3], hidden=[8]), *TINY_SHAPE)
     hints = FeatureHints(teacher, auto_pairs(teacher, build_model(spec), spec.input_shape), 1.0, seed=0)
     cfg = TrainParams(epochs=1, batch_size=16, num_threads=1, device="cpu")
@@ -236,7 +227,7 @@ def test_distill_stage_trains_scratch_logit_kd_and_feature_kd(tmp_path, monkeypa
     from slimline.params import load_params
 
     monkeypatch.chdir(tmp_path)
-    save_prepared(tiny_prepared(), tmp_path / "data")
+    save_prepared(tiny_prepared(48), tmp_path / "data")
     t_spec = network_spec(Structure(conv_channels=[8, 8], hidden=[8]), *TINY_SHAPE)
     save_model(build_model(t_spec), t_spec, tmp_path / "teacher")
     raw = {"train": {"epochs": 1, "batch_size": 16, "num_threads": 1, "device": "cpu"},
