@@ -39,8 +39,9 @@ server: setup
 server-stop: setup
 	$(VENV)/bin/prefect server stop
 
+# --write-deps: new data or a model file of your own becomes a dvc.yaml dep (printed).
 run: server
-	$(VENV)/bin/slimline check
+	$(VENV)/bin/slimline check --write-deps
 	$(VENV)/bin/slimline run
 
 # Work pools (cpu, gpu), the crash automation and the deployments in prefect.yaml,

@@ -331,6 +331,12 @@ def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, resul
         repo.close()
 
 
+def load_raw(root: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((root / "params.yaml").read_text()) or {}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--targets", nargs="*", help="stages to reproduce (default: all)")
@@ -343,16 +349,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-experiment", action="store_true", help="record the run with `dvc exp save`")
     p.add_argument("--no-run-cache", action="store_true", help="never restore stages from DVC's run cache")
     args = p.parse_args(argv)
+    from slimline.check import declare_files
+    from slimline.overrides import OverrideError, apply_to
+    from slimline.project import find_root
+
+    root = Path(args.root).resolve() if args.root else (find_root() or ROOT)
+    # Run by hand: add what params.yaml brings to dvc.yaml first, as `slimline check
+    # --write-deps` does. A deployment's run calls pipeline() directly and refuses instead.
+    overrides = parse_set_args(args.set)
     try:
-        results = pipeline(targets=args.targets or None, force=args.force, root=args.root,
-                           overrides=parse_set_args(args.set), push=args.push,
+        raw = apply_to(load_raw(root), overrides)
+    except OverrideError:
+        raw = load_raw(root)  # pipeline() below names the bad key
+    for line in declare_files(raw, root):
+        print(line)
+    try:
+        results = pipeline(targets=args.targets or None, force=args.force, root=str(root),
+                           overrides=overrides, push=args.push,
                            save_experiment=args.save_experiment or None, no_run_cache=args.no_run_cache)
     except Exception as err:
         print(f"\npipeline failed: {err}", file=sys.stderr)
         return 1
     from flows.reports import print_summary
 
-    print_summary(Path(args.root or ROOT), results)
+    print_summary(root, results)
     return 0
 
 

@@ -9,11 +9,15 @@
 
 Each command is its module's own CLI (`python -m <module>` works the same); the
 module is imported only when its command runs, so `slimline check` stays quick.
+Every command runs with the project root (the folder holding dvc.yaml) first on sys.path,
+as the stages do, so a model module kept in the project imports here too.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from slimline.project import find_root, importable
 
 COMMANDS = {  # command -> (module with main(argv), one-line help)
     "check": ("slimline.check", "validate params.yaml, its files' dvc.yaml deps and the models it asks for"),
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"slimline: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    root = find_root()
+    if root is not None:
+        importable(root)
     module, _ = COMMANDS[argv[0]]
     return importlib.import_module(module).main(argv[1:]) or 0
 

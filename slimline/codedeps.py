@@ -120,16 +120,17 @@ def python_source(spec: str, root: Path = ROOT) -> str | None:
     return path.relative_to(root).as_posix() if path else None
 
 
-def user_files(stage: str, raw_params: dict) -> list[str]:
+def user_files(stage: str, raw_params: dict, root: Path = ROOT) -> list[str]:
     """The files params.yaml brings into `stage`: the data prepare reads, python: sources of
-    the networks it builds, and the weights it imports."""
+    the networks it builds (found under the project root, where the stage imports them
+    from), and the weights it imports."""
     out = set()
     data = raw_params.get("data") or {}
     if stage == "prepare" and data.get("path"):  # the images an idx, npz or imagefolder source reads
         out.add(str(data["path"]).rstrip("/"))
     for net in BUILDS.get(stage, ()):
         section = raw_params.get(net) or {}
-        src = python_source(str(section.get("model", "cnn")))
+        src = python_source(str(section.get("model", "cnn")), root)
         if src:
             out.add(src)
         if net in IMPORTS_WEIGHTS.get(stage, ()) and section.get("weights"):
@@ -137,10 +138,10 @@ def user_files(stage: str, raw_params: dict) -> list[str]:
     return sorted(out)
 
 
-def stage_deps(stage: str, module: str, raw_params: dict) -> list[str]:
+def stage_deps(stage: str, module: str, raw_params: dict, root: Path = ROOT) -> list[str]:
     """Everything generated into a stage's dvc.yaml deps: its code, then its user files."""
     code = dvc_deps(module)
-    return code + [f for f in user_files(stage, raw_params)
+    return code + [f for f in user_files(stage, raw_params, root)
                    if not any(f == c or f.startswith(c.rstrip("/") + "/") for c in code)]
 
 
@@ -150,12 +151,15 @@ def read_params(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml") -> bool:
+def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml",
+          raw: dict | None = None) -> bool:
     """Rewrite each stage's generated deps (after MARK) in place; True when dvc.yaml changed.
-    Deps above the mark (data, models) are the author's and stay as written."""
+    Deps above the mark (data, models) are the author's and stay as written. `raw`: the
+    params to read instead of the file (with a run's overrides applied)."""
     import re
 
-    raw, modules = read_params(params), stage_modules(dvc_yaml)
+    raw = read_params(params) if raw is None else raw
+    modules = stage_modules(dvc_yaml)
     lines = dvc_yaml.read_text().splitlines(True)
     out, stage, i = [], None, 0
     code = re.compile(r"^(\s*)- (tasks|slimline|flows)/")
@@ -174,7 +178,7 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml
             while i < len(lines) and lines[i].startswith(indent + "- ") and (marked or code.match(lines[i])):
                 i += 1
             out.append(f"{indent}{MARK}\n")
-            out += [f"{indent}- {d}\n" for d in stage_deps(stage, modules[stage], raw)]
+            out += [f"{indent}- {d}\n" for d in stage_deps(stage, modules[stage], raw, dvc_yaml.resolve().parent)]
             continue
         out.append(line)
         i += 1
@@ -187,7 +191,7 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml
 
 def stage_user_files(stage: str, params_path: str | Path) -> list[str]:
     """user_files() for a stage run with this params file (resume keys include them)."""
-    return user_files(stage, read_params(Path(params_path)))
+    return user_files(stage, read_params(Path(params_path)), Path(params_path).resolve().parent)
 
 
 @lru_cache(maxsize=4)
@@ -202,7 +206,7 @@ def undeclared(stage: str, raw_params: dict, dvc_yaml: Path = ROOT / "dvc.yaml")
     rerun it). dvc.yaml is parsed once per version, however many stages are asked about."""
     entry = _stages(str(dvc_yaml), dvc_yaml.stat().st_mtime_ns).get(stage) or {}
     deps = set((entry.get("do") or entry).get("deps", []))
-    return [f for f in user_files(stage, raw_params) if f not in deps
+    return [f for f in user_files(stage, raw_params, dvc_yaml.resolve().parent) if f not in deps
             and not any(f.startswith(d.rstrip("/") + "/") for d in deps)]
 
 

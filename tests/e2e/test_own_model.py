@@ -5,12 +5,13 @@ conv, skip connections), a student derived from it, every pruning method, quanti
 the selection; then an edit to the model's file reruns exactly the stages that build it."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from conftest import dvc, sh, update_params
+from conftest import ROOT, dvc, sh, update_params
 
 MODEL = "python:slimline.examples.tiny_resnet:build"
 
@@ -78,3 +79,33 @@ def test_own_data_python_model_and_derived_student_through_the_flow(prefect_api,
     src.write_text(src.read_text() + "\n# an edit\n")
     status = yaml.safe_load(dvc("status", "--json", cwd=root).stdout)
     assert set(status) == {"train_baseline", "distill", "prune@layer", "quantize", "evaluate"}
+
+
+def test_installed_console_script_imports_a_model_module_from_the_project_root(tmp_path):
+    """The `slimline` console script starts with the venv's bin/ on sys.path, not the project:
+    a model module kept in the project root (outside the package) must import there as it
+    does in the stages. --write-deps declares its file; the preflight builds, derives and
+    exports the baseline and the student from it."""
+    from conftest import copy_project  # noqa: PLC0415
+
+    root = copy_project(tmp_path / "proj")
+    (root / "mymodels").mkdir()
+    (root / "mymodels" / "__init__.py").write_text("")
+    # the packaged example's code, as a user's own file that the installed package cannot see
+    src = (ROOT / "slimline/examples/tiny_resnet.py").read_text()
+    (root / "mymodels" / "net.py").write_text(src)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["baseline"] = {"model": "python:mymodels.net:build", "kwargs": {"width": 8, "blocks": 1}}
+    raw["student"] = {"derive": {"from": "baseline", "width": 0.5}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    script = str(Path(sys.executable).parent / "slimline")
+    first = sh([script, "check", "--write-deps"], root, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "dvc.yaml: train_baseline now depends on mymodels/net.py" in first.stdout
+    assert "params.yaml: OK" in first.stdout
+    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["distill"]["deps"]
+    assert "mymodels/net.py" in deps
+    # run from a subfolder: the root is found by its dvc.yaml
+    (root / "notes").mkdir()
+    again = sh([script, "check", "../params.yaml"], root / "notes", check=False)
+    assert again.returncode == 0 and "OK" in again.stdout, again.stderr

@@ -64,15 +64,18 @@ def test_user_files_become_deps_of_exactly_the_stages_that_use_them(tmp_path):
     dvc_yaml, params = tmp_path / "dvc.yaml", tmp_path / "params.yaml"
     shutil.copy(ROOT / "dvc.yaml", dvc_yaml)
     raw = read_params(ROOT / "params.yaml")
-    raw["baseline"] = {"model": "python:slimline.examples.tiny_resnet:build", "weights": "weights/base.pt"}
+    # the user's module, found where the stages import it from: the project root (dvc.yaml's folder)
+    (tmp_path / "mymodels").mkdir()
+    (tmp_path / "mymodels" / "net.py").write_text("def build(num_classes, in_channels): ...\n")
+    raw["baseline"] = {"model": "python:mymodels.net:build", "weights": "weights/base.pt"}
     params.write_text(yaml.safe_dump(raw))
-    assert undeclared("train_baseline", raw, dvc_yaml) == ["slimline/examples/tiny_resnet.py", "weights/base.pt"]
+    assert undeclared("train_baseline", raw, dvc_yaml) == ["mymodels/net.py", "weights/base.pt"]
 
     assert write(dvc_yaml, params) is True
     assert write(dvc_yaml, params) is False  # idempotent
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     deps = {name: (s.get("do") or s)["deps"] for name, s in stages.items()}
-    src = "slimline/examples/tiny_resnet.py"
+    src = "mymodels/net.py"
     assert "weights/base.pt" in deps["train_baseline"] and src in deps["train_baseline"]
     for stage in ("distill", "prune", "quantize", "evaluate"):  # they build the baseline from its spec
         assert src in deps[stage] and "weights/base.pt" not in deps[stage], stage
