@@ -151,7 +151,7 @@ def summary_rows(root: Path, results: list[dict]) -> list[dict]:
         headline = ""
         if report.exists():
             data = json.loads(report.read_text())
-            for key in ("selected", "test_accuracy", "failed", "sizes"):
+            for key in ("selected", "test_accuracy", "shortfall", "sizes"):
                 if key in data:
                     headline = f"{key}: {data[key]}"
                     break

@@ -7,6 +7,12 @@ Writes reports/evaluate.json ({"baseline", "selected", "variants", "hardware",
 "selection", "lineage"}), evaluate_summary.json, evaluate.md, two Pareto PNGs, and the
 ship bundle for the selected variant in models/ship/, with its MODEL_CARD.md
 (slimline/evaluation/ holds the how).
+
+A variant is eligible when it is within every evaluate budget (against the baseline)
+and passes the quantize gate: top-1 agreement with its own fp32 source on test of at
+least quantize.min_agreement, and val accuracy at most quantize.max_accuracy_drop below
+it. Each variant's record says which it misses (`budget_misses`, each reason naming its
+param; `quantize_gate_passed`), and no variant that misses one is selected.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from slimline.evaluation.card import lineage, render
 from slimline.evaluation.measure import hardware, measure
 from slimline.evaluation.plots import pareto_plot
 from slimline.evaluation.report import markdown, summary
-from slimline.evaluation.selection import pareto_front, ratio_range, select, wins_needed
+from slimline.evaluation.selection import pareto_front, quantize_gate, ratio_range, select, wins_needed
 from slimline.evaluation.ship import git_commit, write_ship
 from slimline.io import write_json
 from slimline.params import Params
@@ -44,15 +50,18 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     torch.set_num_threads(cfg.threads)
     prep = load_prepared(args.data)
     variants, floor = measure(quant_manifest["variants"], args.onnx, prep, cfg)
-    sel = select(variants, BASELINE, cfg)
+    # The quantize gate: a compressed form must match its own fp32 source (quantize.min_agreement,
+    # quantize.max_accuracy_drop), measured here; quantize writes every variant and judges none.
+    sel = select(variants, BASELINE, cfg, gate=params.quantize)
     for cost in ("ort_p50_ms_b1", "bytes"):
         front = pareto_front(variants, cost)
         for v in variants:
             v[f"pareto_{'latency' if cost.startswith('ort') else 'bytes'}"] = v["name"] in front
     base = next(v for v in variants if v["name"] == BASELINE)
     for v in variants:
-        v["within_budget"] = not sel.failures[v["name"]]
-        v["budget_misses"] = sel.failures[v["name"]]
+        v["quantize_gate_passed"] = not quantize_gate(v, params.quantize)
+        v["within_budget"] = not sel.failures[v["name"]]  # eligible: every budget and the gate
+        v["budget_misses"] = sel.failures[v["name"]]  # each reason names the param it misses
         # speed-up over the baseline: ratio of the median p50s, and its range over the rounds
         ratio, lo, hi = ratio_range(base, v)
         v["latency_ratio"], v["latency_ratio_range"] = ratio, [lo, hi]
@@ -76,7 +85,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
     write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report))
     write_json(reports / "evaluate_summary.json", summ)
-    md = markdown(cfg, variants, summ, hw, why)
+    md = markdown(cfg, variants, summ, hw, why, params.quantize)
     write_report("evaluate", report, md)
     print(f"evaluate: selected {sel.name}" + (f" ({summ['size_ratio']:.1f}x smaller, "
                                               f"{summ['latency_ratio']:.2f}x faster; {sel.why})"

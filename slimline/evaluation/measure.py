@@ -25,6 +25,7 @@ import torch
 
 from slimline.compress import onnx_tools as ox
 from slimline.compress.pruning import sparsity
+from slimline.errors import StageError
 from slimline.evaluation.selection import wilson_ci
 from slimline.model import count_flops, count_params, load_model
 from slimline.numerics import cpu_info
@@ -92,6 +93,23 @@ def median(xs) -> float:
     return float(np.median(xs))
 
 
+def against_fp32(variants: list[dict], test_top1: dict[str, np.ndarray]) -> None:
+    """Set each variant's "agreement_with_fp32" (share of test images whose top-1 class is
+    its fp32 source's) and "val_drop_vs_fp32" (its val accuracy below the source's, a
+    fraction): what the quantize gate judges (selection.quantize_gate). Measured here, on
+    the machine that evaluates, since int8 kernels differ between CPUs; an fp32 export
+    is its own source (1.0 and 0.0)."""
+    fp32 = {v["source"]: v for v in variants if v["quantization"] == "fp32"}
+    for v in variants:
+        src = fp32.get(v["source"])
+        if src is None:
+            raise StageError(f"{v['name']}: models/onnx/manifest.json has no fp32 export of its source "
+                             f"{v['source']!r} to compare it with: rerun the `quantize` stage")
+        mine, theirs = test_top1[v["name"]], test_top1[src["name"]]
+        v["agreement_with_fp32"] = float(np.mean(mine == theirs)) if len(mine) else 1.0
+        v["val_drop_vs_fp32"] = src["val_accuracy"] - v["val_accuracy"]
+
+
 def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
     """(variant records, floor record {"p50_ms", "p50_ms_rounds"})."""
     (x_val, y_val), (x_test, y_test) = prep.splits["val"], prep.splits["test"]
@@ -100,12 +118,13 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
     # Latency first, before any torch model is loaded and run.
     timed = time_rounds({FLOOR: None} | {e["name"]: onnx_dir / e["file"] for e in entries}, shape, cfg)
     floor_ms = median(timed[FLOOR]["p50"])
-    variants = []
+    variants, test_top1 = [], {}
     for e in entries:
         name, path = e["name"], onnx_dir / e["file"]
         sess = ox.session(path, threads=cfg.threads)
         val_correct = int((ox.predict(sess, x_val).argmax(1) == y_val).sum())
-        test_correct = int((ox.predict(sess, x_test).argmax(1) == y_test).sum())
+        test_top1[name] = ox.predict(sess, x_test).argmax(1)
+        test_correct = int((test_top1[name] == y_test).sum())
         data = path.read_bytes()
         t = timed[name]
         variants.append({
@@ -118,9 +137,9 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
             "ort_p99_ms_b1": median(t["p99"]), "ort_p50_ms_b1_rounds": t["p50"],
             "floor_multiple": median(t["p50"]) / floor_ms,
             "ort_throughput_b256": ox.throughput(sess, shape, batch=256),
-            "agreement_with_fp32": e["agreement"],
         })
         del sess
+    against_fp32(variants, test_top1)
     # torch last: each source backs up to four ONNX variants, so load and count it once.
     sources = {}
     for d in dict.fromkeys(e["source_dir"] for e in entries):

@@ -1,13 +1,13 @@
 """evaluate's headline numbers (evaluate_summary.json) and its markdown report."""
 from __future__ import annotations
 
-from slimline.evaluation.selection import Selection, wins_needed
-from slimline.params import EvaluateParams
+from slimline.evaluation.selection import Selection, quantize_gate, wins_needed
+from slimline.params import EvaluateParams, QuantizeParams
 from slimline.stage import markdown_table
 
 COLUMNS = ["name", "val_accuracy", "accuracy", "bytes", "gzip_bytes", "params", "nonzero_params", "flops",
            "ort_p50_ms_b1", "ort_p95_ms_b1", "floor_multiple", "ort_throughput_b256", "torch_p50_ms_b1",
-           "within_budget"]
+           "agreement_with_fp32", "within_budget"]
 
 
 def change(drop_pt: float) -> str:
@@ -29,7 +29,22 @@ def summary(base: dict, chosen: dict | None, sel: Selection) -> dict:
     return out
 
 
-def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, why: str) -> str:
+def gate_text(gate: QuantizeParams, variants: list[dict]) -> str:
+    """The quantize gate's rule, and which variants it kept from selection and why."""
+    failed = {v["name"]: quantize_gate(v, gate) for v in variants}
+    failed = {n: why for n, why in failed.items() if why}
+    rule = (f"Quantize gate: a compressed variant is eligible only if its top-1 predictions agree with its own "
+            f"fp32 source on at least {gate.min_agreement:.2%} of test (`quantize.min_agreement`; column "
+            f"`agreement_with_fp32`) and its val accuracy is at most {gate.max_accuracy_drop * 100:.2f} pt "
+            f"below that source's (`quantize.max_accuracy_drop`), both measured in this run.")
+    if not failed:
+        return rule + " Every variant passes."
+    return (rule + f" {len(failed)} variant(s) fail it and are never selected:\n\n"
+            + "\n".join(f"- `{n}`: {'; '.join(why)}" for n, why in failed.items()))
+
+
+def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, why: str,
+             gate: QuantizeParams) -> str:
     rows = [{c: v[c] for c in COLUMNS} | {"ci95": f"{v['accuracy_ci95'][0]:.3f}-{v['accuracy_ci95'][1]:.3f}",
                                           "speedup": f"{v['latency_ratio']:.2f}x [{v['latency_ratio_range'][0]:.2f}, "
                                                      f"{v['latency_ratio_range'][1]:.2f}]"}
@@ -44,7 +59,7 @@ def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, wh
                 f"pt on val.")
     else:
         head = f"**No variant selected.** {why}"
-    return (f"## evaluate\n\n{head}\n\nObjective `{cfg.objective}`, budgets: val accuracy drop <= "
+    return (f"## evaluate\n\n{head}\n\nObjective `{cfg.objective}`, budgets: val accuracy drop below the baseline <= "
             f"{cfg.max_accuracy_drop * 100:.2f} pt, max_bytes {cfg.max_bytes}, max_p50_ms {cfg.max_p50_ms}. "
             f"Selection uses val accuracy; `accuracy` is test (with 95% CI). Latencies: ONNX Runtime, "
             f"{cfg.threads} thread(s), {hw['cpu']}; comparable only on the same hardware. Each p50 is the "
@@ -52,5 +67,5 @@ def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, wh
             f"variant beats another only when "
             f"faster by more than {cfg.latency_margin:.0%} in {wins_needed(cfg.rounds)} of them. Runtime floor "
             f"(a one-op graph, same options): {hw['floor_p50_ms'] * 1e3:.1f} us; `floor_multiple` is each "
-            f"p50 over it.\n\n{markdown_table(rows)}\n\nPareto plots: `reports/pareto_latency.png`, "
-            f"`reports/pareto_bytes.png`. Model card: `models/ship/MODEL_CARD.md`.\n")
+            f"p50 over it.\n\n{gate_text(gate, variants)}\n\n{markdown_table(rows)}\n\nPareto plots: "
+            f"`reports/pareto_latency.png`, `reports/pareto_bytes.png`. Model card: `models/ship/MODEL_CARD.md`.\n")

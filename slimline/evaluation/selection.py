@@ -10,7 +10,7 @@ import math
 import statistics
 from typing import NamedTuple
 
-from slimline.params import EvaluateParams
+from slimline.params import EvaluateParams, QuantizeParams
 
 
 def wilson_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -42,11 +42,29 @@ def budget_failures(v: dict, base: dict, cfg: EvaluateParams) -> list[str]:
     drop = base["val_accuracy"] - v["val_accuracy"]
     if drop > cfg.max_accuracy_drop + 1e-12:
         why.append(f"val accuracy {drop * 100:.2f} pt below the baseline (budget "
-                   f"{cfg.max_accuracy_drop * 100:.2f} pt)")
+                   f"evaluate.max_accuracy_drop {cfg.max_accuracy_drop * 100:.2f} pt)")
     if cfg.max_bytes is not None and v["bytes"] > cfg.max_bytes:
         why.append(f"{v['bytes']:,} bytes > max_bytes {cfg.max_bytes:,}")
     if cfg.max_p50_ms is not None and v["ort_p50_ms_b1"] > cfg.max_p50_ms:
         why.append(f"p50 {v['ort_p50_ms_b1']:.4f} ms > max_p50_ms {cfg.max_p50_ms}")
+    return why
+
+
+def quantize_gate(v: dict, q: QuantizeParams) -> list[str]:
+    """Why variant v is not a faithful form of its own fp32 source (empty: it passes):
+    top-1 agreement on test under quantize.min_agreement, or val accuracy more than
+    quantize.max_accuracy_drop below the source's. Reads "agreement_with_fp32" and
+    "val_drop_vs_fp32" (measure.against_fp32); an fp32 export passes against itself.
+    It lives here, not in quantize, so that measured numbers decide what ships but never
+    which files quantize writes."""
+    why = []
+    agree, drop = v["agreement_with_fp32"], v["val_drop_vs_fp32"]
+    if agree < q.min_agreement:
+        why.append(f"top-1 agreement {agree:.4f} with its fp32 source on test is below "
+                   f"quantize.min_agreement {q.min_agreement}")
+    if drop > q.max_accuracy_drop + 1e-12:
+        why.append(f"val accuracy {drop * 100:.2f} pt below its fp32 source, over quantize.max_accuracy_drop "
+                   f"{q.max_accuracy_drop * 100:.2f} pt")
     return why
 
 
@@ -82,7 +100,7 @@ def ratio_range(num: dict, den: dict) -> tuple[float, float, float]:
 
 class Selection(NamedTuple):
     name: str | None  # the variant to ship; None when none meets every budget
-    failures: dict[str, list[str]]  # {variant: why it misses a budget}; [] where it qualifies
+    failures: dict[str, list[str]]  # {variant: why it misses a budget or the gate}; [] where it qualifies
     tied: list[str]  # the variants the winner tied with on the objective (winner first)
     runner_up: str | None
     why: str  # one line: why the winner won
@@ -112,8 +130,12 @@ def _reason(winner: dict, others: list[dict]) -> str:
     return "the same bytes, val accuracy and form: by name"
 
 
-def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> Selection:
+def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
+           gate: QuantizeParams | None = None) -> Selection:
     """The variant to ship, by a rule that timing noise cannot flip.
+
+    Eligible: within every evaluate budget and, with `gate`, through the quantize gate
+    (quantize_gate); the rest are never chosen, and `failures` says why.
 
     objective latency: among the variants within every budget, F* has the lowest
     median p50; the tied set is every variant F* does not beat (see `beats`); within
@@ -126,7 +148,8 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams) -> Selectio
     if baseline not in by_name:
         raise ValueError(f"baseline variant {baseline!r} is not among the evaluated variants")
     base = by_name[baseline]
-    failures = {v["name"]: budget_failures(v, base, cfg) for v in variants}
+    failures = {v["name"]: budget_failures(v, base, cfg) + (quantize_gate(v, gate) if gate else [])
+                for v in variants}
     eligible = [v for v in variants if not failures[v["name"]]]
     if not eligible:
         return Selection(None, failures, [], None, "no variant meets every budget")

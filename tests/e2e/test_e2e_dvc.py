@@ -80,6 +80,13 @@ def test_evaluate_json_schema(tiny_pipeline):
         assert v["floor_multiple"] == v["ort_p50_ms_b1"] / report["hardware"]["floor_p50_ms"]
         assert v["flops"] > 0  # a quantized form does its fp32 source's operations
         assert (v["torch_p50_ms_b1"] is not None) == (v["quantization"] == "fp32")
+        # the quantize gate, measured by evaluate against the variant's own fp32 source
+        assert 0 <= v["agreement_with_fp32"] <= 1 and isinstance(v["quantize_gate_passed"], bool)
+        if v["quantization"] == "fp32":
+            assert v["agreement_with_fp32"] == 1.0 and v["val_drop_vs_fp32"] == 0.0 and v["quantize_gate_passed"]
+        assert v["within_budget"] == (not v["budget_misses"])
+        if not v["quantize_gate_passed"]:
+            assert not v["within_budget"] and any("quantize." in r for r in v["budget_misses"])
     hw = report["hardware"]
     assert {"cpu", "isa", "cores", "threads", "onnxruntime", "torch", "gpu"} <= set(hw)
     assert 0 < hw["floor_p50_ms"] and len(hw["floor_p50_ms_rounds"]) == 5
@@ -113,8 +120,10 @@ def test_ship_bundle_matches_its_torch_source(tiny_pipeline):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).argmax(1).numpy()
     agree = (ours == ref).mean()
-    # a quantized variant ships only if it passed quantize.min_agreement against its source
+    # a quantized variant ships only if evaluate's quantize gate found it agreeing with its fp32
+    # source (whose top-1 is torch's on test: quantize checks the export) on quantize.min_agreement
     assert agree == 1.0 if entry["quantization"] == "fp32" else agree >= TINY["quantize"]["min_agreement"]
+    assert set(entry) <= {"name", "file", "source", "source_dir", "quantization", "opset", "fp32_nodes"}
 
 
 def test_model_card_cites_only_evaluate_json_and_dvc_hashes(tiny_pipeline):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimline.params import EvaluateParams
-from slimline.evaluation.selection import beats, budget_failures, pareto_front, ratio_range, select, wilson_ci
+from slimline.params import EvaluateParams, QuantizeParams
+from slimline.evaluation.selection import (beats, budget_failures, pareto_front, quantize_gate, ratio_range, select,
+                                           wilson_ci)
 
 
 def V(name, val, acc=None, size=1000, p50=1.0, quant="fp32", rounds=None):
@@ -45,6 +46,39 @@ def test_accuracy_drop_is_judged_on_val_not_test():
         assert len(failures["cheat"]) == 1
         assert "pt" in failures["cheat"][0] and "val" in failures["cheat"][0]
         assert "1.00 pt" in failures["cheat"][0] and "0.50 pt" in failures["cheat"][0]
+
+
+def gated(name, agree, drop, size, p50, quant="dynamic"):
+    """A variant record as evaluate measures it: against its own fp32 source too."""
+    return V(name, 0.978, size=size, p50=p50, quant=quant) | {"agreement_with_fp32": agree, "val_drop_vs_fp32": drop}
+
+
+def test_quantize_gate_rejects_forms_unlike_their_fp32_source_and_never_selects_them():
+    q = QuantizeParams(min_agreement=0.99, max_accuracy_drop=0.005)
+    variants = [gated("baseline", 1.0, 0.0, 100_000, 1.0, quant="fp32"),
+                gated("disagrees", 0.985, 0.0, 1_000, 0.1),  # fastest and smallest: the gate alone stops it
+                gated("drops", 1.0, 0.006, 1_000, 0.1, quant="static"),
+                gated("at_limits", 0.99, 0.005, 5_000, 0.5)]  # both limits are inclusive
+    for objective in ("latency", "size"):
+        cfg = EvaluateParams(objective=objective)
+        assert select(variants, "baseline", cfg).name in {"disagrees", "drops"}  # without the gate
+        sel = select(variants, "baseline", cfg, gate=q)
+        assert sel.name == "at_limits"
+        assert sel.failures["disagrees"] == [
+            "top-1 agreement 0.9850 with its fp32 source on test is below quantize.min_agreement 0.99"]
+        assert sel.failures["drops"] == [
+            "val accuracy 0.60 pt below its fp32 source, over quantize.max_accuracy_drop 0.50 pt"]
+        assert sel.failures["at_limits"] == [] and sel.failures["baseline"] == []
+    assert quantize_gate(variants[1], QuantizeParams(min_agreement=0.98)) == []
+
+
+def test_nothing_through_the_gate_selects_nothing_and_says_why():
+    q = QuantizeParams(min_agreement=1.0)
+    variants = [gated("baseline", 1.0, 0.0, 100_000, 1.0, quant="fp32"), gated("q", 0.999, 0.0, 1_000, 0.1)]
+    sel = select(variants, "baseline", EvaluateParams(max_bytes=10_000), gate=q)
+    assert sel.name is None
+    assert sel.failures["baseline"] == ["100,000 bytes > max_bytes 10,000"]
+    assert "quantize.min_agreement 1.0" in sel.failures["q"][0]
 
 
 def test_accuracy_drop_budget_is_a_fraction_and_inclusive():

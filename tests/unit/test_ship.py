@@ -27,7 +27,7 @@ def exported(tmp_path_factory):
     onnx_dir = tmp_path_factory.mktemp("exp") / "onnx"
     ox.export_onnx(model, SHAPE, onnx_dir / "m.onnx")
     manifest = {"variants": [{"name": "m", "file": "m.onnx", "source": "baseline", "source_dir": "unused",
-                              "quantization": "fp32", "opset": 17, "agreement": 1.0}],
+                              "quantization": "fp32", "opset": 17}],
                 "calibration": {"batches": 2, "batch_size": 4}}
     rng = np.random.default_rng(0)
     splits = {k: (rng.uniform(0, 255, (n, *SHAPE)).astype(np.float32), rng.integers(0, 3, n))
