@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast server server-stop deploy worker bench docs clean-resume s3-local
+.PHONY: setup run test test-fast verify-lock server server-stop deploy worker bench docs clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -67,6 +67,15 @@ test: setup
 # The unit tests only (tests/unit): no DVC pipeline, no Prefect server; under a minute.
 test-fast: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests/unit
+
+# Does the committed dvc.lock reproduce on this CPU? Reruns the default chain up to quantize
+# (prepare, train_baseline, distill, prune@*, quantize) in a fresh temporary copy and compares
+# every data/ and models/ hash with dvc.lock, models/onnx included; exits non-zero on any
+# difference. It is its own target, not a test, because the default chain takes minutes:
+# tests/e2e/test_committed_lock.py covers prepare and train_baseline within `make test`, and
+# the later stages' portability rests on this check (CI runs it after the tests).
+verify-lock: setup
+	$(PY) -m benchmarks.verify_lock
 
 bench: setup
 	$(PY) -m benchmarks.train_loop
