@@ -370,6 +370,11 @@ class PruneParams(Section):
         default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1,
         description="ratios: sensitivity: the ratios each layer is pruned by, alone, in the scan; the "
                     "largest caps every layer's ratio.")
+    graph_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds one Torch-Pruning graph step may take (structured pruning and "
+                                 "its scan, student.derive; also each step of `slimline check`'s model "
+                                 "preflight). Past it, structured pruning is not applicable and derive "
+                                 "fails (docs/own-model.md).")
 
     @field_validator("methods")
     @classmethod
@@ -405,14 +410,16 @@ class QuantizeParams(Section):
     calibration_batch_size: int = Field(32, ge=1, description="Images per calibration batch.")
     min_agreement: float = Field(
         0.99, gt=0, le=1, description="Least top-1 agreement with the fp32 source on the test split; "
-                                      "a variant below it is left out.")
+                                      "evaluate applies it: a variant below it is not eligible to ship.")
     max_accuracy_drop: float = Field(
         0.005, ge=0, lt=1, description="Largest val accuracy drop of a variant below its own fp32 source, as "
-                                       "a fraction (0.005 = 0.5 pt); a variant over it is left out, after "
-                                       "static int8 has kept its most sensitive nodes in fp32. Not "
-                                       "evaluate.max_accuracy_drop, which is against the baseline.")
+                                       "a fraction (0.005 = 0.5 pt). quantize keeps static int8's most "
+                                       "sensitive nodes in fp32 to meet it; evaluate applies it: a variant "
+                                       "over it is not eligible to ship. Not evaluate.max_accuracy_drop, "
+                                       "which is against the baseline.")
     max_excluded: int = Field(3, ge=0, description="Most nodes static int8 may keep in fp32 to meet "
-                                                   "max_accuracy_drop; 0: none, a variant over budget is left out.")
+                                                   "max_accuracy_drop; 0: none. A variant still over budget is "
+                                                   "written as its best attempt, and evaluate rejects it.")
     sensitivity_scan: bool = Field(
         True, description="Rank every static int8 variant's nodes by sensitivity for reports/sensitivity.md "
                           "(one quantization per int8 node); false: only for a variant over max_accuracy_drop.")

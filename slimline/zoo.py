@@ -57,3 +57,15 @@ def _replace_first_conv(net: nn.Module, in_channels: int, spec: str) -> None:
             net.set_submodule(name, new)
             return
     raise StageError(f"model {spec!r} has no Conv2d to take {in_channels}-channel input")
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) of the default build of a timm model that takes that input size only (a vision
+    transformer's patch grid, LeViT's attention biases), as timm's own config says; None for
+    a model that takes any size. timm builds such a model for another size with the
+    `img_size` kwarg."""
+    for m in model.modules():
+        cfg = getattr(m, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("fixed_input_size") and cfg.get("input_size"):
+            return tuple(cfg["input_size"][-2:])
+    return None

@@ -33,7 +33,8 @@ from slimline.training.trainer import keep_run_record, latency_line, train_netwo
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.distill")
 
-SECTIONS = ("student", "distill", "train")  # the params it reads: dvc.yaml's `params` for this stage
+# The params it reads: dvc.yaml's `params` for this stage (of prune, only graph_timeout_s: derive's budget).
+SECTIONS = ("student", "distill", "train", "prune")
 
 
 def distill(params: Params, args: argparse.Namespace) -> None:
@@ -42,7 +43,7 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     from slimline.training.loop import resolve_device
 
     teacher = load_teacher(args.teacher, resolve_device(cfg.device))
-    spec, init = student_plan(params.student, load_spec(args.teacher))
+    spec, init = student_plan(params.student, load_spec(args.teacher), params.prune.graph_timeout_s)
     if params.distill.require_smaller:
         # Against the teacher as trained (models/baseline, a dep), not params' baseline
         # section, which this stage does not read.

@@ -10,12 +10,19 @@ A pruned cnn is described by `structure_of`; any other model records what prunin
 resized (slimline.model.record_reshaped). Either way `save_model` writes safetensors +
 JSON and `build_model` rebuilds it, with no pickle. `derive` shrinks an untrained model
 into a student.
+
+Structured pruning and derive need Torch-Pruning's dependency graph. For a model it cannot
+trace (a channel shuffle) they raise GraphUnavailable (a NotApplicable): the prune stage
+marks the method not applicable and moves on. A graph that runs past prune.graph_timeout_s
+stops the stage instead (a StageError): how fast this machine is must not decide which
+models exist, since those are versioned outputs.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import operator
+import re
 from typing import Callable
 
 import torch
@@ -27,6 +34,7 @@ from slimline.compress import pruning_ratios
 from slimline.errors import StageError
 from slimline.model import ModelSpec, ShapeError, build_model, count_params
 from slimline.params import PRUNE_METHODS, PruneParams, Structure
+from slimline.timebudget import OutOfTime, time_budget
 
 FineTune = Callable[[nn.Module, int], None]  # finetune(model, epochs): trains in place
 Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy
@@ -96,24 +104,59 @@ def classifier(model: nn.Module) -> nn.Module:
     raise StageError("the model has no Linear or Conv2d layer to keep as its classifier")
 
 
-def derive(model: nn.Module, example_input: torch.Tensor, width: float) -> nn.Module:
+class NotApplicable(Exception):
+    """A method that cannot apply to this model (no candidate block, say); str() says why."""
+
+
+# What differs from run to run in an error message: a reason becomes part of a hashed output.
+_AT_ADDRESS = re.compile(r"(<[^<>]*?)\s+at 0x[0-9a-fA-F]+>")  # "<Node object at 0x7f3a...>" -> "<Node object>"
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def error_text(err: BaseException) -> str:
+    """`Type: first line` of an error, memory addresses scrubbed: the same text every run."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    first = _ADDRESS.sub("<address>", _AT_ADDRESS.sub(r"\1>", first))[:300].rstrip(".")  # callers end the sentence
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+class GraphUnavailable(NotApplicable):
+    """Torch-Pruning's dependency graph of the model failed, or ran past its budget;
+    str() says which, in words that are the same every run."""
+
+    def __init__(self, err: BaseException):
+        self.timed_out = isinstance(err, OutOfTime)
+        super().__init__(f"{err} (prune.graph_timeout_s)" if self.timed_out
+                         else f"{pruning_ratios.GRAPH} failed: {error_text(err)}")
+
+
+def derive(model: nn.Module, example_input: torch.Tensor, width: float,
+           budget: float | None = None) -> nn.Module:
     """A student with the model's architecture and every prunable channel group kept at
     `width` of its channels (rounded to a multiple of 8; the classifier kept whole), by
-    Torch-Pruning on the untrained model: the kept weights are its fresh initialisation."""
+    Torch-Pruning on the untrained model: the kept weights are its fresh initialisation.
+    GraphUnavailable when Torch-Pruning cannot trace it within `budget` seconds."""
     if not 0 < width < 1:
         raise ValueError(f"derive width must be in (0, 1), got {width}")
     model.eval()  # trace without touching BatchNorm statistics
-    pruner = tp.pruner.BasePruner(model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=1 - width, round_to=8, ignored_layers=[classifier(model)])
-    pruner.step()
+    head = classifier(model)
+    try:
+        with time_budget(budget, pruning_ratios.GRAPH):
+            pruner = tp.pruner.BasePruner(model, example_input,
+                                          importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                          pruning_ratio=1 - width, round_to=8, ignored_layers=[head])
+            pruner.step()
+    except Exception as err:  # noqa: BLE001 - whatever Torch-Pruning raises, it cannot trace this model
+        raise GraphUnavailable(err) from err
     return model.train()
 
 
 def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: float, steps: int,
                      finetune: FineTune, epochs_per_step: int,
-                     ratios: dict[str, float] | None = None) -> nn.Module:
+                     ratios: dict[str, float] | None = None, budget: float | None = None) -> nn.Module:
     """Remove the lowest-L2 channels/neurons of every layer but the classifier (Torch-Pruning):
-    `amount` of each layer, or of the layers named in `ratios` (module path -> ratio) theirs."""
+    `amount` of each layer, or of the layers named in `ratios` (module path -> ratio) theirs.
+    Building the pruner and each step get `budget` seconds (OutOfTime); fine-tuning has none."""
     _check(amount, steps)
     modules = dict(model.named_modules())
     pruner = pruning_ratios.pruner(
@@ -121,9 +164,10 @@ def prune_structured(model: nn.Module, example_input: torch.Tensor, amount: floa
         ignored=[classifier(model)],  # keep one logit per class
         amount=amount,  # of each layer's original channels, reached at the last step
         ratios={modules[n]: r for n, r in (ratios or {}).items()},
-        steps=steps)  # linear schedule: amount * k/steps after step k
+        steps=steps,  # linear schedule: amount * k/steps after step k
+        budget=budget)
     for _ in range(steps):
-        pruner.step()  # physically slices Conv/BN/Linear weights and their consumers' inputs
+        pruning_ratios.step(pruner, budget)  # slices Conv/BN/Linear weights and their consumers' inputs
         finetune(model, epochs_per_step)
     return model
 
@@ -208,10 +252,6 @@ def prune_layers(model: nn.Module, spec: ModelSpec, n_remove: int, evaluate: Eva
         _, model, spec, row = best
         row["chosen"] = True
     return model, spec, table
-
-
-class NotApplicable(Exception):
-    """A method that cannot apply to this model (no candidate block, say); str() says why."""
 
 
 def _adds_its_input(module: nn.Module) -> bool:
@@ -316,23 +356,49 @@ def _width(module: nn.Module) -> int:
 
 
 def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
-    """Uniform ratios, or (ratios: sensitivity) per-layer ratios from a scan at the same FLOPs."""
+    """Uniform ratios, or (ratios: sensitivity) per-layer ratios from a scan at the same FLOPs.
+    NotApplicable when Torch-Pruning cannot trace the model, or a graph step runs past
+    prune.graph_timeout_s."""
     c = job.cfg
     example = job.example.to(next(model.parameters()).device)
     head = classifier(model)
     ignored = [n for n, m in model.named_modules() if m is head]
-    before = pruning_ratios.groups(model, example, [head])
+    try:
+        before = pruning_ratios.groups(model, example, [head], c.graph_timeout_s)
+    except OutOfTime as err:
+        raise _too_slow(err) from err
+    except Exception as err:  # noqa: BLE001 - the first trace: the model ran, so any failure is Torch-Pruning's
+        raise _without_graph(GraphUnavailable(err)) from err
     ratios, allocation, drops = None, None, {}
-    if c.ratios == "sensitivity":
-        scanned = pruning_ratios.scan(model, example, ignored, job.evaluate, before, c.scan_ratios)
-        found = pruning_ratios.allocate(model, example, ignored, scanned, c.amount, spec.input_shape)
-        ratios, drops = found.ratios(), {layer.name: layer.drops for layer in scanned}
-        allocation = {**dataclasses.asdict(found), "short_by": found.short_by()}
-    model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs, ratios)
+    try:
+        if c.ratios == "sensitivity":
+            scanned = pruning_ratios.scan(model, example, ignored, job.evaluate, before, c.scan_ratios,
+                                          c.graph_timeout_s)
+            found = pruning_ratios.allocate(model, example, ignored, scanned, c.amount, spec.input_shape,
+                                            c.graph_timeout_s)
+            ratios, drops = found.ratios(), {layer.name: layer.drops for layer in scanned}
+            allocation = {**dataclasses.asdict(found), "short_by": found.short_by()}
+        model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs, ratios,
+                                 c.graph_timeout_s)
+    except OutOfTime as err:  # a later graph of the same model: only its budget can stop it
+        raise _too_slow(err) from err
     modules = dict(model.named_modules())
     layers = [{"layer": n, "channels": w, "kept": _width(modules[n]), "ratio": 1 - _width(modules[n]) / w,
                **{f"drop@{r:g}": d for r, d in drops.get(n, {}).items()}} for n, w in before.items()]
     return Pruned(model, spec, [], layers, allocation)
+
+
+def _without_graph(why: GraphUnavailable) -> NotApplicable:
+    """Structured pruning's not-applicable reason: what failed, and what to do about it."""
+    return NotApplicable(f"{why}; structured pruning needs that graph (take structured out of "
+                         f"prune.methods to skip it)")
+
+
+def _too_slow(err: OutOfTime) -> StageError:
+    """A graph past its budget fails the stage, leaving its last outputs as they were: a
+    not-applicable marker would make a versioned output depend on this machine's speed."""
+    return StageError(f"{err} (prune.graph_timeout_s), so the stage stopped rather than hang. Raise "
+                      f"prune.graph_timeout_s, or take structured out of prune.methods")
 
 
 def _layer(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:

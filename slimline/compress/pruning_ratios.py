@@ -20,50 +20,69 @@ import torch_pruning as tp
 from torch import nn
 
 from slimline.model import count_flops
+from slimline.timebudget import time_budget
 
 Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy
 _EPS = 1e-6  # slope added to each drop curve so that it is strictly increasing, hence invertible
 # Halvings of the threshold interval. The widths are a step function of the threshold, so lo and
 # hi can close in on a step without ever giving equal widths; 40 halvings resolve 1e-12.
 _BISECTIONS = 40
+GRAPH = "Torch-Pruning's dependency graph"  # the step a time budget names (prune.graph_timeout_s)
 
 
 def pruner(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], amount: float,
-           ratios: dict[nn.Module, float] | None = None, steps: int = 1) -> tp.pruner.BasePruner:
+           ratios: dict[nn.Module, float] | None = None, steps: int = 1,
+           budget: float | None = None) -> tp.pruner.BasePruner:
     """Torch-Pruning's pruner as every structured path here uses it: group L2 magnitude,
     `amount` of every group's channels, or the group of each module in `ratios` its own,
     reached after `steps` linear steps. Traced in eval mode: a BatchNorm1d rejects a batch
-    of one in train mode, and the trace must not update BatchNorm statistics."""
+    of one in train mode, and the trace must not update BatchNorm statistics. Building it
+    (the graph and all its groups) gets `budget` seconds; else OutOfTime."""
     was_training = model.training
     model.eval()
-    built = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                 pruning_ratio=amount, pruning_ratio_dict=ratios or {}, iterative_steps=steps,
-                                 ignored_layers=ignored)
-    model.train(was_training)
-    return built
+    try:
+        with time_budget(budget, GRAPH):
+            return tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                        pruning_ratio=amount, pruning_ratio_dict=ratios or {},
+                                        iterative_steps=steps, ignored_layers=ignored)
+    finally:
+        model.train(was_training)
 
 
-def groups(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]) -> dict[str, int]:
+def step(built: tp.pruner.BasePruner, budget: float | None = None) -> None:
+    """One pruning step within `budget` seconds: it walks every group of the graph again."""
+    with time_budget(budget, GRAPH):
+        built.step()
+
+
+def groups(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module],
+           budget: float | None = None) -> dict[str, int]:
     """{module path of each prunable group's root layer: its output channels}, in model order.
     A root is the Conv2d/Linear whose output channels the group removes; coupled layers (a
-    residual stage, the next layer's inputs, BatchNorm) follow it."""
+    residual stage, the next layer's inputs, BatchNorm) follow it. The first thing structured
+    pruning does, so where a model Torch-Pruning cannot trace fails (or runs past `budget`)."""
     names = {m: n for n, m in model.named_modules()}
     was_training = model.training
     model.eval()  # tracing must not touch BatchNorm statistics
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    model.train(was_training)
-    roots = {group[0].dep.target.module for group in
-             graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])}
+    try:
+        with time_budget(budget, GRAPH):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+            roots = {group[0].dep.target.module for group in
+                     graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])}
+    finally:
+        model.train(was_training)
     return {names[m]: graph.get_out_channels(m) for m in model.modules() if m in roots}
 
 
 def prune_copy(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: dict[str, float],
-               default: float = 0.0) -> nn.Module:
+               default: float = 0.0, budget: float | None = None) -> nn.Module:
     """A copy of the model with each named group pruned by its ratio (others by `default`),
     in one Torch-Pruning step. The model itself is untouched."""
     model = copy.deepcopy(model).eval()
     modules = dict(model.named_modules())
-    pruner(model, example, [modules[n] for n in ignored], default, {modules[n]: r for n, r in ratios.items()}).step()
+    built = pruner(model, example, [modules[n] for n in ignored], default,
+                   {modules[n]: r for n, r in ratios.items()}, budget=budget)
+    step(built, budget)
     return model
 
 
@@ -75,12 +94,17 @@ class Layer:
 
 
 def scan(model: nn.Module, example: torch.Tensor, ignored: list[str], evaluate: Evaluate,
-         channels: dict[str, int], ratios: list[float]) -> list[Layer]:
+         channels: dict[str, int], ratios: list[float], budget: float | None = None) -> list[Layer]:
     """Prune each group (`channels`, from `groups`) alone by each ratio and measure the
-    validation accuracy drop."""
+    validation accuracy drop. Each pruned copy's graph gets `budget` seconds."""
     base = float(evaluate(model))
-    return [Layer(name, c, {r: base - float(evaluate(prune_copy(model, example, ignored, {name: tp_ratio(_kept(r, c), c)})))
-                            for r in ratios}) for name, c in channels.items()]
+
+    def drop(name: str, ratio: float) -> float:
+        c = channels[name]
+        return base - float(evaluate(prune_copy(model, example, ignored, {name: tp_ratio(_kept(ratio, c), c)},
+                                                budget=budget)))
+
+    return [Layer(name, c, {r: drop(name, r) for r in ratios}) for name, c in channels.items()]
 
 
 def _kept(ratio: float, channels: int) -> int:
@@ -132,7 +156,7 @@ class Allocation:
 
 
 def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers: list[Layer],
-             amount: float, input_shape: tuple[int, int, int]) -> Allocation:
+             amount: float, input_shape: tuple[int, int, int], budget: float | None = None) -> Allocation:
     """Per-layer widths from the scan that remove as many FLOPs as `amount` does uniformly.
     FLOPs are measured on pruned copies, so channel rounding and coupled layers count as
     they are. Two steps:
@@ -145,7 +169,7 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
        summed drop wins.
 
     When even every layer at its largest scan ratio keeps more FLOPs than the target, that
-    is returned, and `short_by` says by how much.
+    is returned, and `short_by` says by how much. Each pruned copy's graph gets `budget` seconds.
     """
     channels = {layer.name: layer.channels for layer in layers}
     seen: dict[tuple, int] = {}
@@ -154,7 +178,7 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
         key = tuple(sorted(kept.items()))
         if key not in seen:
             ratios = {n: tp_ratio(k, channels[n]) for n, k in kept.items()}
-            seen[key] = count_flops(prune_copy(model, example, ignored, ratios).cpu(), input_shape)
+            seen[key] = count_flops(prune_copy(model, example, ignored, ratios, budget=budget).cpu(), input_shape)
         return seen[key]
 
     def widths(threshold: float) -> dict[str, int]:
@@ -171,7 +195,7 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
                    key=lambda k: abs(flops(k) - target))
 
     base = count_flops(copy.deepcopy(model).cpu(), input_shape)
-    target = count_flops(prune_copy(model, example, ignored, {}, amount).cpu(), input_shape)
+    target = count_flops(prune_copy(model, example, ignored, {}, amount, budget).cpu(), input_shape)
     lo, hi = 0.0, max(max(layer.drops.values(), default=0.0) for layer in layers) + 1.0
     if flops(widths(hi)) > target:  # every layer at its largest scanned ratio is not enough
         return Allocation(widths(hi), channels, hi, flops(widths(hi)), target, base)
