@@ -60,9 +60,10 @@ worker: setup
 		$(VENV)/bin/prefect worker start --pool $(POOL) --type process --limit 1
 
 # Two pytest workers (pytest-xdist), a test file each at a time: most end-to-end tests
-# run on one core, and many wait on servers and subprocesses.
+# run on one core, and many wait on servers and subprocesses. The 15 slowest tests are
+# listed at the end, so every run shows where the time goes.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # The unit tests only (tests/unit): no DVC pipeline, no Prefect server; under a minute.
 test-fast: setup

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.project import copy_project, run_env
+from tests.support.project import copy_project, run_env
 
 
 def digits_32(path: Path) -> None:

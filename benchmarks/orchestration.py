@@ -23,7 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.project import ROOT, TINY, copy_project, run_env as env
+from tests.support.project import ROOT, copy_project, run_env as env
+from tests.support.tiny import TINY
 
 
 def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.project import copy_project, run_env
+from tests.support.project import copy_project, run_env
 
 
 def sh(cmd: list[str], cwd: Path) -> str:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.verify_lock [--until quantize] [--keep DIR]
 
-Copies the project as a fresh clone sees it (benchmarks.project.copy_project: the
+Copies the project as a fresh clone sees it (tests.support.project.copy_project: the
 tracked and untracked-but-not-ignored files, so no outputs and no DVC cache), drops the
 copy's dvc.lock so that every stage runs, runs `dvc repro` of the default chain up to
 `--until` (default quantize: prepare, train_baseline, distill, prune@*, quantize), and
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.project import ROOT, copy_project, run_env
+from tests.support.project import ROOT, copy_project, run_env
 
 PORTABLE_PREFIXES = ("data/", "models/")
 

@@ -5,7 +5,7 @@ still being built (see the collection order in tests/conftest.py)."""
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, dvc
+from tests.support.project import ROOT, copy_project, dvc
 
 
 def test_fresh_clone_reproduces_committed_hashes_bit_for_bit(tmp_path):

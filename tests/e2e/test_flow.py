@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import sh, tree_digest, update_params
+from tests.support.project import sh, tree_digest, update_params
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, pipeline_copy
     """The stage runs in its own process group; stopping the flow must not orphan it."""
     from prefect.settings import PREFECT_API_URL
 
-    from conftest import run_env
+    from tests.support.project import run_env
 
     update_params(pipeline_copy, {"train": {"epochs": 500}})  # far longer than the test waits
     env = {**run_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -168,7 +168,7 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, pipe
     visibly, with the change in its message and its own artifact."""
     from flows.errors import RegressionFailed
     from flows.pipeline import pipeline
-    from conftest import sh
+    from tests.support.project import sh
 
     report = json.loads((pipeline_copy / "reports/evaluate.json").read_text())
     selected = next(v for v in report["variants"] if v["name"] == report["selected"])

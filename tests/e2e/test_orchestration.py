@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_tree, dvc, sh
+from tests.support.project import copy_tree, dvc, sh
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from conftest import ROOT, dvc, sh, update_params
+from tests.support.project import ROOT, dvc, sh, update_params
 
 MODEL = "python:slimline.examples.tiny_resnet:build"
 
@@ -86,7 +86,7 @@ def test_installed_console_script_imports_a_model_module_from_the_project_root(t
     a model module kept in the project root (outside the package) must import there as it
     does in the stages. --write-deps declares its file; the preflight builds, derives and
     exports the baseline and the student from it."""
-    from conftest import copy_project  # noqa: PLC0415
+    from tests.support.project import copy_project
 
     root = copy_project(tmp_path / "proj")
     (root / "mymodels").mkdir()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, free_port, sh, tree_digest
+from tests.support.prefect_server import free_port
+from tests.support.project import dvc, sh, tree_digest
 from test_s3 import KEYS, start_moto, stop
 
 pytestmark = pytest.mark.timeout(900)

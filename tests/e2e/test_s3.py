@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from conftest import dvc, run_env, sh, tree_digest
+from tests.support.project import dvc, run_env, sh, tree_digest
 from slimline.s3 import (S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy,
                       is_transient, remote_config, upload_reports)
 
@@ -111,7 +111,7 @@ def test_missing_credentials_and_dead_endpoint_are_explained(monkeypatch, tmp_pa
 
 
 def test_cli_prints_the_dvc_commands(s3_server, aws_env, tmp_path):
-    from conftest import ROOT
+    from tests.support.project import ROOT
 
     proc = sh([sys.executable, "-m", "infra.s3", "bootstrap", "--bucket", "slimline-cli",
                "--endpoint-url", s3_server], tmp_path, PYTHONPATH=str(ROOT), **KEYS)

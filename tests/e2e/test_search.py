@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_tree, dvc, sh, update_params
+from tests.support.project import copy_tree, dvc, sh, update_params
 
 from slimline.repo import stop_group
 from slimline.params import ParamsError, SearchParams, Structure, param_count, parse_params

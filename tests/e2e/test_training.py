@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from conftest import run_env, sh, tiny_prepared, tree_digest, update_params
+from tests.support.project import run_env, sh, tree_digest, update_params
+from tests.support.tiny import tiny_prepared
 from slimline.training.checkpoint import CheckpointStore
 from slimline.params import NetworkParams, Structure, TrainParams
 from slimline.training.trainer import model_spec, train_network
@@ -114,7 +115,7 @@ def test_changed_params_never_resume_a_stale_run(tmp_path, monkeypatch):
 
 
 def test_missing_prepared_data_names_the_stage_to_run(tmp_path):
-    from conftest import ROOT
+    from tests.support.project import ROOT
 
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = sh([sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out",

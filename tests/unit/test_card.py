@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import numbers_not_in
+from tests.support.numbers import numbers_not_in
 from slimline.evaluation.card import _isa, path_of, render
 from slimline.params import Params
 

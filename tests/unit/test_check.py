@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from tests.support.project import ROOT
 from slimline import check
 from slimline.project import find_root, importable
 

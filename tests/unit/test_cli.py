@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_env
+from tests.support.project import ROOT, run_env
 from slimline.cli import COMMANDS, main
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]

@@ -3,7 +3,7 @@ files params.yaml brings (a python: model's source, imported weights)."""
 import pytest
 import yaml
 
-from conftest import ROOT
+from tests.support.project import ROOT
 from slimline.codedeps import closure, code_files, dvc_deps, stage_modules
 
 CODE = ("tasks/", "slimline/", "flows/")

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_prepared
+from tests.support.tiny import tiny_prepared
 from slimline.compress.features import (FeatureHints, auto_pairs, check_pairs, resolve_pairs, stage_ends,
                                         feature_maps, timm_stages)
 from slimline.compress.kd import make_kd_loss

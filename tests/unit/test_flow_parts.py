@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, sh
+from tests.support.project import ROOT, sh
 from flows.gate import regression_gate
 from flows.history import metric_deltas
 from flows.overrides import OverrideError, apply, as_set_args, validate

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT
+from tests.support.project import ROOT
 
 INFRA = ROOT / "infra"
 COMPOSE = INFRA / "docker-compose.yml"

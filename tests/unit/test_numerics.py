@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_env
+from tests.support.project import ROOT, run_env
 from slimline import numerics
 
 

@@ -3,7 +3,7 @@ its descriptions and params.yaml must cover the same keys."""
 import re
 
 import yaml
-from conftest import ROOT
+from tests.support.project import ROOT
 
 from slimline.params import Params
 from slimline.params_doc import render, submodel, walk

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import sh, tree_digest
+from tests.support.project import sh, tree_digest
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.params import parse_params
@@ -121,7 +121,7 @@ def test_validation_failure_names_problem_and_keeps_previous_output(workdir, kin
 
 def test_cli_failure_exits_2_with_readable_message(tmp_path, workdir):
     """Run as a program: a truncated IDX file names itself; no traceback, no output."""
-    from conftest import ROOT
+    from tests.support.project import ROOT
 
     src = tmp_path / "idx"
     src.mkdir()

@@ -9,27 +9,7 @@ from slimline.model import ModelSpec, build_model, count_params, load_model, sav
 from slimline.params import PRUNE_METHODS, PruneParams, Structure
 from slimline.compress.pruning import (PRUNERS, PruneJob, Pruned, prune_layers, prune_structured,
                                        prune_unstructured, sparsity, structure_of)
-
-SHAPE = (1, 12, 12)
-CLASSES = 3
-
-
-def make(seed=0, **structure):
-    s = Structure(**{"conv_channels": [8, 8], "padding": 1, "hidden": [16, 16], **structure})
-    spec = ModelSpec(structure=s.model_dump(), input_shape=SHAPE, num_classes=CLASSES,
-                     mean=(0.5,), std=(0.25,))
-    torch.manual_seed(seed)
-    return build_model(spec), spec, s
-
-
-class Recorder:
-    """A finetune that trains nothing but remembers how it was called."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, model, epochs):
-        self.calls.append(epochs)
+from tests.support.pruning_models import CLASSES, SHAPE, Recorder, make
 
 
 def sgd_steps(model, epochs):

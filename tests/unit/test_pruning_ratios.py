@@ -10,8 +10,7 @@ from slimline.compress import pruning_ratios
 from slimline.compress.pruning import PRUNERS, PruneJob, classifier, structure_of
 from slimline.model import count_flops
 from slimline.params import PruneParams
-
-from test_pruning import SHAPE, Recorder, make
+from tests.support.pruning_models import SHAPE, Recorder, make
 
 SENSITIVE = "0.4"  # the second conv block's conv: make(...) nests each block in a Sequential
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import ROOT
+from tests.support.project import ROOT
 
 AWS_KEY_ID = re.compile(r"(?<![0-9A-Z])(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])")
 # A 40-character secret key right after its name: `key = v`, `"KEY": "v"`, `key v` (dvc CLI).
