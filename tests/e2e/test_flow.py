@@ -1,17 +1,19 @@
-"""The Prefect flow over dvc.yaml, against one Prefect server shared by the test session."""
-import asyncio
+"""The Prefect flow over dvc.yaml, against the test run's Prefect server: stage order from DVC,
+skips and reruns, run-cache restores, restoring outputs after a failure, stopping a stage,
+the regression gate and the checks before any work. On the toy project (tests/support/toy.py):
+what is tested is the flow and DVC around the stages, not what the stages compute."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.project import sh, tree_digest, update_params
+from tests.support.prefect_server import artifacts
+from tests.support.processes import processes_in
+from tests.support.project import run_env, sh, tree_digest, update_params
 
 
 @pytest.fixture
@@ -20,29 +22,17 @@ def prefect_server(prefect_api):
     return prefect_api
 
 
-def artifacts(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return {a.key: a for a in asyncio.run(read())}
-
-
 def found_summary(state) -> str:
     table = artifacts(state.state_details.flow_run_id)["local-pipeline-summary"].data
     return table if isinstance(table, str) else json.dumps(table)
 
 
-def test_stage_order_comes_from_dvc(tiny_pipeline):
+def test_stage_order_comes_from_dvc(toy_project):
     from dvc.repo import Repo
 
     from flows.pipeline import stage_order
 
-    with Repo(str(tiny_pipeline)) as repo:
+    with Repo(str(toy_project)) as repo:
         order = stage_order(repo)
         assert order[:3] == ["prepare", "train_baseline", "distill"]
         assert sorted(order[3:6]) == ["prune@layer", "prune@structured", "prune@unstructured"]
@@ -53,11 +43,11 @@ def test_stage_order_comes_from_dvc(tiny_pipeline):
             stage_order(repo, ["nope"])
 
 
-def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_server, pipeline_copy):
+def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_server, toy_copy):
     from flows.pipeline import pipeline
 
-    update_params(pipeline_copy, {"distill": {"temperature": 2.0}})
-    state = pipeline(root=str(pipeline_copy), return_state=True)
+    update_params(toy_copy, {"distill": {"temperature": 2.0}})
+    state = pipeline(root=str(toy_copy), return_state=True)
     assert state.is_completed()
     results = {r["stage"]: r["outcome"] for r in state.result()}
     assert results == {"prepare": "skipped (up to date)", "train_baseline": "skipped (up to date)",
@@ -81,104 +71,89 @@ def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_s
     assert {"baseline", "student", "prune_structured"} <= {row["name"] for row in table}
 
     # dvc.lock stayed true: a second flow run has nothing to do
-    again = pipeline(root=str(pipeline_copy))
+    again = pipeline(root=str(toy_copy))
     assert {r["outcome"] for r in again} == {"skipped (up to date)"}
 
 
-def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, pipeline_copy):
+def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, toy_copy):
     from flows.pipeline import pipeline
 
-    update_params(pipeline_copy, {"train": {"epochs": 3}})
-    pipeline(root=str(pipeline_copy), targets=["train_baseline"])
-    update_params(pipeline_copy, {"train": {"epochs": 2}})  # back to a config DVC has run before
-    state = pipeline(root=str(pipeline_copy), targets=["train_baseline"], return_state=True)
+    update_params(toy_copy, {"train": {"epochs": 3}})
+    pipeline(root=str(toy_copy), targets=["train_baseline"])
+    update_params(toy_copy, {"train": {"epochs": 2}})  # back to a config DVC has run before
+    state = pipeline(root=str(toy_copy), targets=["train_baseline"], return_state=True)
     assert state.result()[-1]["outcome"] == "restored from run cache"
     # the markdown on disk is from the 3-epoch run: the artifact must not pass it off as this one
     report = artifacts(state.state_details.flow_run_id)["local-train-baseline-report"].data
     assert "belongs to another run" in report and "| epochs | 2 |" in report
 
 
-def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, pipeline_copy, tmp_path):
+def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, toy_copy, tmp_path):
     from flows.pipeline import StageFailed, pipeline
 
-    before = tree_digest(pipeline_copy / "data" / "prepared")
-    report_before = (pipeline_copy / "reports/prepare.json").read_bytes()
+    before = tree_digest(toy_copy / "data" / "prepared")
+    report_before = (toy_copy / "reports/prepare.json").read_bytes()
     bad = tmp_path / "bad.npz"
     x = np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.float32)
     x[3, 0, 0] = np.nan
     np.savez(bad, x=x, y=np.arange(200) % 10)
-    update_params(pipeline_copy, {"data": {"source": "npz", "path": str(bad)}})
-    sh([sys.executable, "-m", "slimline.codedeps", "--write"], pipeline_copy)  # the data: a prepare dep
+    update_params(toy_copy, {"data": {"source": "npz", "path": str(bad)}})
+    sh([sys.executable, "-m", "slimline.codedeps", "--write"], toy_copy)  # the data: a prepare dep
 
-    state = pipeline(root=str(pipeline_copy), return_state=True)
+    state = pipeline(root=str(toy_copy), return_state=True)
     assert state.is_failed()
     with pytest.raises(StageFailed) as exc:
         state.result()
     assert "stage 'prepare' failed" in str(exc.value) and "pixels_finite" in str(exc.value)
     # DVC deleted the outputs before running; the flow restored them: the cached ones from
     # the DVC cache, the uncached report from its snapshot
-    assert tree_digest(pipeline_copy / "data" / "prepared") == before
-    assert (pipeline_copy / "reports/prepare.json").read_bytes() == report_before
+    assert tree_digest(toy_copy / "data" / "prepared") == before
+    assert (toy_copy / "reports/prepare.json").read_bytes() == report_before
     assert "failed" in found_summary(state)
     found = artifacts(state.state_details.flow_run_id)
     assert "failed" in found["local-prepare-report"].data
     assert "local-train-baseline-report" not in found  # nothing downstream ran
 
 
-def processes_in(folder):
-    """PIDs of live processes whose working directory is `folder` (Linux /proc)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_stopping_the_flow_kills_the_running_stage(prefect_server, pipeline_copy, sig):
+def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig):
     """The stage runs in its own process group; stopping the flow must not orphan it."""
     from prefect.settings import PREFECT_API_URL
 
-    from tests.support.project import run_env
-
-    update_params(pipeline_copy, {"train": {"epochs": 500}})  # far longer than the test waits
+    update_params(toy_copy, {"train": {"epochs": 500}})  # far longer than the test waits
     env = {**run_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(pipeline_copy),
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(toy_copy),
                              "--targets", "train_baseline"],
-                            cwd=pipeline_copy, env=env, stdout=subprocess.PIPE,
+                            cwd=toy_copy, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not list(pipeline_copy.glob(".slimline/resume/train_baseline-*/epoch-0001.pt")):
+    while not list(toy_copy.glob(".slimline/resume/train_baseline-*/epoch-0001.pt")):
         assert flow.poll() is None, flow.stdout.read()
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.05)
     flow.send_signal(sig)
     out, _ = flow.communicate(timeout=60)
     assert "train_baseline: stopping the stage (process group" in out, out[-3000:]
-    assert processes_in(pipeline_copy) == [], "a stage process outlived the flow"
+    assert processes_in(toy_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
-    assert list(pipeline_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))
+    assert list(toy_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))
 
 
-def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, pipeline_copy):
+def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, toy_copy):
     """The last commit shipped a better model than this run selects: the run fails,
     visibly, with the change in its message and its own artifact."""
     from flows.errors import RegressionFailed
     from flows.pipeline import pipeline
-    from tests.support.project import sh
 
-    report = json.loads((pipeline_copy / "reports/evaluate.json").read_text())
+    report = json.loads((toy_copy / "reports/evaluate.json").read_text())
     selected = next(v for v in report["variants"] if v["name"] == report["selected"])
     better = json.loads(json.dumps(report))
     next(v for v in better["variants"] if v["name"] == report["selected"])["accuracy"] = selected["accuracy"] + 0.05
-    (pipeline_copy / "reports/evaluate.json").write_text(json.dumps(better))
-    sh(["git", "commit", "-qam", "a better model was shipped"], pipeline_copy)
-    (pipeline_copy / "reports/evaluate.json").write_text(json.dumps(report))  # what DVC restores
+    (toy_copy / "reports/evaluate.json").write_text(json.dumps(better))
+    sh(["git", "commit", "-qam", "a better model was shipped"], toy_copy)
+    (toy_copy / "reports/evaluate.json").write_text(json.dumps(report))  # what DVC restores
 
-    state = pipeline(root=str(pipeline_copy), targets=["evaluate"],
+    state = pipeline(root=str(toy_copy), targets=["evaluate"],
                      overrides={"gate.max_accuracy_drop": 0.005}, return_state=True)
     assert state.is_failed()
     with pytest.raises(RegressionFailed, match=r"test accuracy of the selected model fell 5\.00 pt"):
@@ -187,14 +162,14 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, pipe
     assert "FAILED" in gate and "gate.max_accuracy_drop is 0.50 pt" in gate
 
 
-def test_the_flow_checks_the_whole_file_and_its_files_before_any_work(prefect_server, pipeline_copy):
+def test_the_flow_checks_the_whole_file_and_its_files_before_any_work(prefect_server, toy_copy):
     """As `slimline check` does: here a data folder params.yaml names but dvc.yaml does not
     list, so a changed image would not rerun prepare."""
     from flows.pipeline import pipeline
     from slimline.overrides import OverrideError
 
-    before = tree_digest(pipeline_copy / "data" / "prepared")
-    update_params(pipeline_copy, {"data": {"source": "imagefolder", "path": "images"}})
+    before = tree_digest(toy_copy / "data" / "prepared")
+    update_params(toy_copy, {"data": {"source": "imagefolder", "path": "images"}})
     with pytest.raises(OverrideError, match=r"prepare: images.*codedeps --write"):
-        pipeline(root=str(pipeline_copy))
-    assert tree_digest(pipeline_copy / "data" / "prepared") == before
+        pipeline(root=str(toy_copy))
+    assert tree_digest(toy_copy / "data" / "prepared") == before

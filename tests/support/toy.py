@@ -19,26 +19,35 @@ from tests.support.project import commit, copy_project, run_env
 
 MODULE = "tests.support.toy_stage"
 CODE = ("tasks/", "slimline/", "flows/")
-TOY_CODE = ["tests/support/toy_stage.py", "tests/support/toy_snapshot"]
+SNAPSHOT = "tests/support/toy_snapshot"
+_GENERATED = "__generated__"  # where codedeps' mark goes: `codedeps --write` works on the toy too
 # As the tiny config, where it matters to the plumbing: few epochs, quick evaluate settings.
 PARAMS = {"train": {"epochs": 2, "num_threads": 1}, "evaluate": {"repeats": 20, "warmup": 2}}
 
 
 def toy_stages(real: dict) -> dict:
-    """The real dvc.yaml's stages with toy commands and toy code deps."""
+    """The real dvc.yaml's stages with toy commands, and the toy's code (its import closure,
+    as slimline.codedeps finds it) as their generated deps."""
+    from slimline.codedeps import dvc_deps
+
+    code = dvc_deps(MODULE)
     out = {}
     for name, stage in real["stages"].items():
         body = dict(stage.get("do") or stage)
         body["cmd"] = f"python -m {MODULE} {name}" + (" ${item}" if "do" in stage else "")
-        body["deps"] = [d for d in body.get("deps", []) if not d.startswith(CODE)] + TOY_CODE
+        authored = [d for d in body.get("deps", []) if not d.startswith(CODE)]  # data, models
+        body["deps"] = authored + [SNAPSHOT, _GENERATED, *code]
         out[name] = {"foreach": stage["foreach"], "do": body} if "do" in stage else body
     return {"stages": out}
 
 
 def write_toy_dvc_yaml(root: Path) -> None:
+    from slimline.codedeps import MARK
+
     real = yaml.safe_load((root / "dvc.yaml").read_text())
-    (root / "dvc.yaml").write_text("# The toy project's stages (tests/support/toy.py)\n"
-                                   + yaml.safe_dump(toy_stages(real), sort_keys=False))
+    text = yaml.safe_dump(toy_stages(real), sort_keys=False)
+    text = "\n".join(line.replace(f"- {_GENERATED}", MARK) for line in text.splitlines())
+    (root / "dvc.yaml").write_text(f"# The toy project's stages (tests/support/toy.py)\n{text}\n")
     (root / "dvc.lock").unlink(missing_ok=True)
 
 
