@@ -17,7 +17,7 @@ dvc subprocesses, and `explain_dvc_failure`/`is_transient` turn a failed dvc
 run's output into one actionable line and a retry decision.
 
 Retry layers in one `dvc push`/`dvc pull` (dvc-s3 3.3, s3fs 2026.9, aiohttp 3.14),
-as measured against moto and dead ports (tests/test_s3.py counts the first two):
+as measured against moto and dead ports (tests/e2e/test_s3.py counts the first two):
 - botocore: AWS_MAX_ATTEMPTS tries per request (the legacy default is 5);
   `bounded_env` caps it. A refused connection costs exactly this many connects.
 - aiohttp: resends a GET/HEAD once when the server drops the connection.

@@ -1,48 +1,24 @@
 """The flow with a DVC remote: bounded retries through an outage, then a fresh
-machine that pulls only what its stages need, and presigned report links."""
+machine that pulls only what its stages need, and presigned report links. The
+project is the toy project's: what is under test is the flow and DVC around the
+stages (retries, pulls, pushes, uploads), not what the stages compute."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.support.prefect_server import free_port
+from tests.support.prefect_server import artifacts, free_port, task_runs
 from tests.support.project import dvc, sh, tree_digest
-from test_s3 import KEYS, start_moto, stop
+from tests.support.s3 import KEYS, configure_remote, start_moto, stop_moto
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def add_remote(root: Path, port: int, bucket: str = "slimline") -> None:
-    dvc("remote", "add", "-d", "--local", "-f", "storage", f"s3://{bucket}/dvc", cwd=root)
-    for key, value in (("endpointurl", f"http://127.0.0.1:{port}"), ("access_key_id", "testing"),
-                       ("secret_access_key", "testing"), ("verify", "true")):
-        dvc("remote", "modify", "--local", "storage", key, value, cwd=root)
-
-
-def task_runs(flow_run_id) -> dict:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-
-    return {t.name: t for t in asyncio.run(read())}
-
-
-def artifacts(flow_run_id) -> dict:
-    from test_flow import artifacts as read
-
-    return read(flow_run_id)
-
-
 def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_it_needs(
-        prefect_api, pipeline_copy, tmp_path, monkeypatch):
+        prefect_api, toy_copy, tmp_path, monkeypatch):
     import boto3
 
     import flows.pipeline as fp
@@ -57,11 +33,11 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
     monkeypatch.setattr(fp, "push_outputs", push_outputs.with_options(retry_delay_seconds=0))
 
     port = free_port()  # nothing listens: connections are refused at once
-    add_remote(pipeline_copy, port)
-    cache, data = pipeline_copy / ".dvc" / "cache", pipeline_copy / "data" / "prepared"
+    configure_remote(toy_copy, "slimline", f"http://127.0.0.1:{port}", verify=True)
+    cache, data = toy_copy / ".dvc" / "cache", toy_copy / "data" / "prepared"
     before = tree_digest(cache), tree_digest(data)
 
-    state = fp.pipeline(root=str(pipeline_copy), targets=["prepare"], return_state=True)
+    state = fp.pipeline(root=str(toy_copy), targets=["prepare"], return_state=True)
     assert state.is_failed()
     with pytest.raises(fp.StageFailed, match="remote unreachable: s3://slimline/dvc") as err:
         state.result()
@@ -73,19 +49,19 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
     moto = start_moto(port, tmp_path / "moto.log")
     try:
         bootstrap("slimline", f"http://127.0.0.1:{port}", policy_dir=tmp_path)
-        results = fp.pipeline(root=str(pipeline_copy), targets=["prepare"])
+        results = fp.pipeline(root=str(toy_copy), targets=["prepare"])
         assert results[-1]["outcome"] == "pushed to s3://slimline/dvc"
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
         assert s3.list_objects_v2(Bucket="slimline", Prefix="dvc/files/md5/")["KeyCount"] > 10
-        sh(["git", "add", "-A"], pipeline_copy)
-        sh(["git", "commit", "-qm", "pushed"], pipeline_copy, check=False)
+        sh(["git", "add", "-A"], toy_copy)
+        sh(["git", "commit", "-qm", "pushed"], toy_copy, check=False)
         # everything else goes up too (the whole pipeline's outputs), as a nightly run would
-        dvc("push", cwd=pipeline_copy)
+        dvc("push", cwd=toy_copy)
 
         # a fresh machine: a clone with an empty cache and the same remote
         fresh = tmp_path / "fresh"
-        sh(["git", "clone", "-q", str(pipeline_copy), str(fresh)], tmp_path)
-        add_remote(fresh, port)
+        sh(["git", "clone", "-q", str(toy_copy), str(fresh)], tmp_path)
+        configure_remote(fresh, "slimline", f"http://127.0.0.1:{port}", verify=True)
         state = fp.pipeline(root=str(fresh), targets=["distill"], overrides={"distill.temperature": 3.0},
                             return_state=True)
         assert state.is_completed(), state.message
@@ -110,4 +86,4 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
         with urllib.request.urlopen(url, timeout=30) as resp:
             assert resp.read() == png
     finally:
-        stop(moto)
+        stop_moto(moto)

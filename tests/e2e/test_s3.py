@@ -2,7 +2,9 @@
 cross-machine reproduction through a DVC remote, report links, and what dvc
 says (and how often it retries) when the remote is down, refuses access or
 serves a corrupted object. The error strings asserted here are the ones dvc
-printed against these servers."""
+printed against these servers. The projects are the toy project's (DVC's plumbing,
+not the stages' computing, is under test); the pure parts of slimline/s3.py (the
+failure classification, bounded_env, remote_config) are in tests/unit/test_s3_parts.py."""
 import hashlib
 import json
 import os
@@ -10,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -19,42 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from slimline.s3 import S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy, is_transient, \
+    remote_config, upload_reports
+from tests.support.prefect_server import free_port
 from tests.support.project import dvc, run_env, sh, tree_digest
-from slimline.s3 import (S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy,
-                      is_transient, remote_config, upload_reports)
-
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto(port: int, log: Path, **env: str) -> subprocess.Popen:
-    """moto in server mode on a loopback port; returns once it answers."""
-    out = open(log, "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env})
-    out.close()  # the child keeps its own handle
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
+from tests.support.s3 import KEYS, configure_remote, start_moto, stop_moto
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +33,7 @@ def s3_server(tmp_path_factory):
     port = free_port()
     proc = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
     yield f"http://127.0.0.1:{port}"
-    stop(proc)
+    stop_moto(proc)
 
 
 @pytest.fixture
@@ -93,23 +63,6 @@ def test_bootstrap_is_idempotent_and_writes_a_least_privilege_policy(s3_server, 
     assert f"dvc remote modify --local storage endpointurl {s3_server}" == first["commands"][2]
 
 
-def test_missing_credentials_and_dead_endpoint_are_explained(monkeypatch, tmp_path):
-    for k in KEYS:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(S3Error, match="no AWS credentials found"):
-        bootstrap("b", f"http://127.0.0.1:{free_port()}", policy_dir=tmp_path)
-    for k, v in KEYS.items():
-        monkeypatch.setenv(k, v)
-    start = time.monotonic()
-    with pytest.raises(S3Error, match="cannot reach http://127.0.0.1"):
-        bootstrap("b", f"http://127.0.0.1:{free_port()}", policy_dir=tmp_path)
-    assert not (tmp_path / "iam-policy-b.json").exists()  # nothing written on failure
-    assert time.monotonic() - start < 60  # bounded retries, not minutes of backoff
-
-
 def test_cli_prints_the_dvc_commands(s3_server, aws_env, tmp_path):
     from tests.support.project import ROOT
 
@@ -119,39 +72,22 @@ def test_cli_prints_the_dvc_commands(s3_server, aws_env, tmp_path):
     assert "dvc remote modify storage verify true" in proc.stdout
 
 
-def configure_remote(root: Path, bucket: str, url: str, *, prefix: str = "dvc", verify: bool = False,
-                     key_id: str | None = KEYS["AWS_ACCESS_KEY_ID"],
-                     secret: str | None = KEYS["AWS_SECRET_ACCESS_KEY"]) -> None:
-    """The default remote `storage` in .dvc/config.local, as `dvc remote add -d --local`
-    and `dvc remote modify --local` write it (through DVC's own config API: one
-    process instead of one per option). Keys None: the AWS chain applies."""
-    from dvc.config import Config
-
-    section = {"url": f"s3://{bucket}/{prefix}", "endpointurl": url, "verify": str(verify).lower()}
-    section.update({k: v for k, v in (("access_key_id", key_id), ("secret_access_key", secret)) if v})
-    with Config(dvc_dir=str(root / ".dvc")).edit("local") as conf:
-        conf["core"]["remote"] = "storage"
-        conf["remote"]["storage"] = section
-
-
-def test_cross_machine_reproduction_through_the_remote(s3_server, aws_env, pipeline_copy, tmp_path):
+def test_cross_machine_reproduction_through_the_remote(s3_server, aws_env, toy_copy, tmp_path):
     """Clone A pushes; a fresh clone B of the same commit pulls and has nothing to reproduce."""
-    import hashlib
-
     import boto3
 
     bootstrap("slimline-x", s3_server, policy_dir=tmp_path)
-    configure_remote(pipeline_copy, "slimline-x", s3_server)
-    dvc("push", cwd=pipeline_copy)
+    configure_remote(toy_copy, "slimline-x", s3_server)
+    dvc("push", cwd=toy_copy)
 
     clone = tmp_path / "machine-b"
-    sh(["git", "clone", "-q", str(pipeline_copy), str(clone)], tmp_path)
+    sh(["git", "clone", "-q", str(toy_copy), str(clone)], tmp_path)
     configure_remote(clone, "slimline-x", s3_server)
     dvc("pull", cwd=clone)
     assert dvc("status", cwd=clone).stdout.strip().endswith("up to date.")
     assert "Running stage" not in dvc("repro", cwd=clone).stdout
     assert (clone / "models/baseline/model.safetensors").read_bytes() == \
-        (pipeline_copy / "models/baseline/model.safetensors").read_bytes()
+        (toy_copy / "models/baseline/model.safetensors").read_bytes()
 
     # The bucket holds exactly the bytes dvc.lock records (DVC 3 layout: files/md5/ab/cdef...).
     s3 = boto3.client("s3", endpoint_url=s3_server)
@@ -166,38 +102,7 @@ def test_cross_machine_reproduction_through_the_remote(s3_server, aws_env, pipel
         assert body == (clone / "models/baseline" / entry["relpath"]).read_bytes()
 
 
-# ---- remote config, report links ---------------------------------------------------------
-
-def test_remote_config_merges_local_keys_and_flags_other_remotes(tmp_path):
-    from dvc.config import Config
-    from dvc.repo import Repo
-
-    Repo.init(str(tmp_path), no_scm=True).close()
-    assert remote_config(tmp_path) is None  # no remote: nothing to push or share
-    # What a team commits (`dvc remote add -d ...`), and what each machine adds in
-    # .dvc/config.local (`dvc remote modify --local ...`), through the API those commands use.
-    with Config(dvc_dir=str(tmp_path / ".dvc")).edit("repo") as conf:
-        conf["core"]["remote"] = "storage"
-        conf["remote"]["storage"] = {"url": "s3://team-bucket/ml/dvc"}
-        conf["remote"]["backup"] = {"url": str(tmp_path / "backup")}
-    with Config(dvc_dir=str(tmp_path / ".dvc")).edit("local") as conf:
-        conf["remote"]["storage"] = {"endpointurl": "http://127.0.0.1:9", "access_key_id": "testing",
-                                     "secret_access_key": "testing-secret"}
-    assert "testing" not in (tmp_path / ".dvc/config").read_text()  # keys stay out of git
-    assert "testing-secret" in (tmp_path / ".dvc/config.local").read_text()
-
-    cfg = remote_config(tmp_path)
-    assert (cfg.name, cfg.url, cfg.bucket, cfg.prefix, cfg.is_s3) == (
-        "storage", "s3://team-bucket/ml/dvc", "team-bucket", "ml/dvc", True)
-    assert (cfg.endpoint_url, cfg.access_key_id, cfg.secret_access_key, cfg.region) == (
-        "http://127.0.0.1:9", "testing", "testing-secret", None)  # no region: the AWS chain's
-    assert "testing-secret" not in repr(cfg)  # safe to log
-
-    backup = remote_config(tmp_path, "backup")
-    assert not backup.is_s3 and backup.bucket == "" and backup.url == str(tmp_path / "backup")
-    with pytest.raises(S3Error, match="no DVC remote named 'nope'"):
-        remote_config(tmp_path, "nope")
-
+# ---- report links ------------------------------------------------------------------------
 
 def test_upload_reports_shares_the_exact_bytes_through_presigned_links(s3_server, aws_env, tmp_path):
     import boto3
@@ -238,84 +143,6 @@ def test_upload_reports_shares_the_exact_bytes_through_presigned_links(s3_server
         upload_reports(project, [reports / "evaluate.json"], "run-44", cfg, expires_s=8 * 24 * 3600)
     with pytest.raises(S3Error, match="NoSuchBucket"):
         upload_reports(project, [reports / "evaluate.json"], "run-45", replace(cfg, bucket="no-such-bucket"))
-
-
-# ---- what a failed dvc run says ----------------------------------------------------------
-
-URL = "s3://slimline/dvc"
-# Printed by dvc 3.67 / dvc-s3 3.3 against moto (no auth; IAM auth with a read-only
-# user, a wrong secret, no keys; a tampered object; a deleted one), a dead port, a port
-# that drops or hangs, and a held lock; bucket names and paths adjusted. The live tests
-# below repeat the refused, dropped, 403, no-credentials, checkout and lock cases.
-REFUSED = ('ERROR: unexpected error - Could not connect to the endpoint URL: '
-           '"http://127.0.0.1:45671/slimline/dvc/files/md5/55/f1815dc275351c87f141814fd031d3.dir"')
-DROPPED = ('ERROR: unexpected error - Connection was closed before we received a valid response '
-           'from endpoint URL: "http://127.0.0.1:45671/slimline/dvc/files/md5/55/f1815dc2.dir".')
-HUNG = ('ERROR: unexpected error - Read timeout on endpoint URL: '
-        '"http://127.0.0.1:45672/slimline/dvc/files/md5/55/f1815dc275351c87f141814fd031d3.dir"')
-FORBIDDEN = ("ERROR: unexpected error - Forbidden: An error occurred (403) when calling the "
-             "HeadObject operation: Forbidden")
-PUT_DENIED = ("ERROR: failed to transfer '8e98e2b94dc23e15327d9d02660c588e' - Access Denied: An error "
-              "occurred (AccessDenied) when calling the PutObject operation: Access Denied\n"
-              "ERROR: failed to push data to the cloud - 3 files failed to upload")
-NO_KEYS = "ERROR: unexpected error - Unable to locate credentials"
-CORRUPT = ("3 files fetched\nERROR: failed to pull data from the cloud - Checkout failed for "
-           "following targets:\ndata\nIs your cache up to date?\n<https://error.dvc.org/missing-files>")
-CORRUPT_V = ("2026-11-27 22:54:51,239 DEBUG: corrupted cache file "
-             "'/tmp/b/.dvc/cache/files/md5/01/7ad4ad9b0eb96a7ce5fa3f16792066'.")
-MISSING = ("ERROR: failed to transfer '8e98e2b94dc23e15327d9d02660c588e' - The specified key does not "
-           "exist.: An error occurred (NoSuchKey) when calling the GetObject operation: The specified "
-           "key does not exist.\nERROR: failed to pull data from the cloud - 2 files failed to download")
-LOCK = ("ERROR: failed to push data to the cloud - Unable to acquire lock. Most likely another DVC "
-        "process is running or was terminated abruptly.")
-
-
-@pytest.mark.parametrize("output, starts, transient", [
-    (REFUSED, f"remote unreachable: {URL} (endpoint http://127.0.0.1:45671): check that the server "
-              "is running and the endpoint in .dvc/config.local (dvc remote modify --local storage "
-              "endpointurl URL)", True),
-    (DROPPED, "remote unreachable: ", True),
-    (HUNG, "remote unreachable: ", True),
-    (FORBIDDEN, f"access denied to {URL} (403): ", False),
-    (PUT_DENIED, f"access denied to {URL} (AccessDenied): ", False),
-    (NO_KEYS, f"access denied to {URL} (Unable to locate credentials): ", False),
-    (CORRUPT, f"corrupted object in {URL}: ", False),
-    (CORRUPT_V, f"corrupted object in {URL}: ", False),
-    (MISSING, None, False),  # not pushed: a different problem, no misleading hint
-    (LOCK, None, True),  # another dvc run: wait and retry, nothing to explain about the remote
-])
-def test_dvc_failures_are_classified(output, starts, transient):
-    line = explain_dvc_failure(output, URL)
-    if starts is None:
-        assert line is None
-    else:
-        assert line.startswith(starts) and "\n" not in line
-    if starts and starts.startswith("access denied"):
-        assert "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in line
-        assert "dvc remote modify --local storage access_key_id" in line
-        assert "infra/iam-policy-slimline.json" in line
-    assert is_transient(output) is transient
-
-
-def test_a_busy_dvc_lock_is_transient(tmp_path):
-    from dvc.repo import Repo
-
-    repo = Repo.init(str(tmp_path), no_scm=True)
-    with repo.lock:  # what a second dvc process sees while one runs
-        proc = dvc("push", cwd=tmp_path, check=False)
-    repo.close()
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Unable to acquire lock" in out
-    assert is_transient(out) and explain_dvc_failure(out, URL) is None
-
-
-def test_bounded_env_caps_botocore_without_touching_the_input():
-    env = {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "10"}
-    out = bounded_env(env)
-    assert out == {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
-    assert env == {"PATH": "/bin", "AWS_MAX_ATTEMPTS": "10"}
-    assert bounded_env({"AWS_MAX_ATTEMPTS": "1"}, attempts=3)["AWS_MAX_ATTEMPTS"] == "1"  # lower kept
-    assert bounded_env({"AWS_RETRY_MODE": "adaptive"})["AWS_RETRY_MODE"] == "adaptive"
 
 
 # ---- live failures: outage, refused access, corruption -----------------------------------
@@ -374,11 +201,11 @@ def push_prepared(root: Path, env: dict) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_path):
+def test_outage_is_bounded_explained_and_recovers(aws_env, toy_copy, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    configure_remote(pipeline_copy, "slimline-o", url)
-    cache = pipeline_copy / ".dvc/cache"
+    configure_remote(toy_copy, "slimline-o", url)
+    cache = toy_copy / ".dvc/cache"
     before = tree_digest(cache)
     env = bounded_env(run_env())  # what the flow gives its dvc subprocesses
     unreachable = (f"remote unreachable: s3://slimline-o/dvc (endpoint {url}): check that the server "
@@ -390,7 +217,7 @@ def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_pa
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(COUNT_CONNECTS)
     log = tmp_path / "connects.log"
-    rc, out = push_prepared(pipeline_copy, {
+    rc, out = push_prepared(toy_copy, {
         **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])),
         "COUNT_CONNECTS_PORT": str(port), "COUNT_CONNECTS_LOG": str(log)})
     assert rc != 0
@@ -405,7 +232,7 @@ def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_pa
     # tries 5 times per call on top of botocore's 2, and dvc stops at the first failed call.
     dropping = DroppingServer(port)
     try:
-        rc, out = push_prepared(pipeline_copy, env)
+        rc, out = push_prepared(toy_copy, env)
     finally:
         dropping.close()
     assert rc != 0 and "Connection was closed before we received a valid response" in out
@@ -418,7 +245,7 @@ def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_pa
     moto = start_moto(port, tmp_path / "moto.log")
     try:
         bootstrap("slimline-o", url, policy_dir=tmp_path)
-        rc, out = push_prepared(pipeline_copy, env)
+        rc, out = push_prepared(toy_copy, env)
         assert rc == 0, out
         import boto3
 
@@ -426,7 +253,7 @@ def test_outage_is_bounded_explained_and_recovers(aws_env, pipeline_copy, tmp_pa
         assert listed["KeyCount"] >= 2 and all(o["Key"].startswith("dvc/files/md5/")
                                                 for o in listed["Contents"])
     finally:
-        stop(moto)
+        stop_moto(moto)
     assert tree_digest(cache) == before
 
 
@@ -450,10 +277,10 @@ def auth_s3(tmp_path):
         boto3.client("s3", **admin).create_bucket(Bucket="slimline-auth")
         yield url, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
-        stop(proc)
+        stop_moto(proc)
 
 
-def test_refused_access_is_explained_with_the_fix(auth_s3, pipeline_copy, monkeypatch, tmp_path):
+def test_refused_access_is_explained_with_the_fix(auth_s3, toy_copy, monkeypatch, tmp_path):
     url, key_id, secret = auth_s3
     for k in KEYS:
         monkeypatch.delenv(k, raising=False)
@@ -462,11 +289,11 @@ def test_refused_access_is_explained_with_the_fix(auth_s3, pipeline_copy, monkey
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
     # Bootstrap's policy is enough to push and to share reports, and nothing more.
-    configure_remote(pipeline_copy, "slimline-auth", url, key_id=key_id, secret=secret)
-    dvc("push", "data/prepared", cwd=pipeline_copy)
-    report = pipeline_copy / "reports/prepare.json"
-    cfg = remote_config(pipeline_copy)
-    assert set(upload_reports(pipeline_copy, [report], "run-1", cfg)) == {"prepare.json"}
+    configure_remote(toy_copy, "slimline-auth", url, key_id=key_id, secret=secret)
+    dvc("push", "data/prepared", cwd=toy_copy)
+    report = toy_copy / "reports/prepare.json"
+    cfg = remote_config(toy_copy)
+    assert set(upload_reports(toy_copy, [report], "run-1", cfg)) == {"prepare.json"}
     # A presigned GET carries the signer's s3:GetObject right. (moto checks IAM only on
     # header-signed requests, so ask directly; the links themselves are fetched above.)
     body = cfg.client().get_object(Bucket="slimline-auth", Key="reports/run-1/prepare.json")["Body"]
@@ -480,8 +307,8 @@ def test_refused_access_is_explained_with_the_fix(auth_s3, pipeline_copy, monkey
         "no credentials": ("dvc", None, None, "Unable to locate credentials"),
     }
     for case, (prefix, kid, sec, printed) in cases.items():
-        configure_remote(pipeline_copy, "slimline-auth", url, prefix=prefix, key_id=kid, secret=sec)
-        proc = dvc("push", "data/prepared", cwd=pipeline_copy, check=False)
+        configure_remote(toy_copy, "slimline-auth", url, prefix=prefix, key_id=kid, secret=sec)
+        proc = dvc("push", "data/prepared", cwd=toy_copy, check=False)
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and printed in out, (case, out)
         line = explain_dvc_failure(out, f"s3://slimline-auth/{prefix}")
@@ -490,24 +317,24 @@ def test_refused_access_is_explained_with_the_fix(auth_s3, pipeline_copy, monkey
         assert "infra/iam-policy-slimline-auth.json" in line
         assert not is_transient(out), case  # waiting will not fix it: no retries
 
-    configure_remote(pipeline_copy, "slimline-auth", url, key_id=key_id, secret="not-the-secret")
+    configure_remote(toy_copy, "slimline-auth", url, key_id=key_id, secret="not-the-secret")
     with pytest.raises(S3Error, match=r"access denied to bucket 'slimline-auth'.*SignatureDoesNotMatch"):
-        upload_reports(pipeline_copy, [report], "run-2", remote_config(pipeline_copy))
+        upload_reports(toy_copy, [report], "run-2", remote_config(toy_copy))
 
 
-def test_verify_turns_a_tampered_object_into_a_failed_pull(s3_server, aws_env, pipeline_copy, tmp_path):
+def test_verify_turns_a_tampered_object_into_a_failed_pull(s3_server, aws_env, toy_copy, tmp_path):
     import boto3
 
     bootstrap("slimline-v", s3_server, policy_dir=tmp_path)
-    configure_remote(pipeline_copy, "slimline-v", s3_server, verify=True)
-    dvc("push", "data/prepared", cwd=pipeline_copy)
+    configure_remote(toy_copy, "slimline-v", s3_server, verify=True)
+    dvc("push", "data/prepared", cwd=toy_copy)
 
     # Overwrite one pushed file's bytes in the bucket, keeping its name (its md5).
-    lock = yaml.safe_load((pipeline_copy / "dvc.lock").read_text())
+    lock = yaml.safe_load((toy_copy / "dvc.lock").read_text())
     out = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
-    listing = json.loads((pipeline_copy / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:])
+    listing = json.loads((toy_copy / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:])
                          .read_text())
-    entry = max(listing, key=lambda e: (pipeline_copy / "data/prepared" / e["relpath"]).stat().st_size)
+    entry = max(listing, key=lambda e: (toy_copy / "data/prepared" / e["relpath"]).stat().st_size)
     key = f"dvc/files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}"
     s3 = boto3.client("s3", endpoint_url=s3_server)
     good = s3.get_object(Bucket="slimline-v", Key=key)["Body"].read()
@@ -516,7 +343,7 @@ def test_verify_turns_a_tampered_object_into_a_failed_pull(s3_server, aws_env, p
 
     def clone(name: str, verify: bool) -> Path:
         dest = tmp_path / name
-        sh(["git", "clone", "-q", str(pipeline_copy), str(dest)], tmp_path)
+        sh(["git", "clone", "-q", str(toy_copy), str(dest)], tmp_path)
         configure_remote(dest, "slimline-v", s3_server, verify=verify)
         return dest
 
@@ -541,7 +368,7 @@ def test_verify_turns_a_tampered_object_into_a_failed_pull(s3_server, aws_env, p
     # Deleting the object and pushing again does not repair it: the pushing clone
     # remembers data/prepared as pushed.
     s3.delete_object(Bucket="slimline-v", Key=key)
-    assert "Everything is up to date." in dvc("push", "data/prepared", cwd=pipeline_copy).stdout
+    assert "Everything is up to date." in dvc("push", "data/prepared", cwd=toy_copy).stdout
     assert "Contents" not in s3.list_objects_v2(Bucket="slimline-v", Prefix=key)
     # The fix the message names: restore the previous version (bootstrap turned on
     # versioning) by removing the delete marker and the tampered version above it.
