@@ -219,7 +219,9 @@ def shared_stages_ready(root: Path, c: Candidate, threads: int | None, raw: dict
         return False
     try:
         with Repo(str(root)) as repo:
-            return not repo.status(targets=list(upstream))
+            # DVC resolves a bare stage name against the working directory, not the repo:
+            # name dvc.yaml by its path so that a search run from elsewhere (--root) works.
+            return not repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:{s}" for s in upstream])
     except Exception:  # e.g. another DVC process holds the lock: assume not ready (the safe order)
         return False
 

@@ -15,12 +15,20 @@ What the plumbing tests need from a stage, besides outputs:
   SECONDS_PER_EPOCH per epoch (a test stops a long run); it resumes from its last
   checkpoint and removes them after success, as the real trainer does;
 - prepare refuses non-finite pixels of an npz source, naming the check (pixels_finite);
-- evaluate's latencies move with evaluate.repeats (the dashboard shows what changed).
+- evaluate's latencies move with evaluate.repeats (the dashboard shows what changed);
+- train_baseline's report follows the baseline structure, so a structure search ranks its
+  candidates: params and FLOPs counted as the real cnn has them, val/test accuracy a few
+  images off the snapshot's as the structure's digest picks (the snapshot's own numbers
+  for its structure); a structure too deep for the input fails as the real stage does
+  (`ERROR [train_baseline]: input 28x28 is too small: ...`, exit 2); and it leaves a run
+  record (train seconds, threads, a latency that follows the FLOPs) in reports/ and in
+  $SLIMLINE_RUN_RECORD_DIR, where the search reads it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -100,9 +108,68 @@ def prepare(p: dict) -> None:
     report("prepare", snapshot("reports/prepare.json"))
 
 
+def cnn_flops(s, input_shape: tuple[int, int, int], num_classes: int = 10) -> int:
+    """FLOPs of one batch-1 forward pass of the built-in cnn, as torch's counter counts them
+    (slimline.model.count_flops): 2 per multiply-add of each conv and linear layer."""
+    c, h, w = input_shape
+    macs = 0
+    for ch in s.conv_channels:
+        h, w = h + 2 * s.padding - s.kernel_size + 1, w + 2 * s.padding - s.kernel_size + 1
+        macs += h * w * ch * c * s.kernel_size ** 2
+        if s.pool > 1:
+            h, w = h // s.pool, w // s.pool
+        c = ch
+    width = c * h * w
+    for out in (*s.hidden, num_classes):
+        macs += width * out
+        width = out
+    return 2 * macs
+
+
+def baseline_results(net: dict, epochs: int) -> dict:
+    """train_baseline's report for the `baseline` section: the snapshot's for the snapshot's
+    structure (and for a model other than the cnn). Another structure gets its own params and
+    FLOPs, counted as the real model has them, and val/test accuracy a step of one val (two
+    test) image(s) away from the snapshot's, -4..+4 as its digest picks: the structure search
+    ranks them. A structure that does not fit the input fails as the real stage does."""
+    from slimline.errors import ShapeError
+    from slimline.params import Structure, param_count
+
+    results = {**snapshot("reports/train_baseline.json"), "epochs": epochs}
+    if (net.get("model") or "cnn") != "cnn":
+        return results
+    s = Structure.model_validate({k: v for k, v in net.items() if k in Structure.model_fields})
+    structure = s.model_dump(mode="json")
+    meta = json.loads((Path("data/prepared") / "meta.json").read_text())
+    shape = tuple(meta["input_shape"])
+    try:
+        params_ = param_count(s, shape, meta["num_classes"])
+    except ShapeError as err:  # the message the real stage prints (slimline.params.feature_shape)
+        raise ToyError(str(err)) from None
+    if structure == results["structure"]:
+        return results
+    step = int(digest(structure)[:8], 16) % 9 - 4
+    val_n, test_n = meta["sizes"]["val"], meta["sizes"]["test"]
+    return {**results, "structure": structure, "params": params_,
+            "flops": cnn_flops(s, shape, meta["num_classes"]),
+            "val_accuracy": (round(results["val_accuracy"] * val_n) + step) / val_n,
+            "test_accuracy": (round(results["test_accuracy"] * test_n) + 2 * step) / test_n}
+
+
+def run_record(stage: str, run: dict) -> None:
+    """reports/<stage>.run.json (untracked), copied to $SLIMLINE_RUN_RECORD_DIR when set, as
+    slimline.training.trainer.keep_run_record does: the structure search reads it there."""
+    write_json(Path("reports") / f"{stage}.run.json", run)
+    folder = os.environ.get("SLIMLINE_RUN_RECORD_DIR")
+    if folder:
+        write_json(Path(folder) / f"{stage}.run.json", run)
+
+
 def train_baseline(p: dict) -> None:
     train = p.get("train") or {}
     epochs = int(train.get("epochs", 15))
+    results = baseline_results(p.get("baseline") or {}, epochs)  # before any work, as the real stage
+    started = time.perf_counter()
     key = digest(p.get("baseline"), train, Path("data/prepared"))
     resume = Path(".slimline/resume") / f"train_baseline-{key[:16]}"
     done = sorted(resume.glob("epoch-*.pt"))
@@ -118,7 +185,12 @@ def train_baseline(p: dict) -> None:
         print(f"baseline epoch {epoch}/{epochs}: loss 1.0 acc 0.5", flush=True)
     model_folder(Path("models/baseline"), "models/baseline", key)
     curves("train_baseline", epochs, key)
-    report("train_baseline", {**snapshot("reports/train_baseline.json"), "epochs": epochs})
+    report("train_baseline", results)
+    # A latency that follows the FLOPs: a stand-in for the real stage's ONNX Runtime timing.
+    p50 = round(0.01 + results["flops"] / 2e8, 6)
+    run_record("train_baseline", {"device": "cpu", "train_seconds": time.perf_counter() - started,
+                                  "num_threads": int(train.get("num_threads", 2)),
+                                  "ort_p50_ms_b1": p50, "ort_p95_ms_b1": round(1.2 * p50, 6)})
     shutil.rmtree(resume)
 
 
@@ -159,12 +231,14 @@ def quantize(p: dict) -> None:
 def evaluate(p: dict) -> None:
     cfg = p.get("evaluate") or {}
     results = snapshot("reports/evaluate.json")
-    # The latencies are measurements: they follow evaluate's params here, as timing moves.
-    scale = 1 + (int(digest(cfg)[:4], 16) % 100) / 1000
-    for v in results["variants"]:
-        for k in [k for k in v if k.startswith("ort_p") and k.endswith("_b1")]:
-            v[k] = v[k] * scale
     summary = snapshot("reports/evaluate_summary.json")
+    # The latencies are measurements: they follow evaluate's params here, as timing moves:
+    # every variant's, and the selected one's in the headline metrics (dvc metrics diff and
+    # the dashboard's "Changes against the last commit" show those, not the variant rows).
+    scale = 1 + (int(digest(cfg)[:4], 16) % 100) / 1000
+    for row in (*results["variants"], results["selection"], summary):
+        for k in [k for k in row if k.startswith("ort_p") and k.endswith("_b1")]:
+            row[k] = row[k] * scale
     with atomic_dir(Path("models/ship")) as tmp:
         for name in ("MODEL_CARD.md", "manifest.json", "labels.json"):
             shutil.copy(SNAPSHOT / "models/ship" / name, tmp / name)
