@@ -2,8 +2,9 @@
 
     python -m flows.deploy [--root DIR]        (what `make deploy` runs)
 
-Idempotent: pools and the automation are created only when missing, and
-`prefect deploy --all` updates the deployments in prefect.yaml in place.
+Idempotent: the work pools prefect.yaml's deployments name (process pools) and the
+automation are created only when missing, and `prefect deploy --all` updates the
+deployments in prefect.yaml in place.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-POOLS = ("cpu", "gpu")  # process pools: `make worker POOL=gpu` on each GPU machine
 AUTOMATIONS = Path("infra/automations/crash-unresponsive-runs.yaml")
 
 
@@ -31,7 +31,7 @@ def deploy(root: Path = ROOT) -> dict:
 
     async def register() -> tuple[list[str], list[str]]:
         async with get_client() as client:
-            return await ensure_pools(client), await ensure_automations(client, root)
+            return await ensure_pools(client, pool_names(root)), await ensure_automations(client, root)
 
     pools, autos = asyncio.run(register())
     proc = prefect_cli("deploy", "--all", cwd=root)
@@ -40,12 +40,19 @@ def deploy(root: Path = ROOT) -> dict:
     return {"pools_created": pools, "automations_created": autos}
 
 
-async def ensure_pools(client) -> list[str]:
+def pool_names(root: Path) -> list[str]:
+    """The work pools prefect.yaml's deployments run on (`make worker POOL=<name>` serves
+    one), sorted: renaming a pool there is all it takes."""
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    return sorted({d["work_pool"]["name"] for d in spec})
+
+
+async def ensure_pools(client, names: list[str]) -> list[str]:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
     created = []
-    for name in POOLS:
+    for name in names:
         try:
             await client.read_work_pool(name)
         except ObjectNotFound:

@@ -1,176 +1,108 @@
 """Deployments, workers, concurrency, crash detection and the dashboard, against a
 real Prefect server (tests/conftest.py `prefect_api`) and real process workers.
 
-The project copy made from the finished tiny pipeline plays the team's git
-repository: workers clone it into their own workspaces (flows/workspace.py),
-sharing its DVC cache as workers on one machine do, so unchanged stages are
-restored rather than recomputed.
+The toy project (tests/support/toy.py: the real flows, prefect.yaml and automation, with
+sub-second stages) plays the team's git repository: workers clone it into their own
+workspaces (flows/workspace.py), sharing its DVC cache as workers on one machine do, so
+unchanged stages are restored rather than recomputed. What the stages compute is tested
+by the tiny ML build elsewhere; here it is what the deployments, workers and server do.
+
+The server is shared with the other test modules for the whole run, so the team's copy
+(own_names) uses names of its own: work pools orch-cpu and orch-gpu instead of cpu and
+gpu (flows.deploy creates the pools prefect.yaml names), the search's `candidate` deployment renamed orch-candidate (test_search.py deploys `candidate`
+on pool gpu), and its deployments tagged TAG, to which the crash automation is scoped
+here: it crashes this module's runs only, never another module's heartbeating runs.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.support.project import copy_tree, dvc, sh
+from tests.support.prefect_server import artifacts, client_call
+from tests.support.processes import alive, descendants, kill_tree
+from tests.support.project import commit, copy_tree, dvc, sh
+from tests.support.workers import Team, finished, state_names, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
-
-# --- helpers ---------------------------------------------------------------------
-
-def client_call(fn):
-    """Run `await fn(client)` against the session's server."""
-    from prefect.client.orchestration import get_client
-
-    async def go():
-        async with get_client() as client:
-            return await fn(client)
-
-    return asyncio.run(go())
-
-
-def worker_env(server, origin: Path, base: Path) -> dict:
-    return server.env(SLIMLINE_REPO=str(origin), SLIMLINE_WORKSPACES=str(base / "workspaces"),
-                      SLIMLINE_DVC_CACHE=str(origin / ".dvc" / "cache"),
-                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
-
-
-def start_worker(server, pool: str, origin: Path, base: Path, once: bool) -> subprocess.Popen:
-    cli = str(Path(sys.executable).parent / "prefect")
-    log = (base / f"worker-{pool}-{time.monotonic_ns()}.log").open("w")
-    return subprocess.Popen([cli, "worker", "start", "--pool", pool, "--type", "process",
-                             *(["--run-once"] if once else [])],
-                            cwd=base, env=worker_env(server, origin, base), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def trigger(name: str, **parameters):
-    from prefect.deployments import run_deployment
-
-    return run_deployment(f"slimline-pipeline/{name}", parameters=parameters, timeout=0)
-
-
-def run_once(team, name: str, pool: str, what: str, **parameters):
-    """Trigger a deployment, let a `--run-once` worker execute it, return the finished run."""
-    run = trigger(name, **parameters)
-    worker = start_worker(team["server"], pool, team["origin"], team["base"], once=True)
-    try:
-        worker.wait(timeout=600)
-    finally:
-        stop(worker)
-    return wait_for(run.id, finished, 30, what)
-
-
-def wait_for(flow_run_id, done, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = client_call(lambda c: c.read_flow_run(flow_run_id))
-        if done(run):
-            return run
-        assert time.monotonic() < deadline, f"{what}: still {run.state.name} after {timeout_s} s"
-        time.sleep(1)
-
-
-def finished(run) -> bool:
-    return run.state.is_final()
-
-
-def descendants(pid: int) -> list[int]:
-    """The whole process tree under pid (Linux /proc), whatever groups it made."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pids: list[int]) -> list[int]:
-    """Those of pids still running (zombies, dead but not yet reaped, do not count)."""
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X"):
-            out.append(pid)
-    return out
-
-
-def stop(proc: subprocess.Popen) -> None:
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-def artifacts_of(flow_run_id) -> dict:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    arts = client_call(lambda c: c.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
-    return {a.key: a for a in arts}
-
-
-def state_names(flow_run_id) -> list[str]:
-    return [s.name for s in client_call(lambda c: c.read_flow_run_states(flow_run_id))]
+POOLS = {"cpu": "orch-cpu", "gpu": "orch-gpu"}  # prefect.yaml's pools -> this module's
+RENAMED = {"candidate": "orch-candidate"}
+TAG = "slimline-test-orchestration"
+AUTOMATION = "infra/automations/crash-unresponsive-runs.yaml"
 
 
 # --- fixtures --------------------------------------------------------------------
 
+def own_names(origin: Path) -> None:
+    """Rename the pools and deployments of origin's prefect.yaml, tag its deployments and
+    scope the crash automation to that tag; commit, as the team would."""
+    path = origin / "prefect.yaml"
+    spec = yaml.safe_load(path.read_text())
+    for dep in spec["deployments"]:
+        dep["name"] = RENAMED.get(dep["name"], dep["name"])
+        dep["work_pool"]["name"] = POOLS[dep["work_pool"]["name"]]
+        dep["tags"] = [*dep.get("tags", []), TAG]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = origin / AUTOMATION
+    autos = yaml.safe_load(path.read_text())
+    for auto in autos["automations"]:
+        trigger = auto["trigger"]
+        related = trigger["match_related"]
+        # a list of specifications: every one must match a related resource of the event
+        trigger["match_related"] = [*(related if isinstance(related, list) else [related]),
+                                    {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"}]
+    path.write_text(yaml.safe_dump(autos, sort_keys=False))
+    commit(origin, "orchestration tests: own pools, tag and automation scope")
+
+
+def deploy(team: Team) -> str:
+    return sh([sys.executable, "-m", "flows.deploy", "--root", str(team.origin)], team.origin,
+              **team.server.env()).stdout
+
+
 @pytest.fixture(scope="module")
-def team(prefect_api, tiny_pipeline, tmp_path_factory):
-    """The tiny project as the team's repository, deployed with `python -m flows.deploy`."""
+def team(prefect_api, toy_project, tmp_path_factory) -> Team:
+    """The toy project as the team's repository, deployed with `python -m flows.deploy`
+    (its pools renamed: see the module docstring). team.deploy_output: what it printed."""
     base = tmp_path_factory.mktemp("team")
-    origin = base / "origin"
-    copy_tree(tiny_pipeline, origin)
-    out = sh([sys.executable, "-m", "flows.deploy", "--root", str(origin)], origin, **prefect_api.env())
-    return {"server": prefect_api, "origin": origin, "base": base, "deploy_output": out.stdout}
+    team = Team(prefect_api, copy_tree(toy_project, base / "origin"), base)
+    own_names(team.origin)
+    team.deploy_output = deploy(team)
+    return team
 
 
 @pytest.fixture(scope="module")
 def manual_run(team):
     """One run of the `manual` deployment with an override, executed by a real worker."""
-    return run_once(team, "manual", "cpu", "manual run", overrides={"evaluate.repeats": 25})
+    return team.run_once("manual", POOLS["cpu"], "manual run", overrides={"evaluate.repeats": 25})
 
 
 @pytest.fixture(scope="module")
 def killed_nightly(team):
     """A nightly run whose worker is SIGKILLed mid-training, with its whole process tree
     (a lost machine). Requested by the module's first test, so that the ~90 s until
-    the crash automation fires overlaps the other tests; the last test checks it."""
-    run = trigger("nightly", overrides={"train.epochs": 400}, targets=["train_baseline"])
-    worker = start_worker(team["server"], "gpu", team["origin"], team["base"], once=False)
+    the crash automation fires overlaps the other tests; the last test checks it.
+    (The toy trains 0.05 s an epoch: 2000 epochs outlast the kill by far.)"""
+    run = team.trigger("nightly", overrides={"train.epochs": 2000}, targets=["train_baseline"])
+    worker = team.start_worker(POOLS["gpu"], once=False)
     try:
         wait_for(run.id, lambda r: r.state.is_running(), 300, "nightly run start")
-        workspace = team["base"] / "workspaces" / "nightly"
+        workspace = team.workspace("nightly")
         deadline = time.monotonic() + 300
         while not list(workspace.glob(".slimline/resume/train_baseline-*/epoch-0001.pt")):
             assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.5)
+            time.sleep(0.2)
         tree = [worker.pid, *descendants(worker.pid)]
     finally:
-        stop(worker)  # SIGKILL to the worker and every process under it
+        kill_tree(worker)  # SIGKILL to the worker and every process under it
     deadline = time.monotonic() + 20
     while alive(tree):
         assert time.monotonic() < deadline, f"still running after SIGKILL: {alive(tree)}"
@@ -184,16 +116,16 @@ def killed_nightly(team):
 def test_deploy_creates_pools_schedule_automation_and_is_idempotent(team, killed_nightly):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    # (another module's test may have made a pool on this session's server already)
-    assert "work pools created: " in team["deploy_output"]
+    # the pools are the ones prefect.yaml names, this module's own: the first deploy made them
+    assert f"work pools created: {list(POOLS.values())}" in team.deploy_output, team.deploy_output
     pools = {p.name: p.type for p in client_call(lambda c: c.read_work_pools())}
-    assert pools.get("cpu") == "process" and pools.get("gpu") == "process"
+    assert pools.get(POOLS["cpu"]) == "process" and pools.get(POOLS["gpu"]) == "process"
 
     deps = client_call(lambda c: c.read_deployments(
         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly", "manual"]))))
     by_name = {d.name: d for d in deps}
     nightly = by_name["nightly"]
-    assert nightly.work_pool_name == "gpu" and by_name["manual"].work_pool_name == "cpu"
+    assert nightly.work_pool_name == POOLS["gpu"] and by_name["manual"].work_pool_name == POOLS["cpu"]
     (sched,) = nightly.schedules
     assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "Europe/Berlin"
     assert nightly.global_concurrency_limit.limit == 1
@@ -212,15 +144,18 @@ def test_deploy_creates_pools_schedule_automation_and_is_idempotent(team, killed
     crash = autos["slimline-crash-unresponsive-runs"]
     assert crash.trigger.posture == "Proactive" and crash.trigger.within.total_seconds() == 90
     assert crash.actions[0].type == "change-flow-run-state" and crash.actions[0].state == "CRASHED"
+    # Slimline's flows only (the file's own filter), and here this module's runs only
+    flows, tag = crash.trigger.match_related
+    assert set(flows.model_dump()["prefect.resource.name"]) == {"slimline-pipeline", "slimline-candidate"}
+    assert tag.model_dump()["prefect.resource.id"] == f"prefect.tag.{TAG}"
 
-    again = sh([sys.executable, "-m", "flows.deploy", "--root", str(team["origin"])], team["origin"],
-               **team["server"].env())
-    assert "work pools created: none" in again.stdout and "automations created: none" in again.stdout
+    again = deploy(team)
+    assert "work pools created: none" in again and "automations created: none" in again
 
 
 def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_run):
     assert manual_run.state.is_completed(), manual_run.state.message
-    found = artifacts_of(manual_run.id)
+    found = artifacts(manual_run.id)
     keys = {"manual-prepare-report", "manual-train-baseline-report", "manual-evaluate-report",
             "manual-evaluate-metrics", "manual-regression-gate", "manual-pipeline-summary",
             "manual-evaluate-pareto", "manual-model-card"}
@@ -229,7 +164,7 @@ def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_r
     assert "# evaluate: ran" in evaluate and "Commit `" in evaluate and "DVC md5" in evaluate
     assert "Changes against the last commit" in evaluate  # repeats changed: latencies moved
     # unchanged stages come back from the shared DVC cache instead of being recomputed
-    logs = "\n".join(sorted((team["base"]).glob("worker-cpu-*.log"))[0].read_text().splitlines()[-400:])
+    logs = "\n".join(team.worker_logs(POOLS["cpu"])[0].read_text().splitlines()[-400:])
     assert "restored from run cache" in found["manual-prepare-report"].data, logs
     assert "passed" in found["manual-regression-gate"].data
     # no remote here: the charts travel inside the artifact
@@ -241,7 +176,7 @@ def test_worker_runs_the_deployment_and_publishes_keyed_artifacts(team, manual_r
 def test_artifact_is_visible_through_the_rest_api(team, manual_run):
     body = json.dumps({"artifacts": {"key": {"any_": ["manual-evaluate-report"]}},
                        "sort": "CREATED_DESC", "limit": 1}).encode()
-    req = urllib.request.Request(f"{team['server'].url}/artifacts/filter", data=body,
+    req = urllib.request.Request(f"{team.server.url}/artifacts/filter", data=body,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         (latest,) = json.loads(resp.read())
@@ -250,7 +185,7 @@ def test_artifact_is_visible_through_the_rest_api(team, manual_run):
 
 
 def test_override_is_applied_and_recorded_as_a_dvc_experiment(team, manual_run):
-    workspace = team["base"] / "workspaces" / "manual"
+    workspace = team.workspace("manual")
     shown = json.loads(dvc("exp", "show", "--json", cwd=workspace).stdout)
     exps = [e for row in shown for e in (row.get("experiments") or [])]
     names = {(x.get("name") or "") for e in exps for x in e.get("revs", [])}
@@ -261,15 +196,15 @@ def test_override_is_applied_and_recorded_as_a_dvc_experiment(team, manual_run):
     assert params["evaluate"]["repeats"] == 25
     # the experiment is a ref, never a commit on the tracked branch
     assert sh(["git", "rev-parse", "main"], workspace).stdout == sh(["git", "rev-parse", "main"],
-                                                                    team["origin"]).stdout
+                                                                    team.origin).stdout
 
 
 def test_invalid_override_fails_at_once_naming_the_key(team):
-    run = run_once(team, "manual", "cpu", "bad override run", overrides={"train.epochz": 3})
+    run = team.run_once("manual", POOLS["cpu"], "bad override run", overrides={"train.epochz": 3})
     assert run.state.is_failed()
     assert "train.epochz: unknown key" in run.state.message and "epochs" in run.state.message
     # nothing ran: no stage reports were published for it
-    assert not any((k or "").endswith("-report") for k in artifacts_of(run.id))
+    assert not any((k or "").endswith("-report") for k in artifacts(run.id))
 
 
 def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_path):
@@ -280,10 +215,10 @@ def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    found = artifacts_of(manual_run.id)
+    found = artifacts(manual_run.id)
     art, pareto = found["manual-evaluate-report"], found["manual-evaluate-pareto"]
-    ui = team["server"].url.removesuffix("/api")
-    report = json.loads((team["base"] / "workspaces" / "manual" / "reports" / "evaluate.json").read_text())
+    ui = team.server.url.removesuffix("/api")
+    report = json.loads((team.workspace("manual") / "reports" / "evaluate.json").read_text())
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
                                      args=["--no-sandbox", "--disable-dev-shm-usage"])
@@ -308,12 +243,14 @@ def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_
 
 
 def test_two_triggers_run_one_after_the_other(team):
-    first, second = trigger("manual"), trigger("manual")
-    worker = start_worker(team["server"], "cpu", team["origin"], team["base"], once=False)
+    # one stage each (up to date in the workspace by now): what is checked is the
+    # deployment's single slot, not the pipeline
+    first, second = (team.trigger("manual", targets=["prepare"]) for _ in range(2))
+    worker = team.start_worker(POOLS["cpu"], once=False)
     try:
         runs = [wait_for(r.id, finished, 600, "queued run") for r in (first, second)]
     finally:
-        stop(worker)
+        kill_tree(worker)
     assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
     # the later one waited for the deployment's single slot instead of racing the first
     waited = [r for r in runs if "AwaitingConcurrencySlot" in state_names(r.id)]
@@ -331,6 +268,7 @@ def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team,
     crashed = wait_for(run.id, lambda r: r.state.is_crashed(), 240, "killed run")
     assert "No heartbeat" in crashed.state.message
     # the deployment's single slot is free again: the next trigger runs to completion
-    assert run_once(team, "nightly", "gpu", "rerun", targets=["train_baseline"]).state.is_completed()
+    rerun = team.run_once("nightly", POOLS["gpu"], "rerun", targets=["train_baseline"])
+    assert rerun.state.is_completed(), rerun.state.message
     # runs that finished long ago were left alone by the automation
     assert client_call(lambda c: c.read_flow_run(manual_run.id)).state.is_completed()

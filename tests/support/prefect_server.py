@@ -67,9 +67,12 @@ def start_prefect_server(home: Path) -> PrefectServer:
     server = PrefectServer(f"http://127.0.0.1:{free_port()}/api", home)
     cli = str(Path(sys.executable).parent / "prefect")
     port = server.url.rsplit(":", 1)[1].split("/")[0]
+    # A run queued behind a deployment's single slot retries every 30 s by default; the
+    # tests check that it waits and then runs, not how long the server's poll interval is.
+    env = server.env(PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="3")
     with (home / "server.log").open("w") as log:
         server.proc = subprocess.Popen([cli, "server", "start", "--host", "127.0.0.1", "--port", port,
-                                        "--analytics-off"], env=server.env(), stdout=log,
+                                        "--analytics-off"], env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=die_with_parent)
     return server
