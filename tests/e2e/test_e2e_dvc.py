@@ -142,16 +142,18 @@ def test_second_repro_runs_nothing(pipeline_copy):
     assert dvc("status", cwd=pipeline_copy).stdout.strip().endswith("up to date.")
 
 
-def test_changing_a_train_key_does_not_rerun_prepare(pipeline_copy):
-    update_params(pipeline_copy, {"train": {"lr": 0.02}})
-    out = dvc("repro", "train_baseline", cwd=pipeline_copy).stdout
+# Which stages a params change reruns is dvc.yaml's `params` and deps, which the toy
+# project keeps as they are (tests/support/toy.py): its stages take a fraction of a second.
+def test_changing_a_train_key_does_not_rerun_prepare(toy_copy):
+    update_params(toy_copy, {"train": {"lr": 0.02}})
+    out = dvc("repro", "train_baseline", cwd=toy_copy).stdout
     assert "Running stage 'train_baseline'" in out
     assert "Running stage 'prepare'" not in out
 
 
-def test_changing_an_evaluate_key_reruns_only_evaluate(pipeline_copy):
-    update_params(pipeline_copy, {"evaluate": {"objective": "size"}})
-    out = dvc("repro", cwd=pipeline_copy).stdout
+def test_changing_an_evaluate_key_reruns_only_evaluate(toy_copy):
+    update_params(toy_copy, {"evaluate": {"objective": "size"}})
+    out = dvc("repro", cwd=toy_copy).stdout
     assert out.count("Running stage") == 1 and "Running stage 'evaluate'" in out
 
 

@@ -11,8 +11,10 @@ from tests.support.project import ROOT, run_env, sh, tree_digest, update_params
 def test_resume_after_sigkill_is_bit_identical(pipeline_copy):
     """Kill a real training process once the epoch-2 checkpoint exists, rerun, compare."""
     root = pipeline_copy
-    # The tiny build's data, more epochs than its 2: the run is still going after epoch 2.
-    update_params(root, {"train": {"epochs": 8, "num_threads": 1}})
+    # The tiny build's data, a small network (resume is what is tested, not the model) and
+    # more epochs than the tiny config's 2: the run is still going after epoch 2.
+    update_params(root, {"train": {"epochs": 8, "num_threads": 1},
+                         "baseline": {"conv_channels": [8, 16], "hidden": [32]}})
     cmd = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
     sh(cmd, root)
     reference = tree_digest(root / "models" / "baseline")

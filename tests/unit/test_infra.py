@@ -233,3 +233,17 @@ def test_job_variables_override_gpus_node_and_image(template):
     assert manifest["metadata"]["namespace"] == config["namespace"] == "ml"
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 600
     assert config["env"] == {"CUDA_MODULE_LOADING": "LAZY"}
+
+
+def test_runs_heartbeat_and_the_crash_rule_waits_for_three_missed_beats():
+    """Every deployment's runs send a heartbeat every 30 s, and the crash automation acts
+    after 90 s without one: three missed beats, so one slow beat never crashes a run.
+    (Prefect refuses a heartbeat more often than every 30 s.)"""
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    beats = {d["name"]: d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
+             for d in deployments}
+    assert set(beats.values()) == {"30"}, beats
+    (crash,) = yaml.safe_load((ROOT / "infra/automations/crash-unresponsive-runs.yaml").read_text())["automations"]
+    assert crash["trigger"]["within"] == 3 * 30 and crash["trigger"]["posture"] == "Proactive"
+    assert crash["actions"][0]["state"] == "CRASHED"
+
