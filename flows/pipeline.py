@@ -331,12 +331,6 @@ def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, resul
         repo.close()
 
 
-def load_raw(root: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((root / "params.yaml").read_text()) or {}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--targets", nargs="*", help="stages to reproduce (default: all)")
@@ -350,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-run-cache", action="store_true", help="never restore stages from DVC's run cache")
     args = p.parse_args(argv)
     from slimline.check import declare_files
+    from slimline.codedeps import read_params
     from slimline.overrides import OverrideError, apply_to
     from slimline.project import find_root
 
@@ -357,10 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     # Run by hand: add what params.yaml brings to dvc.yaml first, as `slimline check
     # --write-deps` does. A deployment's run calls pipeline() directly and refuses instead.
     overrides = parse_set_args(args.set)
+    raw = read_params(root / "params.yaml")
     try:
-        raw = apply_to(load_raw(root), overrides)
+        raw = apply_to(raw, overrides)
     except OverrideError:
-        raw = load_raw(root)  # pipeline() below names the bad key
+        pass  # pipeline() below names the bad key; declare what params.yaml itself brings
     for line in declare_files(raw, root):
         print(line)
     try:
