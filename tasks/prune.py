@@ -16,6 +16,7 @@ import torch
 
 from slimline import numerics as numerics_mod
 from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.compress.sparsity import sparsity
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.model import count_flops, count_params, load_model, save_model
@@ -61,7 +62,7 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     out_spec = pruning.saved_spec(model, pruned.spec)
     layers = {"ratios": cfg.ratios, "layers": pruned.layers, "allocation": pruned.allocation}
     save_model(model, out_spec, out, {LAYERS_FILE: layers} if method == "structured" else None)
-    nonzero, total = pruning.sparsity(model)
+    nonzero, total = sparsity(model)
     cpu = data if device.type == "cpu" else to_tensors(prep, torch.device("cpu"))
     val_loss, val_acc = evaluate(model, *cpu["val"])
     test_loss, test_acc = evaluate(model, *cpu["test"])

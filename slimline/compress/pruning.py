@@ -40,20 +40,6 @@ FineTune = Callable[[nn.Module, int], None]  # finetune(model, epochs): trains i
 Evaluate = Callable[[nn.Module], float]  # evaluate(model) -> validation accuracy
 
 
-def sparsity(model: nn.Module) -> tuple[int, int]:
-    """(nonzero params, total params). Mid-pruning, a masked `weight_orig` is counted
-    as the effective `weight` (orig * mask), since that is what the network uses."""
-    nonzero = total = 0
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            base = name.removesuffix("_orig")
-            if name.endswith("_orig") and hasattr(module, base + "_mask"):
-                p = getattr(module, base)
-            nonzero += int(torch.count_nonzero(p))
-            total += p.numel()
-    return nonzero, total
-
-
 def structure_of(model: nn.Module, base: Structure) -> Structure:
     """The widths a built (possibly pruned) model actually has; the rest comes from base."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

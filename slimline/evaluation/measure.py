@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from slimline.compress import onnx_tools as ox
-from slimline.compress.pruning import sparsity
+from slimline.compress.sparsity import sparsity
 from slimline.errors import StageError
 from slimline.evaluation.selection import wilson_ci
 from slimline.model import count_flops, count_params, load_model

@@ -15,6 +15,7 @@ from slimline import preflight
 from slimline.compress import pruning
 from slimline.compress.student import student_plan
 from slimline.errors import StageError
+from slimline.compress.sparsity import sparsity
 from slimline.model import ModelSpec, build_model
 from slimline.params import PruneParams, StudentParams
 
@@ -143,7 +144,7 @@ def test_a_model_torch_pruning_cannot_trace_loses_only_structured_pruning_and_de
         init(Shuffled(10, 1))
     # Everything else runs on it: unstructured pruning, say.
     out = pruning.PRUNERS["unstructured"](Shuffled(10, 1), spec(SHUFFLED), job())
-    assert pruning.sparsity(out.model)[0] < pruning.sparsity(Shuffled(10, 1))[0]
+    assert sparsity(out.model)[0] < sparsity(Shuffled(10, 1))[0]
 
 
 def test_error_text_is_the_same_every_run():

@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from slimline.errors import StageError
+from slimline.compress.sparsity import sparsity
 from slimline.model import ModelSpec, build_model, count_params, load_model, save_model
 from slimline.params import PRUNE_METHODS, PruneParams, Structure
 from slimline.compress.pruning import (PRUNERS, PruneJob, Pruned, prune_layers, prune_structured,
-                                       prune_unstructured, sparsity, structure_of)
+                                       prune_unstructured, structure_of)
 from tests.support.pruning_models import CLASSES, SHAPE, Recorder, make
 
 
