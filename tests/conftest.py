@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+# The suite runs more processes than there are cores (two workers, the background builds,
+# the stages they start). OpenMP threads that spin while waiting for a descheduled peer
+# burn the CPU the others need: passive waiting halved the 2-thread baseline training of
+# test_committed_lock beside one busy process (108 s -> 60 s, same bytes). Set before
+# torch loads here; every stage process inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Before anything imports torch: pins this process's CPU math for train.numerics
 # (portable by default), as every stage process gets it. A test that needs the
@@ -22,20 +26,23 @@ import pytest
 import tasks  # noqa: F401
 
 from slimline.repo import stop_group
-from slimline.stage import die_with_parent
+from tests.support import background
+from tests.support.committed_lock import reproduce
 from tests.support.prefect_server import PrefectServer, start_prefect_server
-from tests.support.project import ROOT, copy_tree, run_env
+from tests.support.project import ROOT, copy_tree
 from tests.support.tiny import build_tiny
 from tests.support.toy import build_toy
 
 # --- set-up made once per run, in the background ---------------------------------------
-# The tiny pipeline (a `dvc repro` of ~60 s) is built once per test run and one Prefect
-# server (~25 s to start) is started, both by the controller process in the background:
-# the workers run unit tests meanwhile and wait only when a test needs one. The tiny
-# pipeline is shared read-only (tests copy it before changing anything); the server is
+# The controller process starts, before the workers collect: the tiny pipeline (a `dvc
+# repro` of ~60 s), the committed-lock reproduction (~60 s of 2-thread training, at a low
+# priority: nothing waits for it before the end) and one Prefect server (~15 s to start).
+# The workers run the plumbing tests meanwhile and wait only when a test needs one. The
+# builds are shared read-only (tests copy them before changing anything); the server is
 # shared by every worker, each test using names of its own. The environment hands them
 # over. Without xdist (or for unit tests only), the fixtures make their own.
-SHARED_TINY, SHARED_PREFECT = "SLIMLINE_TEST_TINY", "SLIMLINE_TEST_PREFECT"
+SHARED_TINY, SHARED_COMMITTED, SHARED_PREFECT = \
+    "SLIMLINE_TEST_TINY", "SLIMLINE_TEST_COMMITTED", "SLIMLINE_TEST_PREFECT"
 
 
 def _runs_e2e(config) -> bool:
@@ -52,54 +59,58 @@ def pytest_configure(config):
     if hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 1 \
             or SHARED_TINY in os.environ or not _runs_e2e(config):
         return
+    # xdist hands out whole files in the order pytest_collection_modifyitems gives, not
+    # sorted by their test count (its default), which would put the longest ones last.
+    config.option.loadscopereorder = False
     base = Path(tempfile.mkdtemp(prefix="slimline-tests-"))
-    with (base / "tiny.log").open("w") as log:
-        # die_with_parent: a controller killed outright (no unconfigure) leaves no orphans
-        tiny = subprocess.Popen([sys.executable, "-m", "tests.support.tiny", "build", str(base / "tiny")],
-                                cwd=ROOT, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=die_with_parent)
-    server = start_prefect_server(base / "prefect")
+    builds = [background.start("tests.support.tiny", base / "tiny")]
     os.environ[SHARED_TINY] = str(base / "tiny")  # the workers start after this hook
+    if (ROOT / "dvc.lock").exists():
+        builds.append(background.start("tests.support.committed_lock", base / "committed", nice=10))
+        os.environ[SHARED_COMMITTED] = str(base / "committed")
+    server = start_prefect_server(base / "prefect")
     os.environ[SHARED_PREFECT] = f"{server.url} {server.home}"
-    config._slimline_shared = (base, tiny, server)
+    config._slimline_shared = (base, builds, server)
 
 
 def pytest_unconfigure(config):
     shared = getattr(config, "_slimline_shared", None)
     if shared:
-        base, tiny, server = shared
-        stop_group(tiny)
+        base, builds, server = shared
+        for build in builds:
+            stop_group(build)
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-SHARED_FIXTURES = {"tiny_pipeline", "pipeline_copy"}
+# Files that wait for a background build, and the longest of the rest, in the order given
+# below (measured with --durations; the longest first, so that no worker is left with a
+# long file at the end). Every other file comes in between, unit tests last: many short
+# files even out the end of the run.
+WAITS = {"tiny_pipeline": 1, "pipeline_copy": 1, "committed_repro": 2}
+LONGEST = ["e2e/test_orchestration.py", "e2e/test_search.py", "e2e/test_flow.py", "e2e/test_s3.py",
+           "e2e/test_remote_flow.py", "e2e/test_own_model.py", "e2e/test_training_stages.py",
+           "unit/test_validate.py", "unit/test_numerics.py", "unit/test_zoo.py", "unit/test_pruning.py",
+           "unit/test_s3_parts.py", "unit/test_features.py", "unit/test_flow_parts.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Unit tests first, then end-to-end files that need no tiny build, then the rest: the
-    workers stay busy while the controller builds it. (With --dist loadfile, xdist hands
-    out whole files in this order.)"""
-    def waits(item) -> bool:
-        return any(f in SHARED_FIXTURES for f in getattr(item, "fixturenames", ()))
+    """The plumbing e2e files first, longest first, while the background builds run; then
+    the files that need the tiny build; then the unit tests; the committed-lock check last.
+    (With --dist loadfile, xdist hands out whole files in this order.)"""
+    tests = ROOT / "tests"
 
-    files: dict[str, bool] = {}
+    def rank(path: Path) -> tuple:
+        rel = path.relative_to(tests).as_posix()
+        waits = max((WAITS.get(f, 0) for item in by_file[path] for f in item.fixturenames), default=0)
+        long = LONGEST.index(rel) if rel in LONGEST else len(LONGEST)
+        return (waits == 2, waits == 0 and rel.startswith("unit/"), waits == 1, long, rel)
+
+    by_file: dict[Path, list] = {}
     for item in items:
-        files[item.path] = files.get(item.path, False) or waits(item)
-    unit = ROOT / "tests" / "unit"
-    items.sort(key=lambda item: (unit not in item.path.parents, files[item.path]))
-
-
-def _wait_for_tiny(root: Path) -> Path:
-    deadline = time.monotonic() + 900
-    while not root.with_suffix(".ready").exists():
-        failed = root.with_suffix(".failed")
-        if failed.exists() or time.monotonic() > deadline:
-            log = (root.parent / "tiny.log").read_text()[-3000:]
-            raise RuntimeError(f"the shared tiny pipeline was not built:\n"
-                               f"{failed.read_text() if failed.exists() else 'timed out'}\n{log}")
-        time.sleep(0.5)
-    return root
+        by_file.setdefault(item.path, []).append(item)
+    order = {path: rank(path) for path in by_file}
+    items.sort(key=lambda item: order[item.path])
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +119,20 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     read-only: tests copy it (pipeline_copy) before changing anything."""
     shared = os.environ.get(SHARED_TINY)
     if shared:
-        return _wait_for_tiny(Path(shared))
+        return background.wait_ready(Path(shared))
     return build_tiny(tmp_path_factory.mktemp("tiny") / "proj")
+
+
+@pytest.fixture(scope="session")
+def committed_repro(tmp_path_factory) -> Path:
+    """A fresh copy of the project with the committed dvc.lock's first stages rerun
+    (tests/support/committed_lock.py). Read-only."""
+    if not (ROOT / "dvc.lock").exists():
+        pytest.skip("no committed dvc.lock yet")
+    shared = os.environ.get(SHARED_COMMITTED)
+    if shared:
+        return background.wait_ready(Path(shared))
+    return reproduce(tmp_path_factory.mktemp("committed") / "proj")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.background import build_main
 from tests.support.project import ROOT, commit, copy_project, lock_outs, run_env
 
 # Small enough for CI, large enough that every class has examples in every split.
@@ -86,15 +87,7 @@ def main(argv: list[str]) -> None:
         LOCK.write_text(text + yaml.safe_dump(portable_hashes(out), sort_keys=True))
         print(f"wrote {LOCK}")
         return
-    if len(argv) != 2 or argv[0] != "build":
-        raise SystemExit(__doc__)
-    out = Path(argv[1])
-    try:
-        build_tiny(out)
-    except Exception as err:  # noqa: BLE001 - the waiting tests show it
-        out.with_suffix(".failed").write_text(str(err))
-        raise
-    out.with_suffix(".ready").write_text("")
+    build_main(argv, build_tiny, __doc__)
 
 
 if __name__ == "__main__":
