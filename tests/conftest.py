@@ -35,14 +35,14 @@ from tests.support.toy import build_toy
 
 # --- set-up made once per run, in the background ---------------------------------------
 # The controller process starts, before the workers collect: the tiny pipeline (a `dvc
-# repro` of ~60 s), the committed-lock reproduction (~60 s of 2-thread training, at a low
+# repro` of ~60 s), the toy project (~5 s), the committed-lock reproduction (~60 s of 2-thread training, at a low
 # priority: nothing waits for it before the end) and one Prefect server (~15 s to start).
 # The workers run the plumbing tests meanwhile and wait only when a test needs one. The
 # builds are shared read-only (tests copy them before changing anything); the server is
 # shared by every worker, each test using names of its own. The environment hands them
 # over. Without xdist (or for unit tests only), the fixtures make their own.
-SHARED_TINY, SHARED_COMMITTED, SHARED_PREFECT = \
-    "SLIMLINE_TEST_TINY", "SLIMLINE_TEST_COMMITTED", "SLIMLINE_TEST_PREFECT"
+SHARED_TINY, SHARED_TOY, SHARED_COMMITTED, SHARED_PREFECT = \
+    "SLIMLINE_TEST_TINY", "SLIMLINE_TEST_TOY", "SLIMLINE_TEST_COMMITTED", "SLIMLINE_TEST_PREFECT"
 
 
 def _runs_e2e(config) -> bool:
@@ -63,8 +63,10 @@ def pytest_configure(config):
     # sorted by their test count (its default), which would put the longest ones last.
     config.option.loadscopereorder = False
     base = Path(tempfile.mkdtemp(prefix="slimline-tests-"))
-    builds = [background.start("tests.support.tiny", base / "tiny")]
+    builds = [background.start("tests.support.tiny", base / "tiny"),
+              background.start("tests.support.toy", base / "toy")]
     os.environ[SHARED_TINY] = str(base / "tiny")  # the workers start after this hook
+    os.environ[SHARED_TOY] = str(base / "toy")
     if (ROOT / "dvc.lock").exists():
         builds.append(background.start("tests.support.committed_lock", base / "committed", nice=10))
         os.environ[SHARED_COMMITTED] = str(base / "committed")
@@ -144,7 +146,10 @@ def pipeline_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def toy_project(tmp_path_factory) -> Path:
     """The toy project (tests/support/toy.py) after one `dvc repro`, committed; a few
-    seconds, once per worker. Shared read-only: tests copy it (toy_copy)."""
+    seconds. Shared read-only: tests copy it (toy_copy)."""
+    shared = os.environ.get(SHARED_TOY)
+    if shared:
+        return background.wait_ready(Path(shared))
     return build_toy(tmp_path_factory.mktemp("toy") / "proj")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.background import build_main
 from tests.support.project import commit, copy_project, run_env
 
 MODULE = "tests.support.toy_stage"
@@ -63,3 +64,7 @@ def build_toy(dest: Path) -> Path:
         raise RuntimeError(f"dvc repro of the toy project failed:\n{(repro.stdout + repro.stderr)[-3000:]}")
     commit(root, "toy repro")
     return root
+
+
+if __name__ == "__main__":  # python -m tests.support.toy build DEST (a background build)
+    build_main(sys.argv[1:], build_toy, "python -m tests.support.toy build DEST")

@@ -26,7 +26,10 @@ class Team:
         return self.server.env(SLIMLINE_REPO=str(self.origin),
                                SLIMLINE_WORKSPACES=str(self.base / "workspaces"),
                                SLIMLINE_DVC_CACHE=str(self.origin / ".dvc" / "cache"),
-                               PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+                               PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+                               # a queued run waits for the next poll (10 s by default),
+                               # and with it the test and one of the two pytest workers
+                               PREFECT_WORKER_QUERY_SECONDS="2")
 
     def workspace(self, deployment: str) -> Path:
         return self.base / "workspaces" / deployment
