@@ -1,4 +1,5 @@
-"""Fixtures: the tiny ML build, the toy project for the plumbing, one Prefect server.
+"""Fixtures: the tiny ML build, the toy project for the plumbing, the committed-lock
+reproduction, one Prefect server.
 
 End-to-end tests never touch the working tree: they run in a copy of the project's
 tracked and untracked-but-not-ignored files, committed into a fresh git repo, exactly as
@@ -35,8 +36,9 @@ from tests.support.toy import build_toy
 
 # --- set-up made once per run, in the background ---------------------------------------
 # The controller process starts, before the workers collect: the tiny pipeline (a `dvc
-# repro` of ~60 s), the toy project (~5 s), the committed-lock reproduction (~60 s of 2-thread training, at a low
-# priority: nothing waits for it before the end) and one Prefect server (~15 s to start).
+# repro` of ~60 s), the toy project (~5 s), the committed-lock reproduction (~60 s of
+# 2-thread training, at a low priority: nothing waits for it before the end) and one
+# Prefect server (~15 s to start).
 # The workers run the plumbing tests meanwhile and wait only when a test needs one. The
 # builds are shared read-only (tests copy them before changing anything); the server is
 # shared by every worker, each test using names of its own. The environment hands them
@@ -104,7 +106,8 @@ def pytest_collection_modifyitems(session, config, items):
 
     def rank(path: Path) -> tuple:
         rel = path.relative_to(tests).as_posix()
-        waits = max((WAITS.get(f, 0) for item in by_file[path] for f in item.fixturenames), default=0)
+        waits = max((WAITS.get(f, 0) for item in by_file[path]
+                     for f in getattr(item, "fixturenames", ())), default=0)
         long = LONGEST.index(rel) if rel in LONGEST else len(LONGEST)
         return (waits == 2, waits == 0 and rel.startswith("unit/"), waits == 1, long, rel)
 
