@@ -58,12 +58,13 @@ def _runs_e2e(config) -> bool:
 
 def pytest_configure(config):
     workers = config.getoption("numprocesses", None)
-    if hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 1 \
-            or SHARED_TINY in os.environ or not _runs_e2e(config):
+    if hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 1:
         return
     # xdist hands out whole files in the order pytest_collection_modifyitems gives, not
     # sorted by their test count (its default), which would put the longest ones last.
     config.option.loadscopereorder = False
+    if SHARED_TINY in os.environ or not _runs_e2e(config):
+        return
     base = Path(tempfile.mkdtemp(prefix="slimline-tests-"))
     builds = [background.start("tests.support.tiny", base / "tiny"),
               background.start("tests.support.toy", base / "toy")]
