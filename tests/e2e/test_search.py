@@ -145,7 +145,9 @@ def test_pool_mode_runs_candidates_on_a_process_worker(prefect_api, search_copy,
     from slimline.search.runs import exp_refs
 
     prefect_api.prefect("work-pool", "create", POOL, "--type", "process", cwd=search_copy, check=False)
+    (tmp_path / "tmp").mkdir()  # the worker's temporary files (tests/support/workers.py)
     env = prefect_api.env(SLIMLINE_REPO=str(search_copy), SLIMLINE_WORKSPACES=str(tmp_path / "ws"),
+                          TMPDIR=str(tmp_path / "tmp"),
                           SLIMLINE_DVC_CACHE=str(search_copy / ".dvc" / "cache"),
                           PREFECT_WORKER_QUERY_SECONDS="2")
     log = (tmp_path / "worker.log").open("w")

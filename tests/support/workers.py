@@ -23,7 +23,10 @@ class Team:
     flow: str = "slimline-pipeline"  # the flow whose deployments trigger() names
 
     def worker_env(self) -> dict:
-        return self.server.env(SLIMLINE_REPO=str(self.origin),
+        # Prefect keeps each run's supervisor files in a temporary folder that a killed
+        # worker cannot remove: keep them in the test's folder, not the machine's /tmp.
+        (self.base / "tmp").mkdir(exist_ok=True)
+        return self.server.env(SLIMLINE_REPO=str(self.origin), TMPDIR=str(self.base / "tmp"),
                                SLIMLINE_WORKSPACES=str(self.base / "workspaces"),
                                SLIMLINE_DVC_CACHE=str(self.origin / ".dvc" / "cache"),
                                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
