@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast verify-lock server server-stop deploy worker bench docs clean-resume s3-local
+.PHONY: setup run test lint test-fast verify-lock server server-stop deploy worker bench docs clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -62,8 +62,12 @@ worker: setup
 # Two pytest workers (pytest-xdist), a test file each at a time: most end-to-end tests
 # run on one core, and many wait on servers and subprocesses. The 15 slowest tests are
 # listed at the end, so every run shows where the time goes.
-test: setup
+# Lint first (a second), so that a style slip fails before minutes of tests.
+test: setup lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # The unit tests only (tests/unit): no DVC pipeline, no Prefect server; under a minute.
 test-fast: setup
@@ -81,9 +85,11 @@ verify-lock: setup
 bench: setup
 	$(PY) -m benchmarks.train_loop
 
-# docs/params.md from the schema's descriptions; a test fails when it is stale.
+# docs/params.md from the schema's descriptions, and docs/design.md's table of the stages
+# each library file reruns from the import closures; a test fails when either is stale.
 docs: setup
 	$(PY) -m slimline.params_doc --write
+	$(PY) -m slimline.codedeps_doc --write
 
 # Drop interrupted-run checkpoints (they are also removed after every successful run).
 clean-resume:

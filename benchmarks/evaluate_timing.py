@@ -31,28 +31,30 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, json
 sys.path.insert(0, sys.argv[4])  # this checkout's code, not the --root copy's
-from slimline.compress import onnx_tools as ox
+from slimline.runtime import latency_ms, session
 path, shape, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-sess = ox.session(path, threads=1)
-print(json.dumps(ox.latency_ms(sess, tuple(shape), batch=1, warmup=200, repeats=repeats)["p50"]))
+sess = session(path, threads=1)
+print(json.dumps(latency_ms(sess, tuple(shape), batch=1, warmup=200, repeats=repeats)["p50"]))
 """
 
 
 def standalone(path: Path, shape, repeats: int) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(list(shape)), str(repeats), str(ROOT)],
-                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(list(shape)), str(repeats),
+                          str(ROOT)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def all_alive(files: dict[str, Path], shape, warmup: int, repeats: int) -> dict[str, float]:
-    from slimline.compress import onnx_tools as ox
+    from slimline.runtime import latency_ms, session
 
-    sessions = {n: ox.session(p, threads=1) for n, p in files.items()}
+    sessions = {n: session(p, threads=1) for n, p in files.items()}
     p50 = {n: [] for n in files}
     names = list(files)
     for order in (names, names[::-1]):
         for n in order:
-            p50[n].append(ox.latency_ms(sessions[n], shape, batch=1, warmup=warmup, repeats=repeats)["p50"])
+            p50[n].append(latency_ms(sessions[n], shape, batch=1, warmup=warmup, repeats=repeats)["p50"])
     return {n: min(v) for n, v in p50.items()}
 
 
@@ -94,7 +96,8 @@ def main() -> None:
     floor = min(floor) * 1e3
     print(f"runtime floor (one Relu op, same options): {floor:.1f} us; rounds {cfg.rounds}, "
           f"warmup {cfg.warmup}, repeats {cfg.repeats}; best of {args.trials} trials")
-    print(f"worst stage/standalone ratio: {worst:.2f} (target <= 1.20): {'MET' if worst <= 1.2 else 'NOT MET'}")
+    print(f"worst stage/standalone ratio: {worst:.2f} (target <= 1.20): "
+          f"{'MET' if worst <= 1.2 else 'NOT MET'}")
 
 
 if __name__ == "__main__":

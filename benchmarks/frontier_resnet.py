@@ -52,13 +52,15 @@ def main() -> None:
 
         raw = yaml.safe_load((root / "params.yaml").read_text())
         raw["data"].update(source="npz", path="digits32.npz")
-        raw["baseline"] = {"model": "torchvision:resnet18", "kwargs": {}, "weights": None, "skip_training": False}
+        raw["baseline"] = {"model": "torchvision:resnet18", "kwargs": {}, "weights": None,
+                           "skip_training": False}
         raw["student"] = {"derive": {"from": "baseline", "width": args.width}}
         raw["train"].update(epochs=args.epochs)
         raw["prune"].update(methods=args.methods, steps=1, finetune_epochs=1)
         raw["evaluate"].update(max_accuracy_drop=args.budget_pt / 100)
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        for cmd in ([sys.executable, "-m", "slimline.codedeps", "--write"], [sys.executable, "-m", "slimline.check"]):
+        for cmd in ([sys.executable, "-m", "slimline.codedeps", "--write"],
+                    [sys.executable, "-m", "slimline.check"]):
             subprocess.run(cmd, cwd=root, env=run_env(), check=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=run_env(),
@@ -71,7 +73,8 @@ def main() -> None:
     variants = {v["name"]: v for v in report["variants"]}
     base = variants["baseline"]
     print(f"resnet18 at 32x32 on the digits, {args.epochs} epochs, student width {args.width}, pruning "
-          f"{' '.join(args.methods)} (1 step, 1 fine-tuning epoch): whole pipeline {minutes:.1f} min on CPU\n")
+          f"{' '.join(args.methods)} (1 step, 1 fine-tuning epoch): "
+          f"whole pipeline {minutes:.1f} min on CPU\n")
     print(f"{'variant':<34}{'test acc':>9}{'drop pt':>9}{'bytes x':>9}{'p50 x':>8}{'b256 x':>8}")
     for name, v in variants.items():
         print(f"{name:<34}{v['accuracy']:>9.4f}{(base['accuracy'] - v['accuracy']) * 100:>9.2f}"
@@ -85,7 +88,8 @@ def main() -> None:
     chosen = summary.get("selected")
     if chosen:
         print(f"selected (fastest within a {args.budget_pt:g} pt val-accuracy budget): {chosen}; "
-              f"target (>= 10x bytes, >= 5x p50, <= 1 pt test drop): {'met' if meets(variants[chosen]) else 'not met'}")
+              f"target (>= 10x bytes, >= 5x p50, <= 1 pt test drop): "
+              f"{'met' if meets(variants[chosen]) else 'not met'}")
     else:
         print("no variant selected (see reports/evaluate.md's reasons)")
 

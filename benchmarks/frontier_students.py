@@ -14,6 +14,10 @@ Needs `dvc repro train_baseline` first.
 """
 from __future__ import annotations
 
+import tasks  # noqa: F401  (first: pins the CPU math before torch loads)
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -21,14 +25,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import tasks  # noqa: F401,I001 - first: pins the CPU math before torch loads
 import numpy as np
 
-from slimline.compress import onnx_tools as ox
+from slimline.compress.export import export_onnx
 from slimline.compress.kd import load_teacher, make_kd_loss
+from slimline.compress.quantization import node_ops, quantize_dynamic_int8
 from slimline.data.dataset import load_prepared
 from slimline.evaluation.measure import time_rounds
 from slimline.params import load_params
+from slimline.runtime import predict
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import model_spec, train_network
 
@@ -52,8 +57,8 @@ def main() -> None:
         os.chdir(out)  # training writes its logs relative to the cwd
         base_model, base_spec = teacher.cpu(), model_spec(params.baseline, prep)
         files = {"baseline": out / "baseline.onnx"}
-        ox.export_onnx(base_model, base_spec.input_shape, files["baseline"])
-        acc = {"baseline": float(np.mean(ox.predict(files["baseline"], x_val).argmax(1) == y_val))}
+        export_onnx(base_model, base_spec.input_shape, files["baseline"])
+        acc = {"baseline": float(np.mean(predict(files["baseline"], x_val).argmax(1) == y_val))}
         for text in args.structures:
             conv, hidden = json.loads(text)
             name = f"conv{'x'.join(map(str, conv))}-hidden{'x'.join(map(str, hidden)) or 'none'}"
@@ -63,10 +68,10 @@ def main() -> None:
                                     loss_fn=make_kd_loss(teacher, params.distill))
             files[name] = out / f"{name}.onnx"
             files[f"{name}.int8_dynamic"] = out / f"{name}.int8_dynamic.onnx"
-            ox.export_onnx(trained.model, spec.input_shape, files[name])
-            ox.quantize_dynamic_int8(files[name], files[f"{name}.int8_dynamic"])
+            export_onnx(trained.model, spec.input_shape, files[name])
+            quantize_dynamic_int8(files[name], files[f"{name}.int8_dynamic"])
             for n in (name, f"{name}.int8_dynamic"):
-                acc[n] = float(np.mean(ox.predict(files[n], x_val).argmax(1) == y_val))
+                acc[n] = float(np.mean(predict(files[n], x_val).argmax(1) == y_val))
         timing = argparse.Namespace(threads=params.evaluate.threads, warmup=params.evaluate.warmup,
                                     repeats=params.evaluate.repeats, rounds=args.rounds)
         rounds = time_rounds({**files, "floor": None}, base_spec.input_shape, timing)
@@ -77,7 +82,7 @@ def main() -> None:
               "| p50 / floor |\n|---|---|---|---|---|---|---|---|")
         for n, f in files.items():
             size = f.stat().st_size
-            print(f"| {n} | {acc[n]:.1%} | {len(ox.node_ops(f))} | {size:,} "
+            print(f"| {n} | {acc[n]:.1%} | {len(node_ops(f))} | {size:,} "
                   f"| {files['baseline'].stat().st_size / size:.1f}x | {p50[n] * 1e3:.1f} "
                   f"| {p50['baseline'] / p50[n]:.2f}x | {p50[n] / p50['floor']:.2f} |")
 

@@ -55,7 +55,8 @@ def child(root: str, train: bool) -> dict:
                               "mean": [127.0] * 3, "std": [70.0] * 3})
         data = to_tensors(prep, torch.device("cpu"))
         spec = ModelSpec(structure=Structure(conv_channels=[8], hidden=[16]).model_dump(),
-                         input_shape=tuple(raw.x.shape[1:]), num_classes=10, mean=(127.0,) * 3, std=(70.0,) * 3)
+                         input_shape=tuple(raw.x.shape[1:]), num_classes=10, mean=(127.0,) * 3,
+                         std=(70.0,) * 3)
         with tempfile.TemporaryDirectory() as tmp:
             fit(build_model(spec), data["train"], data["val"], TrainParams(epochs=1, num_threads=2),
                 CheckpointStore(tmp), desc="memory")
@@ -76,7 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_images(Path(tmp), args.images, args.size)
         for train in (False, True):
-            cmd = [sys.executable, "-m", "benchmarks.imagefolder_memory", "--child", tmp, *(["--train"] * train)]
+            cmd = [sys.executable, "-m", "benchmarks.imagefolder_memory", "--child", tmp,
+                   *(["--train"] * train)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT="))[7:])
             what = "read + one training epoch" if train else "read (as prepare does)"

@@ -18,13 +18,16 @@ params.yaml with the --set overrides for everything else.
 """
 from __future__ import annotations
 
+import tasks  # noqa: F401  (first: pins the CPU math before torch loads)
+
+# isort: split
+
 import argparse
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
-import tasks  # noqa: F401,I001 - first: pins the CPU math before torch loads
 import numpy as np
 
 from slimline.compress.features import FeatureHints, auto_pairs, check_pairs, describe_pairs
@@ -32,7 +35,7 @@ from slimline.compress.kd import make_kd_loss
 from slimline.compress.student import student_plan
 from slimline.data.dataset import Prepared, load_prepared
 from slimline.model import build_model
-from slimline.overrides import apply_to, parse_set_args
+from slimline.overrides import OverrideError, apply_to, parse_set_args
 from slimline.params import load_params, parse_params
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import model_spec, train_network
@@ -58,7 +61,11 @@ def main() -> None:
     args = ap.parse_args()
     root = Path.cwd()
     # --set as `-S`: parsed, applied and checked by the whole schema as the flow's overrides are
-    params = parse_params(apply_to(load_params(root / "params.yaml").model_dump(), parse_set_args(args.sets)),
+    try:
+        sets = parse_set_args(args.sets)
+    except OverrideError as err:
+        raise SystemExit(str(err)) from None  # a bad --set: its message, no traceback
+    params = parse_params(apply_to(load_params(root / "params.yaml").model_dump(), sets),
                           "params.yaml with --set")
     dcfg = params.distill
     weights = list(dict.fromkeys(args.feature_weights or [dcfg.feature_weight]))  # 1 and 1.0 are one arm
@@ -73,8 +80,9 @@ def main() -> None:
             tcfg = tcfg0.model_copy(update={"seed": seed})
             scfg = tcfg.model_copy(update={"epochs": epochs})
 
-            def run(name, spec, cfg, loss=None, init=None, hints=None):
-                return train_network(name, spec, cfg, prep, Path(tmp) / name, key_params={"seed": seed, "name": name},
+            def run(name, spec, cfg, loss=None, init=None, hints=None, seed=seed):
+                return train_network(name, spec, cfg, prep, Path(tmp) / name,
+                                     key_params={"seed": seed, "name": name},
                                      deps=[], loss_fn=loss, init=init, hints=hints, log=False)
 
             teacher = run("teacher", model_spec(params.baseline, prep), tcfg)

@@ -8,11 +8,14 @@ the weight hash of each. The settings make this CPU behave like another one: a l
 ISA for ATen, MKL or oneDNN, or fewer cores. Portable mode must give one hash for all;
 fast mode must not (which shows that the settings took effect).
 
-Also used as the child process of benchmarks/train_loop.py (`--child`).
+Also used as the child process of benchmarks/train_loop.py (`--child`), which imports
+this module, never the other way round.
 """
 from __future__ import annotations
 
 import tasks  # noqa: F401  (first: pins this process's CPU math for --params)
+
+# isort: split
 
 import argparse
 import hashlib
@@ -43,9 +46,9 @@ def child(params_path: str, samples: int, epochs: int) -> dict:
     """Train once in this process; the weights' hash and the throughput of fit()."""
     import torch
 
-    from benchmarks.train_loop import load_data, new_model
-    from slimline.training.checkpoint import CheckpointStore
+    from benchmarks.fit_setup import load_data, new_model
     from slimline.params import load_params
+    from slimline.training.checkpoint import CheckpointStore
     from slimline.training.loop import fit, seed_everything
 
     params = load_params(params_path)

@@ -23,7 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.project import ROOT, copy_project, run_env as env
+from tests.support.project import ROOT, copy_project
+from tests.support.project import run_env as env
 from tests.support.tiny import TINY
 
 
@@ -41,9 +42,9 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
             return proc, url, time.perf_counter() - t0
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None:
-                raise SystemExit("the Prefect server did not start")
+                raise SystemExit("the Prefect server did not start") from err
             time.sleep(0.2)
 
 
@@ -51,7 +52,7 @@ def stages(root: Path) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from dvc.repo import Repo
 
-    from flows.pipeline import stage_order
+    from slimline.dvc_runner import stage_order
 
     with Repo(str(root)) as repo:
         return stage_order(repo)
@@ -75,7 +76,7 @@ def flow(root: Path, api: str, order: list[str]) -> tuple[dict[str, float], floa
                          cwd=ROOT, capture_output=True, text=True, env=env(PREFECT_API_URL=api),
                          check=True).stdout
     total = time.perf_counter() - t0
-    per_task = json.loads(next(l for l in out.splitlines() if l.startswith("TASKS="))[6:])
+    per_task = json.loads(next(line for line in out.splitlines() if line.startswith("TASKS="))[6:])
     return {s: per_task[s] for s in order}, total
 
 
@@ -144,17 +145,21 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     med = lambda runs, s: statistics.median(x[s] for x in runs)  # noqa: E731
-    print(f"\nPrefect server start-up (SQLite, until /api/health answers): {startup:.1f} s (not counted below)")
+    print(f"\nPrefect server start-up (SQLite, until /api/health answers): {startup:.1f} s "
+          f"(not counted below)")
     if b_runs:
         overhead_table(order, b_runs, f_runs, f_tot, med)
-    print(f"\nno-op rerun: flow {noop_flow:.2f} s (target <= 5 s), dvc repro {noop_dvc:.2f} s (target <= 2 s)")
-    print(f"({args.rounds} rounds, medians; {'tiny' if args.tiny else 'default'} config; this machine is shared)")
+    print(f"\nno-op rerun: flow {noop_flow:.2f} s (target <= 5 s), "
+          f"dvc repro {noop_dvc:.2f} s (target <= 2 s)")
+    print(f"({args.rounds} rounds, medians; {'tiny' if args.tiny else 'default'} config; "
+          f"this machine is shared)")
 
 
 def overhead_table(order, b_runs, f_runs, f_tot, med) -> None:
     print(f"\n{'stage':<22}{'bare dvc s':>12}{'flow task s':>13}{'overhead s':>12}")
     for s in order:
-        print(f"{s:<22}{med(b_runs, s):>12.2f}{med(f_runs, s):>13.2f}{med(f_runs, s) - med(b_runs, s):>+12.2f}")
+        print(f"{s:<22}{med(b_runs, s):>12.2f}{med(f_runs, s):>13.2f}"
+              f"{med(f_runs, s) - med(b_runs, s):>+12.2f}")
     bare_total = statistics.median(sum(x.values()) for x in b_runs)
     flow_total = statistics.median(f_tot)
     print(f"{'total (wall)':<22}{bare_total:>12.2f}{flow_total:>13.2f}{flow_total - bare_total:>+12.2f}"

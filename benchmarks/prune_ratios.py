@@ -17,10 +17,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tasks.prune import prune  # first: importing `tasks` pins the CPU math before torch loads
 from slimline.data.dataset import load_prepared  # noqa: E402,I001
 from slimline.params import load_params
 from slimline.training.trainer import model_spec, train_network
+from tasks.prune import prune  # first: importing `tasks` pins the CPU math before torch loads
 
 
 def main() -> None:
@@ -65,7 +65,8 @@ def main() -> None:
               f"| {u['val_accuracy']:.4f} | {s['val_accuracy']:.4f} | {u['test_accuracy']:.4f} "
               f"| {s['test_accuracy']:.4f} | {(s['test_accuracy'] - u['test_accuracy']) * 100:+.2f} |")
     for split in ("val", "test"):
-        gains = [(r["sensitivity"][f"{split}_accuracy"] - r["uniform"][f"{split}_accuracy"]) * 100 for r in rows]
+        gains = [(r["sensitivity"][f"{split}_accuracy"] - r["uniform"][f"{split}_accuracy"]) * 100
+                 for r in rows]
         spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
         print(f"{split} gain, sensitivity - uniform: {statistics.mean(gains):+.2f} +/- {spread:.2f} pt "
               f"over {len(gains)} seeds")

@@ -55,7 +55,8 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         picks.append(r["name"])
         old.append(r["old_rule"])
-        print(f"run {i + 1}: {r['name']} ({r['why']}); tied: {', '.join(r['tied'])}; old rule: {r['old_rule']}")
+        print(f"run {i + 1}: {r['name']} ({r['why']}); tied: {', '.join(r['tied'])}; "
+              f"old rule: {r['old_rule']}")
     for label, got in (("new rule", picks), ("old rule", old)):
         name, n = collections.Counter(got).most_common(1)[0]
         print(f"{label}: {n} of {len(got)} runs chose {name}; choices {dict(collections.Counter(got))}")

@@ -18,41 +18,22 @@ from __future__ import annotations
 
 import tasks  # noqa: F401  (first: pins CPU math for params.yaml's train.numerics)
 
+# isort: split
+
 import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimline.training.checkpoint import CheckpointStore
-from slimline.data.dataset import load_prepared
-from slimline.model import ModelSpec, build_model
+from benchmarks.fit_setup import load_data, new_model
+from benchmarks.numerics import params_file, run_child
 from slimline.params import load_params
+from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import fit, make_optimizer, make_scheduler, seed_everything
-
-
-def load_data(device):
-    """The prepared split if `dvc repro prepare` has run, else the packaged digits directly."""
-    if Path("data/prepared/meta.json").exists():
-        prep = load_prepared("data/prepared")
-        (x, y), (xv, yv) = prep.splits["train"], prep.splits["val"]
-    else:
-        from slimline.data.sources import load_mnist5k
-
-        raw = load_mnist5k()
-        x, y, xv, yv = raw.x[:4000], raw.y[:4000], raw.x[4000:4500], raw.y[4000:4500]
-    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt).to(device)  # noqa: E731
-    return (t(x, torch.float32), t(y, torch.long)), (t(xv, torch.float32), t(yv, torch.long))
-
-
-def new_model(params, shape, device):
-    spec = ModelSpec(structure=params.baseline.structure().model_dump(), input_shape=shape, num_classes=10,
-                     mean=(33.0,) * shape[0], std=(78.0,) * shape[0])
-    return build_model(spec).to(device)
 
 
 def pipeline_loop(params, cfg, train, val) -> tuple[float, float]:
@@ -122,7 +103,8 @@ def main() -> None:
     wall = {k: statistics.median(v) for k, v in walls.items()}
     print(f"\ndevice {device}, {cfg.num_threads} threads, {len(train[0])} samples x {args.epochs} epochs, "
           f"batch {cfg.batch_size}, {args.rounds} rounds (median)")
-    print(f"pipeline steps: {n / med['pipeline']:.0f} samples/s; minimal loop: {n / med['minimal']:.0f} samples/s")
+    print(f"pipeline steps: {n / med['pipeline']:.0f} samples/s; "
+          f"minimal loop: {n / med['minimal']:.0f} samples/s")
     print(f"ratio pipeline/minimal, training steps: {med['minimal'] / med['pipeline']:.3f} (target >= 0.95)")
     print(f"ratio pipeline/minimal, whole fit() incl. validation + checkpoints: "
           f"{wall['minimal'] / wall['pipeline']:.3f}")
@@ -132,8 +114,6 @@ def main() -> None:
 
 def compare_numerics(args, samples: int, threads: int) -> None:
     """fit() samples/s in portable and in fast mode, fresh processes, alternating order."""
-    from benchmarks.numerics import params_file, run_child
-
     speed = {"portable": [], "fast": []}
     with tempfile.TemporaryDirectory() as tmp:
         files = {m: params_file(Path(tmp), m, threads) for m in speed}

@@ -63,11 +63,12 @@ def compare_stage(now: dict, committed: dict | None, outs: set[str]) -> list[str
     diffs = [f"{p}: committed {theirs.get(p)}, here {mine.get(p)}"
              for p in sorted(set(mine) | set(theirs)) if mine.get(p) != theirs.get(p)]
     if stale:  # still compare the outputs: a reader wants to know, though it proves nothing
-        return [f"STALE: the committed entry was made from other inputs ({', '.join(stale)}): "
-                f"run `dvc repro` and commit dvc.lock first"] + (diffs or ["(its outputs match all the same)"])
+        return ([f"STALE: the committed entry was made from other inputs ({', '.join(stale)}): "
+                 f"run `dvc repro` and commit dvc.lock first"]
+                + (diffs or ["(its outputs match all the same)"]))
     upstream = [p for p in changed if p not in stale]
-    return diffs + ([f"(its inputs from earlier stages differ too: {', '.join(upstream)})"] if upstream and diffs
-                    else [])
+    return diffs + ([f"(its inputs from earlier stages differ too: {', '.join(upstream)})"]
+                    if upstream and diffs else [])
 
 
 def report(now: dict[str, dict], committed: dict[str, dict]) -> bool:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         result = deploy(args.root.resolve())
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to deploy is reported, with the likely cause
         print(f"deploy failed: {err}\nIs a Prefect server running at PREFECT_API_URL? (make server)",
               file=sys.stderr)
         return 1

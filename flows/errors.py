@@ -1,17 +1,9 @@
-"""How a pipeline run can fail, and which failures are worth another attempt."""
+"""Which failures of a pipeline run are worth another attempt (a Prefect retry condition).
+
+The failure types themselves are the library's (slimline/errors.py)."""
 from __future__ import annotations
 
-
-class StageFailed(RuntimeError):
-    """A stage (or push) failed for a reason of its own: bad data, bad params, a bug."""
-
-
-class TransientFailure(StageFailed):
-    """A failure another attempt can fix: the DVC lock busy, the remote unreachable."""
-
-
-class RegressionFailed(RuntimeError):
-    """The selected model is worse than the previous run's beyond the gate's margins."""
+from slimline.errors import TransientFailure
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -20,6 +12,6 @@ def retry_transient(task, task_run, state) -> bool:
         state.result()
     except TransientFailure:
         return True
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - every other failure fails the same way again
         return False
     return False

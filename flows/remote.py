@@ -14,9 +14,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.errors import StageFailed, TransientFailure, retry_transient
-from slimline.repo import child_env, dvc_remote, git_remote, slug
-from slimline.s3 import bounded_env, explain_dvc_failure, is_transient
+from flows.errors import retry_transient
+from slimline.dvc_runner import is_transient, stage_env
+from slimline.errors import StageFailed, TransientFailure
+from slimline.repo import dvc_remote, git_remote, slug
+from slimline.s3 import explain_dvc_failure
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,6 @@ def remote_for(root: Path, logger) -> Remote | None:
     logger.info("DVC remote '%s' (%s): stages pull what they need; outputs are pushed at the end",
                 name, url)
     return Remote(name, url)
-
-
-def stage_env() -> dict:
-    """Environment for dvc and stage subprocesses: an outage costs seconds (slimline/s3.py)."""
-    return bounded_env(child_env())
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -116,6 +113,6 @@ def upload_evaluate(root: Path, remote: Remote | None, logger) -> dict[str, str]
              if p.exists()]
     try:
         return upload_reports(root, files, flow_run.id or "local", cfg)
-    except Exception as err:  # S3Error, or a botocore config error: the results stand anyway
+    except Exception as err:  # noqa: BLE001 - S3Error, or a botocore config error: the results stand anyway
         logger.warning("could not upload the evaluate report: %s", err)
         return None

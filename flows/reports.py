@@ -7,13 +7,17 @@ import json
 import re
 from pathlib import Path
 
-from prefect.artifacts import (create_markdown_artifact,
-                               create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from flows.history import flatten, metric_deltas
+from slimline.dvc_runner import Outcome
+from slimline.evaluation.history import flatten, metric_deltas
 from slimline.repo import git, is_dirty, slug
-from slimline.stage import STAMP, markdown_table
+from slimline.report import STAMP, markdown_table
 
 
 def artifact_key(prefix: str, stage: str, kind: str) -> str:
@@ -23,7 +27,7 @@ def artifact_key(prefix: str, stage: str, kind: str) -> str:
 
 
 def md_matches(md_path: Path, json_path: Path) -> bool:
-    """Whether the markdown report was written from this exact JSON (see slimline.stage.write_report)."""
+    """Whether the markdown report was written from this exact JSON (see slimline.report.write_report)."""
     digest = hashlib.sha256(json_path.read_bytes()).hexdigest()
     return f"{STAMP}{digest}" in md_path.read_text()
 
@@ -82,15 +86,17 @@ def deltas_table(root: Path, stem: str) -> str:
     return "Changes against the last commit:\n\n" + markdown_table(shown) + more
 
 
-def stage_artifacts(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
+def stage_artifacts(root: Path, stage: str, outcome: Outcome, seconds: float, prefix: str = "",
                     errors: list[str] | None = None, head: str | None = None,
-                    lock: dict | None = None) -> list[tuple[str, dict]]:
+                    lock: dict | None = None, label: str | None = None) -> list[tuple[str, dict]]:
     """A stage's report (markdown) and metrics (table) artifacts for this outcome, as
-    ("markdown" | "table", keyword arguments of create_<kind>_artifact)."""
+    ("markdown" | "table", keyword arguments of create_<kind>_artifact). label: the
+    outcome's words when they say more than outcome.label (a failure's exit code)."""
+    label = label or outcome.label
     reports = root / "reports"
     stem = report_stem(stage)
     md_path, json_path = reports / f"{stem}.md", reports / f"{stem}.json"
-    lines = [f"# {stage}: {outcome}", ""]
+    lines = [f"# {stage}: {label}", ""]
     if seconds:
         lines.append(f"Stage time: {seconds:.1f} s.")
     lines += provenance(root, stage, head, lock)
@@ -99,7 +105,7 @@ def stage_artifacts(root: Path, stage: str, outcome: str, seconds: float, prefix
     if errors:
         lines += ["", "```", *errors, "```"]
     elif md_path.exists() and json_path.exists() and md_matches(md_path, json_path):
-        if outcome.startswith("skipped"):
+        if outcome.skipped:
             lines.append("Nothing changed since the last run; its report follows.")
         lines += ["", md_path.read_text()]
     elif json_path.exists():
@@ -109,22 +115,22 @@ def stage_artifacts(root: Path, stage: str, outcome: str, seconds: float, prefix
     lines += ["", f"Files: [{json_path.name}]({json_path.as_uri()}), [{md_path.name}]({md_path.as_uri()})"
               + (" (run `dvc checkout` or `dvc pull` if missing)" if not json_path.exists() else "")]
     out = [("markdown", {"key": artifact_key(prefix, stage, "report"), "markdown": "\n".join(lines),
-                         "description": f"{stage}: {outcome}"})]
+                         "description": f"{stage}: {label}"})]
     if json_path.exists() and not errors:
         out.append(("table", {"key": artifact_key(prefix, stage, "metrics"),
                               "table": report_table(json.loads(json_path.read_text())),
-                              "description": f"{stage} metrics ({outcome})"}))
+                              "description": f"{stage} metrics ({label})"}))
     return out
 
 
-def publish_stage(root: Path, stage: str, outcome: str, seconds: float, prefix: str = "",
-                  errors: list[str] | None = None) -> None:
+def publish_stage(root: Path, stage: str, outcome: Outcome, seconds: float, prefix: str = "",
+                  errors: list[str] | None = None, label: str | None = None) -> None:
     create = {"markdown": create_markdown_artifact, "table": create_table_artifact}
-    for kind, kwargs in stage_artifacts(root, stage, outcome, seconds, prefix, errors):
+    for kind, kwargs in stage_artifacts(root, stage, outcome, seconds, prefix, errors, label=label):
         create[kind](**kwargs)
 
 
-def publish_skipped(root: Path, stages: list[str], outcome: str, prefix: str = "") -> None:
+def publish_skipped(root: Path, stages: list[str], outcome: Outcome, prefix: str = "") -> None:
     """The artifacts of stages that did not run, sent together: the commit and dvc.lock
     are read once, and the API calls go out concurrently rather than one after another."""
     if not stages:
@@ -248,7 +254,8 @@ def publish_evaluate(root: Path, prefix: str, urls: dict[str, str] | None) -> No
         create_markdown_artifact(
             key=artifact_key(prefix, "evaluate", "pareto"),
             markdown="# Pareto charts\n\nBlue: the Pareto front; red: the selected variant. Files: "
-                     + ", ".join(f"`reports/{png.name}`" for png, _ in charts) + "\n\n" + "\n\n".join(shown) + "\n",
+                     + ", ".join(f"`reports/{png.name}`" for png, _ in charts) + "\n\n"
+                     + "\n\n".join(shown) + "\n",
             description="accuracy vs latency and vs bytes, every variant")
     card = root / "models" / "ship" / "MODEL_CARD.md"
     if card.exists():

@@ -33,10 +33,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from slimline.io import write_text
 from slimline.params import ParamsError, parse_params
-from slimline.search.board import leaderboard, markdown, table_rows
 from slimline.repo import git, head
-from slimline.search.runs import (METRIC_KEYS, base_record, code_state, known, push_experiment,
-                                  run_experiment, shared_stages_ready)
+from slimline.search.board import leaderboard, markdown, table_rows
+from slimline.search.runs import (
+    METRIC_KEYS,
+    base_record,
+    code_state,
+    known,
+    push_experiment,
+    run_experiment,
+    shared_stages_ready,
+)
 from slimline.search.space import Candidate, apply_structure, artifact_key, build_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +116,7 @@ def run_local(root: Path, todo: list[Candidate], workers: int, raw: dict, logger
                     out[c.name] = futures[c.name].result()
                 except CandidateFailed as err:
                     out[c.name] = err.record
-                except Exception as err:  # a crash outside the experiment: still only this candidate
+                except Exception as err:  # noqa: BLE001 - a crash outside the experiment: still only this candidate
                     out[c.name] = {**base_record(c), "reason": f"{type(err).__name__}: {err}"}
     return out
 
@@ -132,7 +139,6 @@ def run_pool(todo: list[Candidate], baseline: str, deployment: str, timeout_s: f
     concurrency limit allows. Results come back as each run's artifact."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-
     from prefect.exceptions import ObjectNotFound
 
     runs = {}

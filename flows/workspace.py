@@ -109,7 +109,6 @@ def workspace_slot(root: Path, logger):
     dvc.lock and the outputs. DVC's own lock still guards against a bare `dvc repro`."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
-
     from prefect.exceptions import ObjectAlreadyExists
 
     name = slot_name(root)

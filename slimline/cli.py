@@ -32,7 +32,8 @@ COMMANDS = {  # command -> (module with main(argv), one-line help)
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
-    return f"usage: slimline <command> [args...]\n\ncommands:\n{rows}\n\n`slimline <command> --help` for its options."
+    return (f"usage: slimline <command> [args...]\n\ncommands:\n{rows}\n\n"
+            f"`slimline <command> --help` for its options.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def _runs_code(path: Path) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _imports(path: Path) -> frozenset[str]:
+def _imports(path: Path, packages: tuple[str, ...] = PACKAGES) -> frozenset[str]:
     """Project modules `path` imports, at any depth of its code."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -46,9 +46,15 @@ def _imports(path: Path) -> frozenset[str]:
         else:
             continue
         for name in names:
-            if name.split(".")[0] in PACKAGES and _file(name):
+            if name.split(".")[0] in packages and _file(name):
                 found.add(name)
     return frozenset(found)
+
+
+def imported_files(path: Path, packages: tuple[str, ...] = PACKAGES) -> set[Path]:
+    """The files of `packages` that `path` imports, imports inside functions included: its
+    edges in the project's import graph."""
+    return {_file(name) for name in _imports(path, packages)}
 
 
 def closure(module: str) -> list[Path]:
@@ -178,7 +184,8 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml", params: Path = ROOT / "params.yaml
             while i < len(lines) and lines[i].startswith(indent + "- ") and (marked or code.match(lines[i])):
                 i += 1
             out.append(f"{indent}{MARK}\n")
-            out += [f"{indent}- {d}\n" for d in stage_deps(stage, modules[stage], raw, dvc_yaml.resolve().parent)]
+            out += [f"{indent}- {d}\n"
+                    for d in stage_deps(stage, modules[stage], raw, dvc_yaml.resolve().parent)]
             continue
         out.append(line)
         i += 1

@@ -198,7 +198,7 @@ def load_model(model_dir: str | Path) -> tuple[nn.Module, ModelSpec]:
         model.load_state_dict(state)
     except ShapeError:
         raise
-    except Exception as err:  # truncated file, foreign weights, hand-edited JSON
+    except Exception as err:  # noqa: BLE001 - truncated file, foreign weights, hand-edited JSON
         raise StageError(f"{model_dir} holds a damaged model ({type(err).__name__}: {err}); "
                          f"rerun the stage that writes it, or `dvc checkout {model_dir}`") from None
     model.eval()

@@ -55,7 +55,7 @@ def mode_from_params(path: str | Path = "params.yaml") -> str:
 
         with open(path) as f:
             mode = ((yaml.safe_load(f) or {}).get("train") or {}).get("numerics", DEFAULT)
-    except Exception:  # the stage's own params check reports a broken file properly
+    except Exception:  # noqa: BLE001 - the stage's own params check reports a broken file properly
         return DEFAULT
     return mode if mode in MODES else DEFAULT
 

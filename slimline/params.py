@@ -7,13 +7,20 @@ key, the value and what is allowed. The whole file is checked before any work by
 """
 from __future__ import annotations
 
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from slimline.errors import ShapeError
 
@@ -165,7 +172,8 @@ class NetworkParams(Structure):
 
     model: str = Field("cnn", description="cnn (the network the structure keys build), "
                                           "torchvision:<name>, timm:<name>, or python:<module>:<callable> "
-                                          "(your code, called as fn(num_classes=K, in_channels=C, **kwargs)). "
+                                          "(your code, called as "
+                                          "fn(num_classes=K, in_channels=C, **kwargs)). "
                                           "See docs/own-model.md.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model's "
                                                                      "factory; zoo and python models only.")
@@ -365,7 +373,8 @@ class PruneParams(Section):
                                             "instead of the labels alone.")
     ratios: Literal["uniform", "sensitivity"] = Field(
         "uniform", description="Structured method: remove `amount` of every layer's channels, or per-layer "
-                               "ratios from a sensitivity scan that remove as many FLOPs (docs/compression.md).")
+                               "ratios from a sensitivity scan that remove as many FLOPs "
+                               "(docs/compression.md).")
     scan_ratios: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 0.9], min_length=1,
         description="ratios: sensitivity: the ratios each layer is pruned by, alone, in the scan; the "
@@ -418,11 +427,12 @@ class QuantizeParams(Section):
                                        "over it is not eligible to ship. Not evaluate.max_accuracy_drop, "
                                        "which is against the baseline.")
     max_excluded: int = Field(3, ge=0, description="Most nodes static int8 may keep in fp32 to meet "
-                                                   "max_accuracy_drop; 0: none. A variant still over budget is "
-                                                   "written as its best attempt, and evaluate rejects it.")
+                                                   "max_accuracy_drop; 0: none. A variant still over budget "
+                                                   "is written as its best attempt, and evaluate rejects it.")
     sensitivity_scan: bool = Field(
         True, description="Rank every static int8 variant's nodes by sensitivity for reports/sensitivity.md "
-                          "(one quantization per int8 node); false: only for a variant over max_accuracy_drop.")
+                          "(one quantization per int8 node); false: only for a variant over "
+                          "max_accuracy_drop.")
     opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 
@@ -437,8 +447,8 @@ class EvaluateParams(Section):
                                        "(0.005 = 0.5 pt).")
     max_bytes: Optional[int] = Field(None, ge=1, description="Largest model file size in bytes; "
                                                              "null: no size budget.")
-    max_p50_ms: Optional[float] = Field(None, gt=0, description="Largest ONNX Runtime p50 latency at batch 1, in ms; "
-                                                                "null: no latency budget.")
+    max_p50_ms: Optional[float] = Field(None, gt=0, description="Largest ONNX Runtime p50 latency at "
+                                                                "batch 1, in ms; null: no latency budget.")
     require_selection: bool = Field(False, description="Fail the stage when no variant meets every "
                                                        "budget; false ships no model and records why.")
     threads: int = Field(1, ge=1, description="ONNX Runtime and torch threads for timing.")
@@ -446,8 +456,8 @@ class EvaluateParams(Section):
     repeats: int = Field(200, ge=10, description="Timed runs per variant and round; a round's p50 is over "
                                                  "these.")
     rounds: int = Field(5, ge=5, description="Timing rounds; in each, the variants take turns in blocks of "
-                                             "calls. Every round's p50 is kept, and one variant beats another "
-                                             "only in 80% of the rounds (4 of 5).")
+                                             "calls. Every round's p50 is kept, and one variant beats "
+                                             "another only in 80% of the rounds (4 of 5).")
     latency_margin: float = Field(
         0.10, ge=0, lt=1, description="Relative p50 lead a variant needs, round by round, to beat another. "
                                       "objective latency: the variants the fastest does not beat tie, and "

@@ -37,7 +37,7 @@ class Bundle:
         try:
             self.session = ort.InferenceSession(str(folder / "model.onnx"), opts,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own types for truncated or foreign files
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types for truncated or foreign files
             raise ValueError(f"{folder / 'model.onnx'} cannot be loaded ({err}); rebuild the bundle "
                              f"with the `evaluate` stage") from None
         self.input = self.session.get_inputs()[0].name
@@ -53,7 +53,7 @@ class Bundle:
         logits = self.logits(x)
         e = np.exp(logits - logits.max(1, keepdims=True))
         probs = e / e.sum(1, keepdims=True)
-        return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs)]
+        return [(self.labels[i], float(p[i])) for i, p in zip(probs.argmax(1), probs, strict=True)]
 
 
 def load_inputs(path: Path, shape: tuple[int, int, int], resize: bool = False) -> np.ndarray:

@@ -45,8 +45,11 @@ def _key(raw: dict, shape, root: Path) -> str:
     h = hashlib.sha256(json.dumps({"baseline": raw.get("baseline"), "student": raw.get("student"),
                                    "budget": (raw.get("prune") or {}).get("graph_timeout_s"),
                                    "shape": shape}, sort_keys=True, default=str).encode())
-    for name in ("model.py", "zoo.py", "compress/pruning.py", "compress/pruning_ratios.py", "compress/student.py",
-                 "compress/onnx_tools.py", "timebudget.py", "preflight.py"):
+    # The ONNX dry run is export_onnx and the file helpers it calls: export.py and onnx_files.py
+    # (it opens no session, so runtime.py and the quantizers are no part of its outcome).
+    for name in ("model.py", "zoo.py", "compress/pruning.py", "compress/pruning_ratios.py",
+                 "compress/student.py", "compress/export.py", "compress/onnx_files.py", "timebudget.py",
+                 "preflight.py"):
         h.update((ROOT / "slimline" / name).read_bytes())
     for section in ("baseline", "student"):
         model = str((raw.get(section) or {}).get("model", "cnn"))
@@ -124,7 +127,8 @@ def notes(raw: dict, outcome: Outcome) -> list[str]:
             effect = "prune@structured will write its not_applicable marker" + (
                 "" if marked else f" if it runs with prune.source: {u['section']}")
         more = "; raise prune.graph_timeout_s to give it longer" if u["timed_out"] else ""
-        steps = "structured pruning and student.derive are" if u["section"] == "baseline" else "structured pruning is"
+        steps = ("structured pruning and student.derive are" if u["section"] == "baseline"
+                 else "structured pruning is")
         lines.append(f"{u['section']} ({u['model']}): {u['reason']}, so {steps} not applicable to it: "
                      f"{effect}{more}. Everything else runs")
     return lines
@@ -167,7 +171,8 @@ def _run(raw: dict, shape, classes) -> Outcome:
     example = torch.zeros(2, *shape)
     for plan in plans:
         if plan.init is not None and "baseline" in graphs:  # derive would only fail (or time out) again
-            outcome.failures.append(f"{plan.section} ({plan.what}): {cannot_derive(base.model, graphs['baseline'])}")
+            outcome.failures.append(
+                f"{plan.section} ({plan.what}): {cannot_derive(base.model, graphs['baseline'])}")
             continue
         failure, no_graph = _check(plan, example, classes, budget)
         if failure:
@@ -187,7 +192,7 @@ def _check(plan: _Plan, example, classes: int, budget: float):
 
     import torch
 
-    from slimline.compress.onnx_tools import export_onnx
+    from slimline.compress.export import export_onnx
     from slimline.errors import StageError
     from slimline.model import build_model
     from slimline.timebudget import OutOfTime, time_budget

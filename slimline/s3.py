@@ -13,8 +13,8 @@ keys go in .dvc/config.local (`dvc remote modify --local`).
 
 For the flow: `remote_config` reads the DVC remote for boto3, `upload_reports`
 shares report files through presigned links, `bounded_env` caps the retries of
-dvc subprocesses, and `explain_dvc_failure`/`is_transient` turn a failed dvc
-run's output into one actionable line and a retry decision.
+dvc subprocesses, and `explain_dvc_failure` turns a failed dvc run's output into one
+actionable line (the retry decision, `is_transient`, is slimline/dvc_runner.py's).
 
 Retry layers in one `dvc push`/`dvc pull` (dvc-s3 3.3, s3fs 2026.9, aiohttp 3.14),
 as measured against moto and dead ports (tests/e2e/test_s3.py counts the first two):
@@ -268,7 +268,7 @@ def bounded_env(env: dict, attempts: int = 2) -> dict:
 
 
 # Substrings of failed dvc push/pull/repro output, as dvc-s3 prints them (the tests
-# reproduce each against a real S3 server, a dead port, or a held lock).
+# reproduce each against a real S3 server or a dead port).
 UNREACHABLE = ("Could not connect to the endpoint URL",  # refused, DNS (EndpointConnectionError)
                "Connection was closed before we received a valid response",  # dropped
                "Read timeout on endpoint URL", "Connect timeout on endpoint URL",  # hung
@@ -276,7 +276,6 @@ UNREACHABLE = ("Could not connect to the endpoint URL",  # refused, DNS (Endpoin
 DENIED = ("Unable to locate credentials", "NoCredentialsError", "InvalidAccessKeyId",
           "SignatureDoesNotMatch", "AccessDenied", "Access Denied", "(403)", "Forbidden")
 CORRUPTED = "corrupted cache file"  # `dvc pull -v` with verify true, naming the object
-LOCKED = "Unable to acquire lock"
 
 
 def _corrupted(output: str) -> bool:
@@ -312,12 +311,6 @@ def explain_dvc_failure(output: str, remote_url: str, name: str = "storage") -> 
                 f"or copy the good file from another clone's .dvc/cache to the same key; `dvc push` "
                 f"will not replace it, since DVC remembers the directory as pushed")
     return None
-
-
-def is_transient(output: str) -> bool:
-    """Worth retrying later: the remote was unreachable or timed out, or another dvc
-    process held the repo lock. Refused access and corruption need a person."""
-    return LOCKED in output or any(m in output for m in UNREACHABLE)
 
 
 def main(argv: list[str] | None = None) -> int:

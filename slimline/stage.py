@@ -1,89 +1,18 @@
-"""What every stage module shares: the CLI wrapper and the report writer.
+"""The stage runtime every tasks/<stage>.py runs under: argument parsing, params
+validation, the dvc.yaml check, and one readable line for an expected failure.
 
-Reports come in two kinds, because DVC hashes what it tracks:
-- reports/<stage>.json: deterministic results (DVC metrics; identical reruns
-  give identical bytes, so dvc.lock stays put);
-- reports/<stage>.run.json: this run's timings, host and versions (untracked).
-reports/<stage>.md is the human report combining both (untracked).
+A stage's report files are slimline.report's, the files stages leave each other
+slimline.paths'; library code imports those, never this module.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import platform
-import socket
 import sys
 from pathlib import Path
 from typing import Callable
 
 from slimline.errors import StageError
-from slimline.io import write_json, write_text
-from slimline.numerics import PROMISE, cpu_info
 from slimline.params import Params, ParamsError, load_params
-
-# In a method's output folder when it could not apply (its report says why): later stages skip it.
-NOT_APPLICABLE = "not_applicable.json"
-# In a structured-pruned model's folder: prune's per-layer table, which quantize reports.
-LAYERS_FILE = "layers.json"
-REPORTS = Path("reports")
-RESUME_ROOT = Path(".slimline/resume")  # ignored by git, never a DVC out
-STAMP = "report-json-sha256: "
-
-
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(out)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def run_info() -> dict:
-    import torch
-
-    cpu = cpu_info()
-    return {"host": socket.gethostname(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": cpu["model"], "cpu_vendor": cpu["vendor"],
-            "cpu_isa": " ".join(cpu["isa"]), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def write_report(stage: str, results: dict, markdown: str, run: dict | None = None) -> None:
-    """results -> reports/<stage>.json (tracked), run -> .run.json, both -> .md."""
-    write_json(REPORTS / f"{stage}.json", results)
-    run = {**run_info(), **(run or {})}
-    write_json(REPORTS / f"{stage}.run.json", run)
-    run_rows = "\n".join(f"- {k}: {_fmt(v)}" for k, v in sorted(run.items()))
-    if "numerics" in run:  # said whatever the mode: fast-mode users must not assume it
-        run_rows += f"\n\nNumerics: `{run['numerics']}`. {PROMISE}"
-    # The stamp ties this (untracked) markdown to the (tracked) JSON it describes, so a
-    # reader can tell when DVC restored a different JSON underneath it.
-    stamp = hashlib.sha256((REPORTS / f"{stage}.json").read_bytes()).hexdigest()
-    write_text(REPORTS / f"{stage}.md", f"{markdown.rstrip()}\n\n### This run\n{run_rows}\n\n"
-                                        f"<!-- {STAMP}{stamp} -->\n")
-
-
-def resume_dir(stage: str, params: dict, dep_paths: list[str | Path]) -> Path:
-    """A checkpoint folder keyed by the stage's params and the content of its deps,
-    so that a changed config or changed data never resumes a stale run."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for dep in dep_paths:
-        dep = Path(dep)
-        files = sorted(p for p in dep.rglob("*")
-                       if p.is_file() and "__pycache__" not in p.parts) if dep.is_dir() else [dep]
-        for f in files:
-            h.update(str(f).encode())
-            h.update(f.read_bytes())
-    return RESUME_ROOT / f"{stage}-{h.hexdigest()[:16]}"
 
 
 def die_with_parent() -> None:

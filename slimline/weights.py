@@ -24,7 +24,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(path))
-        except Exception as err:  # truncated or not safetensors at all
+        except Exception as err:  # noqa: BLE001 - truncated or not safetensors at all
             raise StageError(f"{path} is not a readable safetensors file ({err})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

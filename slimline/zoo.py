@@ -10,6 +10,7 @@ imported with slimline.weights). The built-in CNN (`cnn`) is slimline.model's.
 from __future__ import annotations
 
 import importlib
+
 from torch import nn
 
 from slimline.errors import StageError

@@ -32,7 +32,8 @@ from slimline.evaluation.selection import pareto_front, quantize_gate, ratio_ran
 from slimline.evaluation.ship import git_commit, write_ship
 from slimline.io import write_json
 from slimline.params import Params
-from slimline.stage import main, write_report
+from slimline.report import write_report
+from slimline.stage import main
 
 BASELINE = "baseline"
 
@@ -65,7 +66,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
         # speed-up over the baseline: ratio of the median p50s, and its range over the rounds
         ratio, lo, hi = ratio_range(base, v)
         v["latency_ratio"], v["latency_ratio_range"] = ratio, [lo, hi]
-    hw = hardware(cfg.threads) | {"floor_p50_ms": floor["p50_ms"], "floor_p50_ms_rounds": floor["p50_ms_rounds"]}
+    hw = hardware(cfg.threads) | {f"floor_{k}": floor[k] for k in ("p50_ms", "p50_ms_rounds")}
     chosen = next((v for v in variants if v["name"] == sel.name), None)
     why = "" if chosen else "no variant meets every budget: " + "; ".join(
         f"{n}: {', '.join(f)}" for n, f in sel.failures.items() if f)
@@ -81,7 +82,8 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
         report["lineage"] = lineage(chosen, entry, params, args.data, args.onnx, Path("models"), prep.meta,
                                     git_commit(), quant_manifest.get("calibration"))
     reports = Path("reports")
-    pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png", sel.name)
+    pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png",
+                sel.name)
     pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
     write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report))
     write_json(reports / "evaluate_summary.json", summ)

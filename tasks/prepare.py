@@ -16,7 +16,8 @@ from slimline.data.dataset import Prepared, save_prepared
 from slimline.data.split import build_splits, normalization
 from slimline.errors import StageError
 from slimline.params import Params
-from slimline.stage import main, markdown_table, write_report
+from slimline.report import markdown_table, write_report
+from slimline.stage import main
 
 SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
 
@@ -40,7 +41,8 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
     counts = {name: {str(c): int((y == c).sum()) for c in range(num_classes)}
               for name, (_, y) in splits.items()}
     # File names only: absolute paths (a venv, a checkout) would make identical data hash differently.
-    meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files], "input_shape": list(splits["train"][0].shape[1:]),
+    meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files],
+            "input_shape": list(splits["train"][0].shape[1:]),
             "num_classes": num_classes, "mean": mean, "std": std, "counts": counts,
             "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped,
             **source_meta,  # image folders: class names, channels, size (predict applies them)

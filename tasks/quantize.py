@@ -34,7 +34,9 @@ from slimline.compress.variants import calibration_set, find_models, make_varian
 from slimline.data.dataset import load_prepared
 from slimline.io import atomic_dir, write_json, write_text
 from slimline.params import Params
-from slimline.stage import LAYERS_FILE, REPORTS, main, markdown_table, write_report
+from slimline.paths import LAYERS_FILE
+from slimline.report import REPORTS, markdown_table, write_report
+from slimline.stage import main
 
 SECTIONS = ("quantize", "prune", "train")  # the params it reads: dvc.yaml's `params` for this stage
 
@@ -59,8 +61,9 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
                 if e["sensitivity"]:
                     sensitivity[row["variant"]] = {"fp32_nodes": e["fp32_nodes"], "nodes": e["sensitivity"]}
                 note = f"; {row['shortfall']}" if row["shortfall"] else ""
-                print(f"quantize: {row['variant']}: {row['bytes']:,} bytes, agreement {row['agreement']:.4f}, "
-                      f"val {0.0 - row['val_drop_pt']:+.2f} pt{note}", flush=True)
+                print(f"quantize: {row['variant']}: {row['bytes']:,} bytes, "
+                      f"agreement {row['agreement']:.4f}, val {0.0 - row['val_drop_pt']:+.2f} pt{note}",
+                      flush=True)
         write_json(tmp / "manifest.json", {"variants": manifest,
                                            "calibration": {"batches": cfg.calibration_batches,
                                                            "batch_size": cfg.calibration_batch_size}})
@@ -96,8 +99,8 @@ def report_row(name: str, e: dict) -> dict:
 def render(rows: list[dict], cfg, out: Path) -> str:
     short = [r for r in rows if r["shortfall"]]
     return (f"## quantize\n\n{len(rows)} ONNX models written to `{out}` (opset {cfg.opset}): every variant, "
-            f"whatever its numbers. Static int8 keeps up to {cfg.max_excluded} of its most sensitive nodes in "
-            f"fp32 to stay within {cfg.max_accuracy_drop * 100:.2f} pt of its fp32 source on val"
+            f"whatever its numbers. Static int8 keeps up to {cfg.max_excluded} of its most sensitive nodes "
+            f"in fp32 to stay within {cfg.max_accuracy_drop * 100:.2f} pt of its fp32 source on val"
             + (f"; {len(short)} could not, and each holds its best attempt: "
                + "; ".join(f"`{r['variant']}`: {r['shortfall']}" for r in short) if short else "")
             # quantize.min_agreement is evaluate's alone: quantize does not read its value

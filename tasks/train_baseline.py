@@ -13,8 +13,10 @@ from pathlib import Path
 from slimline.codedeps import code_files, stage_user_files
 from slimline.data.dataset import load_prepared
 from slimline.params import Params
-from slimline.stage import main, markdown_table, write_report
-from slimline.training.trainer import keep_run_record, latency_line, model_spec, train_network
+from slimline.report import keep_run_record, write_report
+from slimline.stage import main
+from slimline.training.report import baseline_markdown
+from slimline.training.trainer import model_spec, train_network
 from slimline.weights import weights_init
 
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
@@ -33,17 +35,7 @@ def train_baseline(params: Params, args: argparse.Namespace) -> None:
                       init=weights_init(net.weights, spec.model) if net.weights else None,
                       train=not net.skip_training)
     r = t.results
-    md = (f"## train_baseline\n\nTest accuracy **{r['test_accuracy']:.4f}** "
-          f"(val {r['val_accuracy']:.4f}) after {r['epochs']} epochs; {r['params']:,} params, "
-          f"{r['flops'] / 1e6:.2f} MFLOPs per image.\n\n"
-          + (f"Structure: `{r['structure']}`\n\n" if spec.model == "cnn" else
-             f"Model `{spec.model}`" + (f" with `{net.kwargs}`" if net.kwargs else "")
-             + (f", weights from `{net.weights}`" + (" (not retrained)" if net.skip_training else "")
-                if net.weights else "") + ".\n\n") +
-          f"Trained in {t.run['train_seconds']:.1f} s on {t.run['device']} "
-          f"({t.run['samples_per_s']:.0f} samples/s). {latency_line(t.run)}\n\n### Epochs\n\n"
-          f"{markdown_table(t.fit.history)}\n")
-    write_report("train_baseline", r, md, t.run)
+    write_report("train_baseline", r, baseline_markdown(net, t), t.run)
     keep_run_record("train_baseline")
     print(f"train_baseline: test accuracy {r['test_accuracy']:.4f}, wrote {args.out}", flush=True)
 

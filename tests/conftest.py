@@ -26,6 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # other mode trains in a subprocess.
 import tasks  # noqa: F401
 
+# isort: split
+
 from slimline.repo import stop_group
 from tests.support import background
 from tests.support.committed_lock import reproduce

@@ -78,7 +78,8 @@ def feature_maps(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Fe
             h.remove()
         model.train(was_training)
     learned = {name for name, m in model.named_modules() if next(m.parameters(), None) is not None}
-    return {name: FeatureMap(name, shape[1], (shape[2], shape[3]), order, name in learned, calls[name], in_size)
+    return {name: FeatureMap(name, shape[1], (shape[2], shape[3]), order, name in learned, calls[name],
+                             in_size)
             for name, (order, shape, in_size) in ends.items()}
 
 
@@ -109,7 +110,8 @@ def _inside_strided_block(m: FeatureMap, maps: dict[str, FeatureMap]) -> bool:
     return False
 
 
-def stage_ends(maps: dict[str, FeatureMap], declared: set[str] | None = None) -> dict[tuple[int, int], FeatureMap]:
+def stage_ends(maps: dict[str, FeatureMap],
+               declared: set[str] | None = None) -> dict[tuple[int, int], FeatureMap]:
     """The last block of each resolution stage: per spatial size, the last module to finish
     whose output has that size and that runs once.
 
@@ -157,7 +159,8 @@ def check_pairs(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, 
             if m is None or m.calls != 1:
                 usable = ", ".join(f"{e.name} {e.channels}x{e.size[0]}x{e.size[1]}"
                                    for e in stage_ends(found[role], timm_stages(models[role])).values())
-                why = "runs more than once per forward" if m else "is not a module whose output is a feature map"
+                why = ("runs more than once per forward" if m
+                       else "is not a module whose output is a feature map")
                 raise StageError(f"distill.features: {role} module {name!r} {why}. Its stage ends are: "
                                  f"{usable or 'none'}; or set distill.features: auto")
             ends.append(m)

@@ -95,14 +95,16 @@ class NotApplicable(Exception):
 
 
 # What differs from run to run in an error message: a reason becomes part of a hashed output.
-_AT_ADDRESS = re.compile(r"(<[^<>]*?)\s+at 0x[0-9a-fA-F]+>")  # "<Node object at 0x7f3a...>" -> "<Node object>"
+# "<Node object at 0x7f3a...>" -> "<Node object>"
+_AT_ADDRESS = re.compile(r"(<[^<>]*?)\s+at 0x[0-9a-fA-F]+>")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
 def error_text(err: BaseException) -> str:
     """`Type: first line` of an error, memory addresses scrubbed: the same text every run."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    first = _ADDRESS.sub("<address>", _AT_ADDRESS.sub(r"\1>", first))[:300].rstrip(".")  # callers end the sentence
+    # callers end the sentence
+    first = _ADDRESS.sub("<address>", _AT_ADDRESS.sub(r"\1>", first))[:300].rstrip(".")
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
@@ -364,8 +366,8 @@ def _structured(model: nn.Module, spec: ModelSpec, job: PruneJob) -> Pruned:
                                             c.graph_timeout_s)
             ratios, drops = found.ratios(), {layer.name: layer.drops for layer in scanned}
             allocation = {**dataclasses.asdict(found), "short_by": found.short_by()}
-        model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs, ratios,
-                                 c.graph_timeout_s)
+        model = prune_structured(model, job.example, c.amount, c.steps, job.finetune, c.finetune_epochs,
+                                 ratios, c.graph_timeout_s)
     except OutOfTime as err:  # a later graph of the same model: only its budget can stop it
         raise _too_slow(err) from err
     modules = dict(model.named_modules())
@@ -420,7 +422,7 @@ def write_not_applicable(out, method: str, reason: str) -> dict:
     """The declared output folder of a method that cannot apply, holding only the marker
     (quantize and evaluate skip it), and the report saying why."""
     from slimline.io import atomic_dir, write_json
-    from slimline.stage import NOT_APPLICABLE
+    from slimline.paths import NOT_APPLICABLE
 
     report = {"method": method, "status": "not_applicable", "reason": reason}
     with atomic_dir(out) as tmp:

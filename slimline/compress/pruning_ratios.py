@@ -42,7 +42,8 @@ def pruner(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], am
     model.eval()
     try:
         with time_budget(budget, GRAPH):
-            return tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+            return tp.pruner.BasePruner(model, example,
+                                        importance=tp.importance.GroupMagnitudeImportance(p=2),
                                         pruning_ratio=amount, pruning_ratio_dict=ratios or {},
                                         iterative_steps=steps, ignored_layers=ignored)
     finally:
@@ -178,7 +179,8 @@ def allocate(model: nn.Module, example: torch.Tensor, ignored: list[str], layers
         key = tuple(sorted(kept.items()))
         if key not in seen:
             ratios = {n: tp_ratio(k, channels[n]) for n, k in kept.items()}
-            seen[key] = count_flops(prune_copy(model, example, ignored, ratios, budget=budget).cpu(), input_shape)
+            seen[key] = count_flops(prune_copy(model, example, ignored, ratios, budget=budget).cpu(),
+                                    input_shape)
         return seen[key]
 
     def widths(threshold: float) -> dict[str, int]:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.compress import onnx_tools as ox
+from slimline.compress.quantization import node_ops, quantize_static_int8, static_int8_nodes
+from slimline.runtime import predict
 
 
 @dataclass
@@ -47,7 +48,7 @@ class StaticInt8:
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(ox.predict(path, x).argmax(1) == y)) if len(y) else 1.0
+    return float(np.mean(predict(path, x).argmax(1) == y)) if len(y) else 1.0
 
 
 def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_size: int, x_val: np.ndarray,
@@ -59,38 +60,39 @@ def static_int8_within_budget(fp32: Path, dst: Path, calib: np.ndarray, batch_si
     ref: fp32's val accuracy, when the caller has it already. scan: rank the nodes even
     when the variant fits (for reports/sensitivity.md)."""
     ref = accuracy(fp32, x_val, y_val) if ref is None else ref
-    ox.quantize_static_int8(fp32, dst, calib, batch_size)
+    quantize_static_int8(fp32, dst, calib, batch_size)
     drop = ref - accuracy(dst, x_val, y_val)
     over = drop > max_drop + 1e-12
     if not scan and (not over or max_excluded == 0):  # the scan could not change the outcome
         return StaticInt8([], drop, not over, _miss(drop, [], max_drop, max_excluded) if over else "")
-    ops = dict(ox.node_ops(dst))
+    ops = dict(node_ops(dst))
     ranking = []
     with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
         probe = Path(tmp) / "probe.onnx"
-        for i, node in enumerate(ox.static_int8_nodes(dst)):
-            ox.quantize_static_int8(fp32, probe, calib, batch_size, fp32_nodes=[node])
+        for i, node in enumerate(static_int8_nodes(dst)):
+            quantize_static_int8(fp32, probe, calib, batch_size, fp32_nodes=[node])
             ranking.append((ref - accuracy(probe, x_val, y_val), i, node))
     ranking.sort()  # the lowest remaining drop first; ties in graph order
-    sensitivity = [{"node": n, "op": ops.get(n, "?"), "val_drop": d, "recovered": drop - d} for d, _, n in ranking]
+    sensitivity = [{"node": n, "op": ops.get(n, "?"), "val_drop": d, "recovered": drop - d}
+                   for d, _, n in ranking]
     if not over:
         return StaticInt8([], drop, True, sensitivity=sensitivity)
     kept: list[str] = []
     attempts = [(drop, [])]  # (val drop, nodes kept in fp32), in the order tried
     for _, _, node in ranking[:max_excluded]:
         kept = kept + [node]
-        ox.quantize_static_int8(fp32, dst, calib, batch_size, fp32_nodes=kept)
+        quantize_static_int8(fp32, dst, calib, batch_size, fp32_nodes=kept)
         drop = ref - accuracy(dst, x_val, y_val)
         if drop <= max_drop + 1e-12:
             return StaticInt8(kept, drop, True, sensitivity=sensitivity)
         attempts.append((drop, kept))
     best_drop, best = min(attempts, key=lambda a: (a[0], len(a[1])))
     if best != kept:  # dst holds the last attempt: rewrite the best (quantization is deterministic)
-        ox.quantize_static_int8(fp32, dst, calib, batch_size, fp32_nodes=best)
+        quantize_static_int8(fp32, dst, calib, batch_size, fp32_nodes=best)
     return StaticInt8(best, best_drop, False, _miss(best_drop, best, max_drop, max_excluded), sensitivity)
 
 
 def _miss(drop: float, kept: list[str], max_drop: float, max_excluded: int) -> str:
-    return (f"int8 static is {drop * 100:.2f} pt below its fp32 source on val with {len(kept)} node(s) kept in "
-            f"fp32{' (' + ', '.join(kept) + ')' if kept else ''}, its best attempt: over "
+    return (f"int8 static is {drop * 100:.2f} pt below its fp32 source on val with {len(kept)} node(s) "
+            f"kept in fp32{' (' + ', '.join(kept) + ')' if kept else ''}, its best attempt: over "
             f"quantize.max_accuracy_drop {max_drop * 100:.2f} pt within quantize.max_excluded {max_excluded}")

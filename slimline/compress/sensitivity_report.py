@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimline.figures import pyplot, save_png
-from slimline.stage import markdown_table
+from slimline.report import markdown_table
 
 CHART = "sensitivity.png"  # beside the report, which links it
 CHART_LINK = f"![accuracy drop per layer]({CHART})"

@@ -10,7 +10,7 @@ from torch import nn
 
 from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model, count_params
-from slimline.params import StudentParams, Structure
+from slimline.params import Structure, StudentParams
 from slimline.training.trainer import network_spec
 from slimline.weights import weights_init
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.compress import onnx_tools as ox
+from slimline.compress.export import checked_logits, export_onnx
+from slimline.compress.quantization import convert_fp16, quantize_dynamic_int8
 from slimline.compress.sensitivity import accuracy, static_int8_within_budget
 from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import QuantizeParams
-from slimline.stage import NOT_APPLICABLE
+from slimline.paths import NOT_APPLICABLE
+from slimline.runtime import agreement, predict
 
 # Variants made only for models worth shipping; the scratch student is the KD ablation.
 FP32_ONLY = {"student_scratch"}
@@ -61,8 +63,8 @@ def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib:
     numbers: evaluate's quantize gate decides what may ship."""
     model, spec = load_model(folder)
     fp32 = out / f"{name}.onnx"
-    ox.export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)
-    ref = ox.checked_logits(model, fp32, x_test)
+    export_onnx(model, spec.input_shape, fp32, opset=cfg.opset)
+    ref = checked_logits(model, fp32, x_test)
     x_val, y_val = val
     ref_val = accuracy(fp32, x_val, y_val)
     entries = [{"path": fp32, "variant": "fp32", "agreement": None, "val_drop": 0.0, "fp32_nodes": [],
@@ -80,10 +82,10 @@ def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib:
                          val_drop=got.val_drop)  # measured on the file as written
         else:
             if variant == "dynamic":
-                ox.quantize_dynamic_int8(fp32, path)
+                quantize_dynamic_int8(fp32, path)
             else:
-                ox.convert_fp16(fp32, path)
+                convert_fp16(fp32, path)
             entry["val_drop"] = ref_val - accuracy(path, x_val, y_val)
-        entry["agreement"] = ox.agreement(ox.predict(path, x_test), ref)
+        entry["agreement"] = agreement(predict(path, x_test), ref)
         entries.append(entry)
     return entries

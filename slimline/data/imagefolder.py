@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.data.sources import DataError, RawDataset
+from slimline.data.raw import DataError, RawDataset
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")

@@ -10,29 +10,12 @@ import gzip
 import importlib
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from slimline.errors import StageError
-
-
-class DataError(StageError):
-    """Bad input data. str(e) is one readable message naming the file, what is wrong, and the fix."""
-
-
-@dataclass
-class RawDataset:
-    x: np.ndarray              # (N, C, H, W), numeric dtype as read
-    y: np.ndarray              # (N,) int64
-    x_test: np.ndarray | None  # predefined test split if the source has one, else None
-    y_test: np.ndarray | None
-    source: str                # "mnist5k" | "idx" | "npz" | "imagefolder"
-    files: list[str]           # files read (for the report)
-    x_val: np.ndarray | None = None  # predefined validation split (image folders with val/)
-    y_val: np.ndarray | None = None
-
+# Defined apart so that the image-folder reader needs them without importing this module.
+from slimline.data.raw import DataError, RawDataset
 
 SOURCES = ("mnist5k", "idx", "npz", "imagefolder")
 
@@ -151,7 +134,7 @@ def load_idx(folder: str | Path) -> RawDataset:
     train = [_find(folder, b) for b in IDX_TRAIN]
     test = [_find(folder, b) for b in IDX_TEST]
     if None in train:
-        missing = [b for b, p in zip(IDX_TRAIN, train) if p is None]
+        missing = [b for b, p in zip(IDX_TRAIN, train, strict=True) if p is None]
         present = sorted(p.name for p in folder.iterdir())
         listing = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") or "nothing"
         raise DataError(f"{folder}: missing {' and '.join(missing)} (or .gz); expected {expect} "
@@ -185,7 +168,8 @@ def _check_npz_arrays(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str
     if y.ndim != 1:
         raise DataError(f"{path}: array '{yk}' has shape {y.shape}; expected (N,), e.g. y.reshape(-1)")
     if len(x) != len(y):
-        raise DataError(f"{path}: '{xk}' has {len(x)} samples but '{yk}' has {len(y)} labels; they must match")
+        raise DataError(f"{path}: '{xk}' has {len(x)} samples but '{yk}' has {len(y)} labels; "
+                        f"they must match")
     if y.dtype.kind == "f":
         # Integral floats (e.g. labels saved as 3.0) are fine; anything else is not a class id.
         if not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):

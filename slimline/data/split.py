@@ -98,9 +98,10 @@ def normalization(cfg: DataParams, x_train: np.ndarray) -> tuple[list[float], li
         mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
         return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
     if len(n.mean) not in (1, channels):
-        from slimline.data.sources import DataError
+        from slimline.data.raw import DataError
 
         raise DataError(f"data.normalize has {len(n.mean)} mean/std values but the images have "
                         f"{channels} channel(s): give one per channel, or one for all")
-    mean, std = (n.mean * channels if len(n.mean) == 1 else n.mean), (n.std * channels if len(n.std) == 1 else n.std)
+    mean, std = ((n.mean * channels if len(n.mean) == 1 else n.mean),
+                 (n.std * channels if len(n.std) == 1 else n.std))
     return [m / n.scale for m in mean], [s / n.scale for s in std]

@@ -263,7 +263,8 @@ def _every_split_has_all_classes(ok: bool, o: Outcome) -> str:
     if ok:
         return f"every class occurs in {' and '.join(others)}"
     present = o.df.groupby("split")["label"].unique()
-    gaps = [f"{s} lacks class(es) {', '.join(map(str, sorted(set(range(o.p['num_classes'])) - set(present.get(s, [])))))}"
+    gaps = [f"{s} lacks class(es) "
+            f"{', '.join(map(str, sorted(set(range(o.p['num_classes'])) - set(present.get(s, [])))))}"
             for s in others if set(range(o.p["num_classes"])) - set(present.get(s, []))]
     return (f"{'; '.join(gaps)}: accuracy on that split would say nothing about those classes. "
             f"Fix: add images of those classes to the split, or split stratified by class.")

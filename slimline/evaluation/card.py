@@ -55,7 +55,8 @@ def path_of(source: str, params) -> tuple[list[str], list[str], list[str]]:
                  f"alpha {d.alpha:g}"
                  + ("" if d.features == "off" else
                     f"; FitNets feature hints, distill.features {_features(d.features)}, weight "
-                    f"{d.feature_weight:g}, where the models have maps to pair: reports/distill.json lists them")
+                    f"{d.feature_weight:g}, where the models have maps to pair: "
+                    f"reports/distill.json lists them")
                  + ") into a smaller student"])
     if source == "student_scratch":
         return (["student_scratch"], ["data", "student", "train", "distill"],
@@ -130,7 +131,8 @@ def render(report: dict) -> str:
     by = {v["name"]: v for v in report["variants"]}
     sel, base, hw = report["selection"], by[report["baseline"]], report["hardware"]
     if report["selected"] is None:
-        return f"# Model card\n\nNo model shipped: {sel['why']}. `reports/evaluate.md` lists each variant's misses.\n"
+        return (f"# Model card\n\nNo model shipped: {sel['why']}. "
+                f"`reports/evaluate.md` lists each variant's misses.\n")
     v, lin = by[report["selected"]], report["lineage"]
     lo, hi = sel["latency_ratio_range"]
     params_yaml = "\n".join(f"{s}: {json.dumps(p, sort_keys=True)}" for s, p in lin["params"].items())
@@ -193,13 +195,15 @@ Checks passed before anything trained (Great Expectations):
 {table}
 
 Against the baseline (above 1: smaller, faster): bytes ratio **{sel['size_ratio']:.2f}x**, p50 speed-up
-**{sel['latency_ratio']:.2f}x** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation accuracy
+**{sel['latency_ratio']:.2f}x** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation \
+accuracy
 {change(sel['val_accuracy_drop_pt'])} pt, test accuracy {change(sel['accuracy_drop_pt'])} pt.
 Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
 
 ## Compression
 {chr(10).join(f'- {s}' for s in lin['compression'])}
-- Format: `{v['quantization']}`.{cal_line}- Which layers hurt accuracy, for int8 and for pruning: [`reports/sensitivity.md`](../../reports/sensitivity.md).
+- Format: `{v['quantization']}`.{cal_line}- Which layers hurt accuracy, for int8 and for pruning: \
+[`reports/sensitivity.md`](../../reports/sensitivity.md).
 
 ## Hardware
 Measured on {hw['cpu']} ({hw['cores']} cores, {hw['threads']} ONNX Runtime thread(s)),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimline.compress import onnx_tools as ox
+from slimline import runtime
 from slimline.compress.sparsity import sparsity
 from slimline.errors import StageError
 from slimline.evaluation.selection import wilson_ci
@@ -70,17 +70,17 @@ def time_rounds(files: dict[str, Path | None], shape, cfg, block: int = BLOCK,
     variant was being timed, and round-by-round comparisons stay fair.
     """
     names = list(files)
-    sessions = {n: ox.floor_session(shape, cfg.threads) if p is None else ox.session(p, cfg.threads)
+    sessions = {n: runtime.floor_session(shape, cfg.threads) if p is None else runtime.session(p, cfg.threads)
                 for n, p in files.items()}
     for n in names:  # warm every session up once, before any round
-        ox.timings(sessions[n], shape, batch=1, warmup=cfg.warmup, repeats=1)
+        runtime.timings(sessions[n], shape, batch=1, warmup=cfg.warmup, repeats=1)
     out = {n: {"p50": [], "p95": [], "p99": []} for n in names}
     for r in range(cfg.rounds):
         got = {n: [] for n in names}  # this round's blocks of call times
         for cycle in range(-(-cfg.repeats // block)):  # ceil: the last block may be short
             k = min(block, cfg.repeats - cycle * block)
             for n in names if (r + cycle) % 2 == 0 else names[::-1]:
-                got[n].append(ox.timings(sessions[n], shape, batch=1, warmup=rewarm, repeats=k))
+                got[n].append(runtime.timings(sessions[n], shape, batch=1, warmup=rewarm, repeats=k))
         for n in names:
             p50, p95, p99 = np.percentile(np.concatenate(got[n]) * 1e3, [50, 95, 99])
             out[n]["p50"].append(float(p50))
@@ -121,22 +121,23 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
     variants, test_top1 = [], {}
     for e in entries:
         name, path = e["name"], onnx_dir / e["file"]
-        sess = ox.session(path, threads=cfg.threads)
-        val_correct = int((ox.predict(sess, x_val).argmax(1) == y_val).sum())
-        test_top1[name] = ox.predict(sess, x_test).argmax(1)
+        sess = runtime.session(path, threads=cfg.threads)
+        val_correct = int((runtime.predict(sess, x_val).argmax(1) == y_val).sum())
+        test_top1[name] = runtime.predict(sess, x_test).argmax(1)
         test_correct = int((test_top1[name] == y_test).sum())
         data = path.read_bytes()
         t = timed[name]
         variants.append({
             "name": name, "source": e["source"], "quantization": e["quantization"],
-            "accuracy": test_correct / len(y_test), "accuracy_ci95": list(wilson_ci(test_correct, len(y_test))),
+            "accuracy": test_correct / len(y_test),
+            "accuracy_ci95": list(wilson_ci(test_correct, len(y_test))),
             "val_accuracy": val_correct / len(y_val), "val_ci95": list(wilson_ci(val_correct, len(y_val))),
             "test_n": len(y_test), "val_n": len(y_val),
             "bytes": len(data), "gzip_bytes": len(gzip.compress(data, mtime=0)),
             "ort_p50_ms_b1": median(t["p50"]), "ort_p95_ms_b1": median(t["p95"]),
             "ort_p99_ms_b1": median(t["p99"]), "ort_p50_ms_b1_rounds": t["p50"],
             "floor_multiple": median(t["p50"]) / floor_ms,
-            "ort_throughput_b256": ox.throughput(sess, shape, batch=256),
+            "ort_throughput_b256": runtime.throughput(sess, shape, batch=256),
         })
         del sess
     against_fp32(variants, test_top1)
@@ -147,7 +148,7 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict]:
         sources[d] = {"params": count_params(model), "nonzero_params": sparsity(model)[0],
                       "flops": count_flops(model, shape),
                       "torch_p50_ms_b1": torch_latency_ms(model, shape, cfg.warmup, cfg.repeats)}
-    for e, v in zip(entries, variants):
+    for e, v in zip(entries, variants, strict=True):
         src = sources[e["source_dir"]]
         fp32 = e["quantization"] == "fp32"
         # FLOPs are the source network's (a quantized form does the same operations);

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from slimline.evaluation.selection import Selection, quantize_gate, wins_needed
 from slimline.params import EvaluateParams, QuantizeParams
-from slimline.stage import markdown_table
+from slimline.report import markdown_table
 
 COLUMNS = ["name", "val_accuracy", "accuracy", "bytes", "gzip_bytes", "params", "nonzero_params", "flops",
            "ort_p50_ms_b1", "ort_p95_ms_b1", "floor_multiple", "ort_throughput_b256", "torch_p50_ms_b1",
@@ -33,8 +33,8 @@ def gate_text(gate: QuantizeParams, variants: list[dict]) -> str:
     """The quantize gate's rule, and which variants it kept from selection and why."""
     failed = {v["name"]: quantize_gate(v, gate) for v in variants}
     failed = {n: why for n, why in failed.items() if why}
-    rule = (f"Quantize gate: a compressed variant is eligible only if its top-1 predictions agree with its own "
-            f"fp32 source on at least {gate.min_agreement:.2%} of test (`quantize.min_agreement`; column "
+    rule = (f"Quantize gate: a compressed variant is eligible only if its top-1 predictions agree with its "
+            f"own fp32 source on at least {gate.min_agreement:.2%} of test (`quantize.min_agreement`; column "
             f"`agreement_with_fp32`) and its val accuracy is at most {gate.max_accuracy_drop * 100:.2f} pt "
             f"below that source's (`quantize.max_accuracy_drop`), both measured in this run.")
     if not failed:
@@ -46,26 +46,30 @@ def gate_text(gate: QuantizeParams, variants: list[dict]) -> str:
 def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, why: str,
              gate: QuantizeParams) -> str:
     rows = [{c: v[c] for c in COLUMNS} | {"ci95": f"{v['accuracy_ci95'][0]:.3f}-{v['accuracy_ci95'][1]:.3f}",
-                                          "speedup": f"{v['latency_ratio']:.2f}x [{v['latency_ratio_range'][0]:.2f}, "
+                                          "speedup": f"{v['latency_ratio']:.2f}x "
+                                                     f"[{v['latency_ratio_range'][0]:.2f}, "
                                                      f"{v['latency_ratio_range'][1]:.2f}]"}
             for v in variants]
     if summ["selected"]:
         lo, hi = summ["latency_ratio_range"]
         head = (f"**Selected: `{summ['selected']}`** ({summ['why']}). Against the fp32 baseline (above 1: "
                 f"smaller, faster): bytes ratio {summ['size_ratio']:.1f}x, ORT batch-1 p50 speed-up "
-                f"{summ['latency_ratio']:.2f}x [{lo:.2f}, {hi:.2f} over rounds]; {summ['floor_multiple']:.1f}x the "
-                f"runtime floor; accuracy change "
-                f"against it {change(summ['accuracy_drop_pt'])} pt on test, {change(summ['val_accuracy_drop_pt'])} "
-                f"pt on val.")
+                f"{summ['latency_ratio']:.2f}x [{lo:.2f}, {hi:.2f} over rounds]; "
+                f"{summ['floor_multiple']:.1f}x the runtime floor; accuracy change "
+                f"against it {change(summ['accuracy_drop_pt'])} pt on test, "
+                f"{change(summ['val_accuracy_drop_pt'])} pt on val.")
     else:
         head = f"**No variant selected.** {why}"
-    return (f"## evaluate\n\n{head}\n\nObjective `{cfg.objective}`, budgets: val accuracy drop below the baseline <= "
+    return (f"## evaluate\n\n{head}\n\nObjective `{cfg.objective}`, budgets: val accuracy drop below the "
+            f"baseline <= "
             f"{cfg.max_accuracy_drop * 100:.2f} pt, max_bytes {cfg.max_bytes}, max_p50_ms {cfg.max_p50_ms}. "
             f"Selection uses val accuracy; `accuracy` is test (with 95% CI). Latencies: ONNX Runtime, "
             f"{cfg.threads} thread(s), {hw['cpu']}; comparable only on the same hardware. Each p50 is the "
             f"median over {cfg.rounds} rounds (in each, the variants take turns in blocks of calls); one "
             f"variant beats another only when "
-            f"faster by more than {cfg.latency_margin:.0%} in {wins_needed(cfg.rounds)} of them. Runtime floor "
+            f"faster by more than {cfg.latency_margin:.0%} in {wins_needed(cfg.rounds)} of them. "
+            f"Runtime floor "
             f"(a one-op graph, same options): {hw['floor_p50_ms'] * 1e3:.1f} us; `floor_multiple` is each "
             f"p50 over it.\n\n{gate_text(gate, variants)}\n\n{markdown_table(rows)}\n\nPareto plots: "
-            f"`reports/pareto_latency.png`, `reports/pareto_bytes.png`. Model card: `models/ship/MODEL_CARD.md`.\n")
+            f"`reports/pareto_latency.png`, `reports/pareto_bytes.png`. "
+            f"Model card: `models/ship/MODEL_CARD.md`.\n")

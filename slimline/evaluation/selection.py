@@ -29,7 +29,8 @@ def pareto_front(variants: list[dict], cost: str, gain: str = "accuracy") -> set
     front = set()
     for v in variants:
         dominated = any(
-            o is not v and o[gain] >= v[gain] and o[cost] <= v[cost] and (o[gain] > v[gain] or o[cost] < v[cost])
+            o is not v and o[gain] >= v[gain] and o[cost] <= v[cost]
+            and (o[gain] > v[gain] or o[cost] < v[cost])
             for o in variants)
         if not dominated:
             front.add(v["name"])
@@ -84,7 +85,7 @@ def beats(a: dict, b: dict, margin: float) -> bool:
     ra, rb = rounds_of(a), rounds_of(b)
     if len(ra) != len(rb):  # not timed together: only the medians compare
         ra, rb = [v_median(a)], [v_median(b)]
-    return sum(y > x * (1 + margin) for x, y in zip(ra, rb)) >= wins_needed(len(ra))
+    return sum(y > x * (1 + margin) for x, y in zip(ra, rb, strict=True)) >= wins_needed(len(ra))
 
 
 def v_median(v: dict) -> float:
@@ -94,7 +95,8 @@ def v_median(v: dict) -> float:
 def ratio_range(num: dict, den: dict) -> tuple[float, float, float]:
     """num's p50 over den's: (ratio of the medians, lowest and highest per-round ratio)."""
     rn, rd = rounds_of(num), rounds_of(den)
-    per = [x / y for x, y in zip(rn, rd)] if len(rn) == len(rd) else [v_median(num) / v_median(den)]
+    per = ([x / y for x, y in zip(rn, rd, strict=True)] if len(rn) == len(rd)
+           else [v_median(num) / v_median(den)])
     return v_median(num) / v_median(den), min(per), max(per)
 
 
@@ -159,7 +161,8 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
         winner = min(tied, key=_tie_break)
         others = [v for v in tied if v is not winner]
         in_tie = {v["name"] for v in tied}
-        rest = sorted((v for v in eligible if v["name"] not in in_tie), key=lambda v: (v_median(v), v["name"]))
+        rest = sorted((v for v in eligible if v["name"] not in in_tie),
+                      key=lambda v: (v_median(v), v["name"]))
         if others:
             runner = min(others, key=_tie_break)
             n = len(rounds_of(winner))

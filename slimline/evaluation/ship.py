@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimline.compress import onnx_tools as ox
+from slimline.compress.onnx_files import INPUT
 from slimline.io import atomic_dir, write_json
 from slimline.repo import GitError, git
 
@@ -31,14 +31,15 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
         write_json(tmp / "labels.json", prep.meta.get("classes") or [str(i) for i in range(prep.num_classes)])
         write_json(tmp / "manifest.json", {
             "selected": chosen["name"], "source": entry["source"], "opset": entry["opset"],
-            "input": {"name": ox.INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
+            "input": {"name": INPUT, "shape": ["batch", *prep.input_shape], "dtype": "float32",
                       "pixels": "raw, 0..255; normalisation is inside the model",
                       # image folders resized every image at prepare: predict does the same
                       **({"resize": True} if prep.meta.get("resized") else {}),
                       # data.normalize for imported weights (inside the model too), for the record
                       **({"normalize": prep.meta["normalize"]} if prep.meta.get("normalize") else {})},
             "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
-                             **(quant_manifest.get("calibration", {}) if entry["quantization"] == "static" else {})},
+                             **(quant_manifest.get("calibration", {})
+                                if entry["quantization"] == "static" else {})},
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
                                                "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_p99_ms_b1",
                                                "ort_throughput_b256")},

@@ -11,9 +11,9 @@ overlap the best one's tie, and the tie goes to the cheaper structure.
 """
 from __future__ import annotations
 
+from slimline.evaluation.selection import pareto_front, wilson_ci
 from slimline.params import SearchParams
 from slimline.search.space import describe
-from slimline.evaluation.selection import pareto_front, wilson_ci
 
 
 def objective_value(r: dict, cfg: SearchParams) -> float | None:

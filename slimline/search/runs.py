@@ -10,7 +10,7 @@ there). DVC runs the stages the target's stage depends on only if they are not
 up to date (`prepare` is normally restored from the cache), never the stages
 after it. The experiment commit holds params.yaml, dvc.lock and the stage's
 metrics; the stage leaves its untracked run record (train time, ORT latency)
-in the folder named by SLIMLINE_RUN_RECORD_DIR (slimline/training/trainer.py).
+in the folder named by SLIMLINE_RUN_RECORD_DIR (slimline.report.keep_run_record).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from slimline.repo import child_env, dvc_remote, git, git_remote, head, stop_group
+from slimline.repo import GitError, child_env, dvc_remote, git, git_remote, head, stop_group
 from slimline.search.space import THREADS_KEY, Candidate
 
 RECORDS = Path(".slimline/search")  # under the repository root; ignored by git
@@ -57,6 +57,7 @@ def record_dir(root: Path, baseline: str, name: str) -> Path:
 
 def exp_refs(root: Path, baseline: str) -> dict[str, str]:
     """{experiment name: commit} for the experiments of `baseline` (DVC keeps them as git refs)."""
+    from dvc.repo.experiments.exceptions import InvalidExpRefError
     from dvc.repo.experiments.refs import ExpRefInfo
 
     out = {}
@@ -64,7 +65,7 @@ def exp_refs(root: Path, baseline: str) -> dict[str, str]:
         sha, ref = line.split(" ", 1)
         try:
             info = ExpRefInfo.from_ref(ref)
-        except Exception:  # DVC's queue bookkeeping refs (refs/exps/celery/...) are not experiments
+        except InvalidExpRefError:  # DVC's queue bookkeeping refs (refs/exps/celery/...) are not experiments
             continue
         if info.baseline_sha == baseline and info.name:
             out[info.name] = sha
@@ -84,7 +85,7 @@ def val_count(root: Path, rev: str, report: dict) -> int | None:
         return report["val_count"]
     try:
         prepare = json.loads(git("show", f"{rev}:reports/prepare.json", cwd=root))
-    except Exception:  # no prepare report at that commit, or not JSON
+    except (GitError, OSError, ValueError):  # no prepare report at that commit (or no git), or not JSON
         return None
     n = (prepare.get("sizes") or {}).get("val")
     return n if isinstance(n, int) and n > 0 else None
@@ -141,16 +142,16 @@ def known(root: Path, candidates: list[Candidate], baseline: str,
 def error_line(lines: list[str]) -> str:
     """The stage's own message (`ERROR [stage]: ...`), else the exception a crash
     ended with, else DVC's first error line."""
-    stage = [l for l in lines if l.startswith("ERROR [") and "]:" in l]
+    stage = [line for line in lines if line.startswith("ERROR [") and "]:" in line]
     if stage:
         return stage[0].strip()
-    crash = [l for l in lines if EXCEPTION_LINE.match(l)]
+    crash = [line for line in lines if EXCEPTION_LINE.match(line)]
     if crash:
         return crash[-1].strip()
-    dvc = [l for l in lines if l.startswith("ERROR")]
+    dvc = [line for line in lines if line.startswith("ERROR")]
     if dvc:
         return dvc[0].strip()
-    tail = [l for l in lines if l.strip()]
+    tail = [line for line in lines if line.strip()]
     return tail[-1].strip() if tail else "no output"
 
 
@@ -222,7 +223,7 @@ def shared_stages_ready(root: Path, c: Candidate, threads: int | None, raw: dict
             # DVC resolves a bare stage name against the working directory, not the repo:
             # name dvc.yaml by its path so that a search run from elsewhere (--root) works.
             return not repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:{s}" for s in upstream])
-    except Exception:  # e.g. another DVC process holds the lock: assume not ready (the safe order)
+    except Exception:  # noqa: BLE001 - e.g. another DVC process holds the lock: assume not ready (the safe order)
         return False
 
 

@@ -71,7 +71,8 @@ def combinations(cfg: SearchParams) -> list[dict]:
     """The searched choices: the whole grid, or `n` of its combinations drawn with `seed`
     (kept in grid order, so the same config always lists the same candidates)."""
     keys = list(cfg.space.choices())
-    grid = [dict(zip(keys, values)) for values in itertools.product(*cfg.space.choices().values())]
+    grid = [dict(zip(keys, values, strict=True))
+            for values in itertools.product(*cfg.space.choices().values())]
     if cfg.strategy == "random":
         picked = sorted(random.Random(cfg.seed).sample(range(len(grid)), cfg.n))
         grid = [grid[i] for i in picked]

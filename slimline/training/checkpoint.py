@@ -75,7 +75,7 @@ class CheckpointStore:
         for epoch, path in reversed(self._files()):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # truncated or foreign file: never fatal, just older
+            except Exception as err:  # noqa: BLE001 - truncated or foreign file: never fatal, just older
                 print(f"warning: ignoring unreadable checkpoint {path}: {err}")
                 continue
             if state.get("epoch") == epoch:

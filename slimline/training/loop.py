@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimline import numerics as numerics_mod
-from slimline.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 from slimline.errors import StageError
 from slimline.params import TrainParams
+from slimline.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 
 # loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,7 +83,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / max(len(x), 1), correct / max(len(x), 1)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainParams, extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainParams,
+                   extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
     params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,

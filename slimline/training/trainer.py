@@ -6,7 +6,6 @@ stages (distillation, fine-tuning) reuse it instead of copying it.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -18,11 +17,11 @@ import torch
 from torch import nn
 
 from slimline import numerics as numerics_mod
-from slimline.training.checkpoint import CheckpointStore
 from slimline.data.dataset import Prepared
 from slimline.model import ModelSpec, build_model, count_flops, count_params, save_model
 from slimline.params import NetworkParams, Structure, TrainParams
-from slimline.stage import REPORTS, resume_dir
+from slimline.paths import resume_dir
+from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
 
@@ -44,8 +43,9 @@ class EpochLogger:
     """
 
     def __init__(self, stage: str):
-        from dvclive import Live
         from torch.utils.tensorboard import SummaryWriter
+
+        from dvclive import Live
 
         # dvcyaml=False / save_dvc_exp=False: dvc.yaml is ours, experiments are DVC's job.
         self.live = Live(dir=f"dvclive/{stage}", save_dvc_exp=False, dvcyaml=False, report=None)
@@ -78,14 +78,15 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     latency a structure search compares. It goes in the run record, never in the
     tracked metrics (timings vary between identical runs; dvc.lock must not). The
     export is a temporary file, not an output; it costs a few hundred ms."""
-    from slimline.compress.onnx_tools import export_onnx, latency_ms
+    from slimline.compress.export import export_onnx
+    from slimline.runtime import latency_ms
 
     try:
         with tempfile.TemporaryDirectory(prefix="slimline-latency-") as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model, input_shape, path)
             t = latency_ms(path, input_shape, batch=1, warmup=20, repeats=200)
-    except Exception as err:  # a timing problem must not fail a finished training
+    except Exception as err:  # noqa: BLE001 - a timing problem must not fail a finished training
         return {"ort_p50_ms_b1": None, "ort_p95_ms_b1": None, "ort_error": f"{type(err).__name__}: {err}"}
     return {"ort_p50_ms_b1": t["p50"], "ort_p95_ms_b1": t["p95"]}
 
@@ -96,19 +97,6 @@ def latency_line(run: dict) -> str:
         return f"ONNX Runtime latency not measured ({run.get('ort_error', 'no timing')})."
     return (f"ONNX Runtime fp32, batch 1, 1 thread: p50 {run['ort_p50_ms_b1'] * 1e3:.0f} µs "
             f"(p95 {run['ort_p95_ms_b1'] * 1e3:.0f} µs).")
-
-
-def keep_run_record(stage: str) -> None:
-    """Copy reports/<stage>.run.json to $SLIMLINE_RUN_RECORD_DIR when that is set.
-
-    flows/search.py sets it for the DVC experiments it starts: DVC runs those in a
-    throwaway copy of the repository and commits only tracked files, so the
-    untracked run record (train time, ORT latency) would vanish with the copy.
-    """
-    folder = os.environ.get("SLIMLINE_RUN_RECORD_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPORTS / f"{stage}.run.json", Path(folder) / f"{stage}.run.json")
 
 
 def network_spec(net: Structure, input_shape: tuple[int, int, int], num_classes: int,

@@ -14,7 +14,8 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
                  "models/baseline/model.safetensors", "models/baseline/structure.json",
                  "models/student/model.safetensors", "models/student_scratch/structure.json",
                  "models/pruned/unstructured/model.safetensors", "models/pruned/structured/structure.json",
-                 "models/pruned/layer/structure.json", "models/onnx/manifest.json", "models/onnx/baseline.onnx",
+                 "models/pruned/layer/structure.json", "models/onnx/manifest.json",
+                 "models/onnx/baseline.onnx",
                  "models/ship/manifest.json", "reports/prepare.md", "reports/train_baseline.md",
                  "reports/distill.json", "reports/prune_layer.json", "reports/quantize.json",
                  "reports/evaluate.json", "reports/evaluate.md", "reports/pareto_latency.png",
@@ -80,7 +81,8 @@ def test_evaluate_json_schema(tiny_pipeline):
         # the quantize gate, measured by evaluate against the variant's own fp32 source
         assert 0 <= v["agreement_with_fp32"] <= 1 and isinstance(v["quantize_gate_passed"], bool)
         if v["quantization"] == "fp32":
-            assert v["agreement_with_fp32"] == 1.0 and v["val_drop_vs_fp32"] == 0.0 and v["quantize_gate_passed"]
+            assert (v["agreement_with_fp32"] == 1.0 and v["val_drop_vs_fp32"] == 0.0
+                    and v["quantize_gate_passed"])
         assert v["within_budget"] == (not v["budget_misses"])
         if not v["quantize_gate_passed"]:
             assert not v["within_budget"] and any("quantize." in r for r in v["budget_misses"])

@@ -30,7 +30,7 @@ def found_summary(state) -> str:
 def test_stage_order_comes_from_dvc(toy_project):
     from dvc.repo import Repo
 
-    from flows.pipeline import stage_order
+    from slimline.dvc_runner import stage_order
 
     with Repo(str(toy_project)) as repo:
         order = stage_order(repo)
@@ -65,7 +65,8 @@ def test_flow_runs_changed_stages_skips_the_rest_and_publishes_reports(prefect_s
     assert "## Structured pruning" in sensitivity and "](data:image/png;base64," in sensitivity
     assert "skipped" in found["local-prepare-report"].data
     assert "KD gain" in found["local-distill-report"].data
-    assert "Selected" in found["local-evaluate-report"].data or "No variant selected" in found["local-evaluate-report"].data
+    assert ("Selected" in found["local-evaluate-report"].data
+            or "No variant selected" in found["local-evaluate-report"].data)
     table = found["local-evaluate-metrics"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert {"baseline", "student", "prune_structured"} <= {row["name"] for row in table}
@@ -89,7 +90,8 @@ def test_run_cache_restore_is_reported_apart_from_up_to_date(prefect_server, toy
 
 
 def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, toy_copy, tmp_path):
-    from flows.pipeline import StageFailed, pipeline
+    from flows.pipeline import pipeline
+    from slimline.errors import StageFailed
 
     before = tree_digest(toy_copy / "data" / "prepared")
     report_before = (toy_copy / "reports/prepare.json").read_bytes()
@@ -142,13 +144,14 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
 def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, toy_copy):
     """The last commit shipped a better model than this run selects: the run fails,
     visibly, with the change in its message and its own artifact."""
-    from flows.errors import RegressionFailed
     from flows.pipeline import pipeline
+    from slimline.errors import RegressionFailed
 
     report = json.loads((toy_copy / "reports/evaluate.json").read_text())
     selected = next(v for v in report["variants"] if v["name"] == report["selected"])
     better = json.loads(json.dumps(report))
-    next(v for v in better["variants"] if v["name"] == report["selected"])["accuracy"] = selected["accuracy"] + 0.05
+    next(v for v in better["variants"] if v["name"] == report["selected"])["accuracy"] = \
+        selected["accuracy"] + 0.05
     (toy_copy / "reports/evaluate.json").write_text(json.dumps(better))
     sh(["git", "commit", "-qam", "a better model was shipped"], toy_copy)
     (toy_copy / "reports/evaluate.json").write_text(json.dumps(report))  # what DVC restores

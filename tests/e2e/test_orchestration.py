@@ -9,8 +9,9 @@ by the tiny ML build elsewhere; here it is what the deployments, workers and ser
 
 The server is shared with the other test modules for the whole run, so the team's copy
 (own_names) uses names of its own: work pools orch-cpu and orch-gpu instead of cpu and
-gpu (flows.deploy creates the pools prefect.yaml names), the search's `candidate` deployment renamed orch-candidate (test_search.py deploys `candidate`
-on pool gpu), and its deployments tagged TAG, to which the crash automation is scoped
+gpu (flows.deploy creates the pools prefect.yaml names), the search's `candidate` deployment
+renamed orch-candidate (test_search.py deploys `candidate` on pool gpu), and its deployments
+tagged TAG, to which the crash automation is scoped
 here: it crashes this module's runs only, never another module's heartbeating runs.
 """
 from __future__ import annotations
@@ -58,7 +59,8 @@ def own_names(origin: Path) -> None:
         related = trigger["match_related"]
         # a list of specifications: every one must match a related resource of the event
         trigger["match_related"] = [*(related if isinstance(related, list) else [related]),
-                                    {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"}]
+                                    {"prefect.resource.role": "tag",
+                                     "prefect.resource.id": f"prefect.tag.{TAG}"}]
     path.write_text(yaml.safe_dump(autos, sort_keys=False))
     commit(origin, "orchestration tests: own pools, tag and automation scope")
 

@@ -23,6 +23,7 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
 
     import flows.pipeline as fp
     from flows.remote import push_outputs
+    from slimline.errors import StageFailed
     from slimline.s3 import bootstrap
 
     for k, v in KEYS.items():
@@ -39,7 +40,7 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
 
     state = fp.pipeline(root=str(toy_copy), targets=["prepare"], return_state=True)
     assert state.is_failed()
-    with pytest.raises(fp.StageFailed, match="remote unreachable: s3://slimline/dvc") as err:
+    with pytest.raises(StageFailed, match="remote unreachable: s3://slimline/dvc") as err:
         state.result()
     assert "local outputs and DVC cache are untouched" in str(err.value)
     assert task_runs(state.state_details.flow_run_id)["dvc push"].run_count == 3  # 1 + 2 retries
@@ -66,7 +67,8 @@ def test_outage_is_retried_bounded_then_explained_and_a_fresh_clone_pulls_what_i
                             return_state=True)
         assert state.is_completed(), state.message
         outcome = {r["stage"]: r["outcome"] for r in state.result()}
-        assert outcome["prepare"] == outcome["train_baseline"] == "skipped (up to date; outputs on the remote)"
+        assert outcome["prepare"] == outcome["train_baseline"] == \
+            "skipped (up to date; outputs on the remote)"
         assert outcome["distill"] == "ran" and outcome["dvc push"].startswith("pushed")
         # distill's inputs were fetched, nothing else
         assert (fresh / "models" / "baseline" / "model.safetensors").exists()

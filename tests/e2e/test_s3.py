@@ -20,8 +20,16 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from slimline.s3 import S3Error, bootstrap, bounded_env, explain_dvc_failure, iam_policy, is_transient, \
-    remote_config, upload_reports
+from slimline.dvc_runner import is_transient
+from slimline.s3 import (
+    S3Error,
+    bootstrap,
+    bounded_env,
+    explain_dvc_failure,
+    iam_policy,
+    remote_config,
+    upload_reports,
+)
 from tests.support.prefect_server import free_port
 from tests.support.project import dvc, run_env, sh, tree_digest
 from tests.support.s3 import KEYS, configure_remote, start_moto, stop_moto

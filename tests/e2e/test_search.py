@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.project import copy_tree, dvc, sh, update_params
-
-from slimline.repo import stop_group
 from slimline.params import Structure, param_count
+from slimline.repo import stop_group
+from tests.support.project import copy_tree, dvc, sh, update_params
 
 pytestmark = pytest.mark.timeout(600)
 

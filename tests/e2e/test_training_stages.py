@@ -15,7 +15,8 @@ def test_resume_after_sigkill_is_bit_identical(pipeline_copy):
     # more epochs than the tiny config's 2: the run is still going after epoch 2.
     update_params(root, {"train": {"epochs": 8, "num_threads": 1},
                          "baseline": {"conv_channels": [8, 16], "hidden": [32]}})
-    cmd = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
+    cmd = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared",
+           "--out", "models/baseline"]
     sh(cmd, root)
     reference = tree_digest(root / "models" / "baseline")
     curves = tree_digest(root / "dvclive" / "train_baseline")

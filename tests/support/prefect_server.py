@@ -35,11 +35,11 @@ class PrefectServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2):
                     return
-            except OSError:
+            except OSError as err:
                 if (self.proc and self.proc.poll() is not None) or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"prefect server did not start:\n"
-                                       f"{(self.home / 'server.log').read_text()[-3000:]}")
+                                       f"{(self.home / 'server.log').read_text()[-3000:]}") from err
                 time.sleep(0.5)
 
     def stop(self) -> None:
@@ -102,5 +102,6 @@ def task_runs(flow_run_id) -> dict:
     """{name: task run} of one flow run."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    found = client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
+    found = client_call(lambda c: c.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
     return {t.name: t for t in found}

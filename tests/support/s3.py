@@ -24,10 +24,10 @@ def start_moto(port: int, log: Path, **env: str) -> subprocess.Popen:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
             return proc
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"moto server did not start:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(f"moto server did not start:\n{log.read_text()[-2000:]}") from err
             time.sleep(0.2)
 
 

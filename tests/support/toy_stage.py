@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,7 +36,8 @@ from pathlib import Path
 import yaml
 
 from slimline.io import atomic_dir, write_json, write_text
-from slimline.stage import STAMP, die_with_parent
+from slimline.report import keep_run_record, write_report
+from slimline.stage import die_with_parent
 
 SNAPSHOT = Path(__file__).resolve().parent / "toy_snapshot"
 SECONDS_PER_EPOCH = 0.05
@@ -64,14 +64,11 @@ def snapshot(rel: str) -> dict:
     return json.loads((SNAPSHOT / rel).read_text())
 
 
-def report(stem: str, results: dict) -> None:
-    """reports/<stem>.json, and its markdown stamped with the JSON's hash, as
-    slimline.stage.write_report writes them."""
-    write_json(Path("reports") / f"{stem}.json", results)
-    md = (SNAPSHOT / "reports" / f"{stem}.md").read_text()
-    stamp = hashlib.sha256((Path("reports") / f"{stem}.json").read_bytes()).hexdigest()
-    write_text(Path("reports") / f"{stem}.md", f"{md.rstrip()}\n\n### This run\n- toy stage\n\n"
-                                               f"<!-- {STAMP}{stamp} -->\n")
+def report(stem: str, results: dict, run: dict | None = None) -> None:
+    """reports/<stem>.json, .run.json, and the snapshot's markdown stamped with the JSON's
+    hash, by the real stages' writer."""
+    write_report(stem, results, (SNAPSHOT / "reports" / f"{stem}.md").read_text(),
+                 {"toy_stage": True, **(run or {})})
 
 
 def model_folder(out: Path, rel: str, key: str) -> None:
@@ -156,15 +153,6 @@ def baseline_results(net: dict, epochs: int) -> dict:
             "test_accuracy": (round(results["test_accuracy"] * test_n) + 2 * step) / test_n}
 
 
-def run_record(stage: str, run: dict) -> None:
-    """reports/<stage>.run.json (untracked), copied to $SLIMLINE_RUN_RECORD_DIR when set, as
-    slimline.training.trainer.keep_run_record does: the structure search reads it there."""
-    write_json(Path("reports") / f"{stage}.run.json", run)
-    folder = os.environ.get("SLIMLINE_RUN_RECORD_DIR")
-    if folder:
-        write_json(Path(folder) / f"{stage}.run.json", run)
-
-
 def train_baseline(p: dict) -> None:
     train = p.get("train") or {}
     epochs = int(train.get("epochs", 15))
@@ -185,17 +173,18 @@ def train_baseline(p: dict) -> None:
         print(f"baseline epoch {epoch}/{epochs}: loss 1.0 acc 0.5", flush=True)
     model_folder(Path("models/baseline"), "models/baseline", key)
     curves("train_baseline", epochs, key)
-    report("train_baseline", results)
     # A latency that follows the FLOPs: a stand-in for the real stage's ONNX Runtime timing.
     p50 = round(0.01 + results["flops"] / 2e8, 6)
-    run_record("train_baseline", {"device": "cpu", "train_seconds": time.perf_counter() - started,
-                                  "num_threads": int(train.get("num_threads", 2)),
-                                  "ort_p50_ms_b1": p50, "ort_p95_ms_b1": round(1.2 * p50, 6)})
+    report("train_baseline", results, {"device": "cpu", "train_seconds": time.perf_counter() - started,
+                                       "num_threads": int(train.get("num_threads", 2)),
+                                       "ort_p50_ms_b1": p50, "ort_p95_ms_b1": round(1.2 * p50, 6)})
+    keep_run_record("train_baseline")  # the structure search reads it there
     shutil.rmtree(resume)
 
 
 def distill(p: dict) -> None:
-    key = digest(p.get("student"), p.get("distill"), p.get("train"), Path("data/prepared"), Path("models/baseline"))
+    key = digest(p.get("student"), p.get("distill"), p.get("train"), Path("data/prepared"),
+                 Path("models/baseline"))
     epochs = int((p.get("train") or {}).get("epochs", 15))
     for name in ("scratch", "student"):
         for epoch in range(1, epochs + 1):

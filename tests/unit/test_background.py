@@ -17,7 +17,8 @@ def test_a_finished_build_is_returned_and_a_failed_one_explained(tmp_path):
 
     with pytest.raises(RuntimeError, match="the build broke"):
         build_main(["build", str(broken)], fail, "usage")
-    with pytest.raises(RuntimeError, match=r"(?s)broken was not made.*the build broke.*stage 'prepare' failed"):
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)broken was not made.*the build broke.*stage 'prepare' failed"):
         wait_ready(broken, timeout_s=5)
     with pytest.raises(RuntimeError, match="timed out"):
         wait_ready(tmp_path / "never", timeout_s=0)

@@ -32,7 +32,8 @@ def test_a_large_lead_wins_outright():
     board = leaderboard(records, SearchParams())
     assert board["recommended"] == "good" and board["runner_up"] == "cheap" and board["tied"] == ["good"]
     assert not any(r["tied"] for r in board["rows"])
-    assert "+15.00 pt val accuracy over the runner-up cheap, 95% intervals apart" in markdown(board, SearchParams())
+    assert "+15.00 pt val accuracy over the runner-up cheap, 95% intervals apart" in \
+        markdown(board, SearchParams())
 
 
 def test_non_transitive_ties_do_not_depend_on_record_order():

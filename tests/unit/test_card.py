@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.numbers import numbers_not_in
 from slimline.evaluation.card import _isa, path_of, render
 from slimline.params import Params
+from tests.support.numbers import numbers_not_in
 
 
 def variant(name, quant, acc, p50, size):
@@ -23,15 +23,18 @@ REPORT = {
                  variant("student.int8_static", "static", 0.979, 0.0304, 23_088)],
     "hardware": {"cpu": "Some CPU 9000X", "cores": 2, "threads": 1, "onnxruntime": "1.32.0",
                  "isa": ["avx2", "avx512_vnni", "avx512f", "fma"], "floor_p50_ms": 0.0061},
-    "selection": {"selected": "student.int8_static", "why": "faster by 2.24x [2.01, 2.47] than the runner-up b",
+    "selection": {"selected": "student.int8_static",
+                  "why": "faster by 2.24x [2.01, 2.47] than the runner-up b",
                   "size_ratio": 39.06, "latency_ratio": 2.243, "latency_ratio_range": [2.01, 2.47],
                   "accuracy_drop_pt": 0.5, "val_accuracy_drop_pt": 0.3, "latency_margin": 0.1, "rounds": 5,
                   "wins_needed": 4},
-    "lineage": {"commit": "0123abc" * 5 + "12345", "command": "git checkout 0123abc && dvc pull && dvc repro evaluate",
+    "lineage": {"commit": "0123abc" * 5 + "12345",
+                "command": "git checkout 0123abc && dvc pull && dvc repro evaluate",
                 "data": {"path": "data/prepared", "md5": "9f0e1d2c3b4a59687766554433221100.dir"},
                 "models": [{"path": "models/baseline", "md5": "11111111111111111111111111111111.dir"},
                            {"path": "models/student", "md5": "22222222222222222222222222222222.dir"}],
-                "onnx": {"path": "models/onnx/student.int8_static.onnx", "md5": "33333333333333333333333333333333"},
+                "onnx": {"path": "models/onnx/student.int8_static.onnx",
+                         "md5": "33333333333333333333333333333333"},
                 "params": {"distill": {"temperature": 4.0, "alpha": 0.5}},
                 "compression": ["knowledge distillation (temperature 4, alpha 0.5)", "int8 static"],
                 "calibration": {"batches": 8, "batch_size": 32},
@@ -96,8 +99,8 @@ def test_lineage_names_the_nodes_static_int8_kept_in_fp32(tmp_path):
     meta = {"num_classes": 2, "sizes": {"train": 4}}
     lin = lineage(chosen, entry, Params(), tmp_path / "data/prepared", tmp_path / "models/onnx",
                   tmp_path / "models", meta, "abc", {"batches": 1, "batch_size": 2})
-    assert lin["compression"][-1].endswith("1 node(s) kept in fp32 to stay within quantize.max_accuracy_drop: "
-                                           "`/0/0.3/Conv`")
+    assert lin["compression"][-1].endswith("1 node(s) kept in fp32 to stay within "
+                                           "quantize.max_accuracy_drop: `/0/0.3/Conv`")
     assert lin["calibration"] == {"batches": 1, "batch_size": 2} and lin["classes"] == ["0", "1"]
     assert set(lin["params"]) == {"data", "baseline", "train", "quantize"}
 
@@ -105,7 +108,8 @@ def test_lineage_names_the_nodes_static_int8_kept_in_fp32(tmp_path):
 def test_student_lineage_names_feature_hints_when_on():
     off = path_of("student", Params())[2][0]
     assert "feature hints" not in off and off.endswith("alpha 0.5) into a smaller student")
-    auto = path_of("student", Params.model_validate({"distill": {"features": "auto", "feature_weight": 2}}))[2][0]
+    auto = path_of("student", Params.model_validate(
+        {"distill": {"features": "auto", "feature_weight": 2}}))[2][0]
     assert "FitNets feature hints, distill.features auto, weight 2" in auto
     pairs = Params.model_validate({"distill": {"features": [["0.4", "0.4"]]}})
     assert "distill.features 0.4 <- 0.4, weight 3" in path_of("student", pairs)[2][0]

@@ -1,5 +1,5 @@
 """`slimline check`: the project root on sys.path, and --write-deps, which declares the files
-params.yaml brings; a deployment's run (flows.overrides.validate) refuses instead."""
+params.yaml brings; a deployment's run (slimline.overrides.validate) refuses instead."""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from tests.support.project import ROOT
 from slimline import check
 from slimline.project import find_root, importable
+from tests.support.project import ROOT
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_write_deps_leaves_dvc_yaml_alone_when_params_are_invalid(project, capsy
 
 def test_a_deployment_run_refuses_and_a_local_run_declares(project, monkeypatch, capsys):
     from flows import pipeline as pipeline_mod
-    from flows.overrides import OverrideError, validate
+    from slimline.overrides import OverrideError, validate
 
     with pytest.raises(OverrideError, match=r"prepare: photos.*slimline check --write-deps"):
         validate(project, {})  # what a deployment's run does first: dvc.yaml stays as it is

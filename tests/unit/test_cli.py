@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tests.support.project import ROOT, run_env
 from slimline.cli import COMMANDS, main
+from tests.support.project import ROOT, run_env
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 
@@ -31,7 +31,8 @@ def test_check_reports_bad_params_without_loading_torch(tmp_path):
     bad.write_text("train:\n  lr: -1\n")
     code = ("import sys\nfrom slimline.cli import main\n"
             f"rc = main(['check', {str(bad)!r}])\nprint(rc, 'torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env(), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env(), capture_output=True,
+                          text=True)
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert "train.lr" in proc.stderr
 

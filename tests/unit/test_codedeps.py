@@ -3,8 +3,9 @@ files params.yaml brings (a python: model's source, imported weights)."""
 import pytest
 import yaml
 
-from tests.support.project import ROOT
 from slimline.codedeps import closure, code_files, dvc_deps, stage_modules
+from slimline.codedeps_doc import COMMAND, DOC_PATH, current, render, rows, stage_names
+from tests.support.project import ROOT
 
 CODE = ("tasks/", "slimline/", "flows/")
 
@@ -98,3 +99,43 @@ def test_a_stage_refuses_to_run_with_an_undeclared_user_file(tmp_path):
     check_declared("train_baseline", tmp_path / "params.yaml", tmp_path / "dvc.yaml")  # not its file
     with pytest.raises(StageError, match=r"w/student.safetensors.*stage distill.*codedeps --write"):
         check_declared("distill", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+
+
+def test_training_stages_run_no_quantization_code_and_evaluate_no_pruning_code():
+    for module in ("tasks.train_baseline", "tasks.distill", "tasks.prune"):
+        assert "slimline/compress/quantization.py" not in code_files(module), module
+    evaluate = code_files("tasks.evaluate")
+    assert not {"slimline/compress/pruning.py", "slimline/compress/pruning_ratios.py"} & set(evaluate)
+
+
+def test_design_md_stage_table_is_current():
+    assert current(DOC_PATH.read_text()) == render(), \
+        f"docs/design.md's stage table is stale: run `{COMMAND}` (or `make docs`)"
+
+
+def test_stage_table_rows_cover_every_stages_library_code():
+    table = dict(rows())
+    names = stage_names()
+    for stage, module in stage_modules().items():
+        for f in code_files(module):
+            if f.startswith("slimline/"):
+                row = next(r for r in table if f == r or (r.endswith("/") and f.startswith(r)))
+                assert set(names[stage]) <= set(table[row]), (f, stage)
+    # no row inside a folder row: each file has one row
+    assert not any(r != s and s.endswith("/") and r.startswith(s) for r in table for s in table)
+
+
+def test_stage_names_expand_foreach_and_matrix_as_dvc_names_them(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prune": {"methods": ["layer", "structured"]}}))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "prepare": {"cmd": "python -m tasks.prepare"},
+        "prune": {"foreach": "${prune.methods}", "do": {"cmd": "python -m tasks.prune --method ${item}"}},
+        "by_key": {"foreach": {"a": 1, "b": 2}, "do": {"cmd": "python -m tasks.x"}},
+        "composite": {"foreach": [{"x": 1}, {"x": 2}], "do": {"cmd": "python -m tasks.x"}},
+        "grid": {"matrix": {"opt": ["sgd", "adam"], "bn": [True], "cfg": [{"k": 1}]},
+                 "cmd": "python -m tasks.x"},
+    }}, sort_keys=False))
+    assert stage_names(tmp_path / "dvc.yaml", tmp_path / "params.yaml") == {
+        "prepare": ["prepare"], "prune": ["prune@layer", "prune@structured"],
+        "by_key": ["by_key@a", "by_key@b"], "composite": ["composite@0", "composite@1"],
+        "grid": ["grid@sgd-true-cfg0", "grid@adam-true-cfg0"]}

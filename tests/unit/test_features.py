@@ -9,18 +9,25 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.support.tiny import tiny_prepared
-from slimline.compress.features import (FeatureHints, auto_pairs, check_pairs, resolve_pairs, stage_ends,
-                                        feature_maps, timm_stages)
+from slimline.compress.export import export_onnx
+from slimline.compress.features import (
+    FeatureHints,
+    auto_pairs,
+    check_pairs,
+    feature_maps,
+    resolve_pairs,
+    stage_ends,
+    timm_stages,
+)
 from slimline.compress.kd import make_kd_loss
-from slimline.compress.onnx_tools import export_onnx
 from slimline.compress.student import student_plan
 from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model
-from slimline.params import DistillParams, StudentParams, Structure, TrainParams
+from slimline.params import DistillParams, Structure, StudentParams, TrainParams
 from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import fit
 from slimline.training.trainer import network_spec, train_network
+from tests.support.tiny import tiny_prepared
 
 MNIST = ((1, 28, 28), 10, (33.0,), (78.0,))
 
@@ -173,8 +180,8 @@ def test_resume_with_hints_is_bit_exact(tmp_path):
             if metrics["epoch"] == stop_after:
                 raise KeyboardInterrupt  # after the checkpoint of that epoch, as a SIGKILL would be
         try:
-            fit(student, train, val, cfg, CheckpointStore(folder), make_kd_loss(teacher, DistillParams(), hints),
-                on_epoch=kill, extra=hints)
+            fit(student, train, val, cfg, CheckpointStore(folder),
+                make_kd_loss(teacher, DistillParams(), hints), on_epoch=kill, extra=hints)
         finally:
             hints.detach()
         return student.state_dict(), hints.state_dict()
@@ -184,7 +191,7 @@ def test_resume_with_hints_is_bit_exact(tmp_path):
         run(tmp_path / "b", stop_after=2)
     assert "extra" in torch.load(tmp_path / "b/epoch-0002.pt", weights_only=True)
     resumed = run(tmp_path / "b")
-    for a, b in zip(whole, resumed):
+    for a, b in zip(whole, resumed, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(whole[1]["adapters.0.weight"], FeatureHints(teacher, auto_pairs(
         teacher, build_model(spec), spec.input_shape), 1.0, seed=0).state_dict()["adapters.0.weight"])
@@ -222,6 +229,7 @@ def test_distill_stage_trains_scratch_logit_kd_and_feature_kd(tmp_path, monkeypa
     import yaml
 
     import tasks.distill as stage
+    from slimline.compress import distill as experiment
     from slimline.data.dataset import save_prepared
     from slimline.model import save_model
     from slimline.params import load_params
@@ -233,15 +241,16 @@ def test_distill_stage_trains_scratch_logit_kd_and_feature_kd(tmp_path, monkeypa
     raw = {"train": {"epochs": 1, "batch_size": 16, "num_threads": 1, "device": "cpu"},
            "student": {"conv_channels": [4, 4], "hidden": [8]}, "distill": {"features": "auto"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    args = argparse.Namespace(data=tmp_path / "data", teacher=tmp_path / "teacher", out=tmp_path / "m/student",
-                              scratch_out=tmp_path / "m/scratch", params="params.yaml")
+    args = argparse.Namespace(data=tmp_path / "data", teacher=tmp_path / "teacher",
+                              out=tmp_path / "m/student", scratch_out=tmp_path / "m/scratch",
+                              params="params.yaml")
     calls = []
 
     def spy(name, **kw):
         calls.append((name, kw))
         return train_network(name, **kw)
 
-    monkeypatch.setattr(stage, "train_network", spy)
+    monkeypatch.setattr(experiment, "train_network", spy)
     root = Path(stage.__file__).parents[1]  # the code deps are relative to the project
     monkeypatch.setattr(stage, "CODE_DEPS", [str(root / p) for p in stage.CODE_DEPS])
     stage.distill(load_params("params.yaml"), args)
@@ -249,7 +258,8 @@ def test_distill_stage_trains_scratch_logit_kd_and_feature_kd(tmp_path, monkeypa
     (_, scratch), (_, logit), (_, kd) = calls
     assert kd["hints"] is not None and "hints" not in logit and "hints" not in scratch
     assert logit["log"] is False and str(args.teacher) in kd["deps"] and str(args.teacher) in logit["deps"]
-    assert kd["key_params"]["distill"]["features"] == "auto" and "features" not in logit["key_params"]["distill"]
+    assert (kd["key_params"]["distill"]["features"] == "auto"
+            and "features" not in logit["key_params"]["distill"])
     report = json.loads((tmp_path / "reports/distill.json").read_text())
     assert report["features"] == [["0.1", "0.1"], ["0.4", "0.4"]] and report["feature_weight"] == 3.0
     assert {"logit_kd_test_accuracy", "feature_gain_val"} <= set(report)
@@ -288,4 +298,5 @@ def test_stage_ends_skip_a_strided_blocks_first_layers_and_channels_last_maps():
     maps = feature_maps(net, (1, 8, 8))
     assert "3" not in maps and "3.norm" not in maps  # (1, 2, 2, 4) is not read as 2 channels of 2x4
     assert maps["1.expand"].size == (8, 8)
-    assert [(m.name, m.size) for m in stage_ends(maps).values()] == [("0", (8, 8)), ("1", (4, 4)), ("2", (2, 2))]
+    assert [(m.name, m.size) for m in stage_ends(maps).values()] == \
+        [("0", (8, 8)), ("1", (4, 4)), ("2", (2, 2))]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.project import ROOT, sh
-from flows.gate import regression_gate
-from flows.history import metric_deltas
-from flows.overrides import OverrideError, apply, as_set_args, validate
 from flows.reports import Progress, artifact_key
+from slimline.evaluation.gate import regression_gate
+from slimline.evaluation.history import metric_deltas
+from slimline.overrides import OverrideError, apply, as_set_args, validate
 from slimline.params import GateParams
+from tests.support.project import ROOT, sh
 
 
 def git_repo(path: Path) -> Path:
@@ -161,13 +161,15 @@ def test_progress_reads_the_training_epoch_lines(monkeypatch):
         p.update(line)
     assert calls[0] == ("create", {"progress": 25.0, "key": "nightly-train-baseline-progress",
                                    "description": "train_baseline: train_baseline, epoch 1 of 4"})
-    assert calls[1][0] == "update" and calls[1][1]["progress"] == 50.0 and calls[1][1]["artifact_id"] == "id-1"
+    assert (calls[1][0] == "update" and calls[1][1]["progress"] == 50.0
+            and calls[1][1]["artifact_id"] == "id-1")
 
 
 def test_artifact_keys_are_per_deployment_and_valid():
     assert artifact_key("nightly", "evaluate", "report") == "nightly-evaluate-report"
     assert artifact_key("local", "prune@layer", "metrics") == "local-prune-layer-metrics"
-    assert artifact_key("search-c1", "sub/dvc.yaml:Train_X", "report") == "search-c1-sub-dvc-yaml-train-x-report"
+    assert artifact_key("search-c1", "sub/dvc.yaml:Train_X", "report") == \
+        "search-c1-sub-dvc-yaml-train-x-report"
 
 
 # --- the workspace pull step -----------------------------------------------------

@@ -19,7 +19,8 @@ def write(path, size=(10, 8), mode="L", value=None, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
-    arr = np.full(shape, value, np.uint8) if value is not None else rng.integers(0, 256, shape, dtype=np.uint8)
+    arr = (np.full(shape, value, np.uint8) if value is not None
+           else rng.integers(0, 256, shape, dtype=np.uint8))
     Image.fromarray(arr, mode=mode).save(path)
 
 

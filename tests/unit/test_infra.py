@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from tests.support.project import ROOT
 
 INFRA = ROOT / "infra"
@@ -119,7 +120,8 @@ def test_env_file_is_ignored_and_example_documents_every_variable(compose):
     assert subprocess.run(["git", "check-ignore", "-q", "infra/.env.example"], cwd=ROOT).returncode == 1
     used = {m.group(1) for text in strings(compose) for m in INTERPOLATION.finditer(text)}
     example = env_example()
-    assert used == set(example), f"only in compose: {used - set(example)}, only in example: {set(example) - used}"
+    assert used == set(example), \
+        f"only in compose: {used - set(example)}, only in example: {set(example) - used}"
     for key, value in example.items():
         if SECRET_NAME.search(key):
             assert "change-me" in value, f"{key} in .env.example must be an obvious placeholder"
@@ -218,12 +220,14 @@ def test_defaults_request_one_gpu_on_a_gpu_node(template):
     assert container["imagePullPolicy"] == "IfNotPresent"
     # Unset optional variables drop their keys rather than render empty.
     assert "ttlSecondsAfterFinished" not in manifest["spec"] and "serviceAccountName" not in pod
-    assert (config["namespace"], config["pod_watch_timeout_seconds"], config["stream_output"]) == ("default", 60, True)
+    assert (config["namespace"], config["pod_watch_timeout_seconds"], config["stream_output"]) == \
+        ("default", 60, True)
 
 
 def test_job_variables_override_gpus_node_and_image(template):
     config = render(template, {"gpu_count": 4, "node_selector": {"gpu": "a100"}, "image": "reg/slimline:gpu",
-                               "namespace": "ml", "finished_job_ttl": 600, "env": {"CUDA_MODULE_LOADING": "LAZY"}})
+                               "namespace": "ml", "finished_job_ttl": 600,
+                               "env": {"CUDA_MODULE_LOADING": "LAZY"}})
     manifest = config["job_manifest"]
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -243,7 +247,8 @@ def test_runs_heartbeat_and_the_crash_rule_waits_for_three_missed_beats():
     beats = {d["name"]: d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
              for d in deployments}
     assert set(beats.values()) == {"30"}, beats
-    (crash,) = yaml.safe_load((ROOT / "infra/automations/crash-unresponsive-runs.yaml").read_text())["automations"]
+    (crash,) = yaml.safe_load(
+        (ROOT / "infra/automations/crash-unresponsive-runs.yaml").read_text())["automations"]
     assert crash["trigger"]["within"] == 3 * 30 and crash["trigger"]["posture"] == "Proactive"
     assert crash["actions"][0]["state"] == "CRASHED"
 

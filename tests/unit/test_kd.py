@@ -10,7 +10,6 @@ from torch import nn
 from slimline.compress.kd import kd_loss, make_kd_loss
 from slimline.params import DistillParams
 
-
 STUDENT = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]
 TEACHER = [[2.0, 1.0, -1.0], [0.5, 0.5, 2.5]]
 LABELS = [1, 2]
@@ -26,10 +25,10 @@ def _softmax(row):
 def _hand_kd(student, teacher, labels, t, alpha):
     kl = 0.0
     ce = 0.0
-    for s_row, t_row, y in zip(student, teacher, labels):
+    for s_row, t_row, y in zip(student, teacher, labels, strict=True):
         p = _softmax([v / t for v in t_row])  # teacher, softened
         q = _softmax([v / t for v in s_row])  # student, softened
-        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
         ce += -math.log(_softmax(s_row)[y])
     n = len(labels)
     return alpha * t * t * kl / n + (1 - alpha) * ce / n
@@ -47,7 +46,7 @@ def test_kd_loss_matches_hand_computation(t, alpha, dtype):
 
 def test_kd_loss_alpha_zero_is_plain_cross_entropy():
     s, t, y = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
-    ce = sum(-math.log(_softmax(r)[c]) for r, c in zip(STUDENT, LABELS)) / 2
+    ce = sum(-math.log(_softmax(r)[c]) for r, c in zip(STUDENT, LABELS, strict=True)) / 2
     for temp in (1.0, 4.0, 10.0):
         got = float(kd_loss(s, t, y, temp, 0.0))
         assert got == pytest.approx(ce, abs=1e-6)

@@ -15,9 +15,9 @@ def test_rounds_give_every_variant_repeats_calls_in_turns(monkeypatch):
         log.append((sess, repeats))
         return np.full(repeats, {"floor": 1e-5, "a.onnx": 2e-5, "b.onnx": 4e-5}[sess])
 
-    monkeypatch.setattr(measure.ox, "timings", timings)
-    monkeypatch.setattr(measure.ox, "session", lambda path, threads: str(path))
-    monkeypatch.setattr(measure.ox, "floor_session", lambda shape, threads: "floor")
+    monkeypatch.setattr(measure.runtime, "timings", timings)
+    monkeypatch.setattr(measure.runtime, "session", lambda path, threads: str(path))
+    monkeypatch.setattr(measure.runtime, "floor_session", lambda shape, threads: "floor")
     cfg = SimpleNamespace(threads=1, warmup=7, rounds=5, repeats=50)
     out = measure.time_rounds({"floor": None, "a": "a.onnx", "b": "b.onnx"}, (1, 4, 4), cfg, block=20)
 

@@ -3,7 +3,15 @@ import pytest
 import torch
 from torch import nn
 
-from slimline.model import ModelSpec, ShapeError, build_model, count_flops, count_params, load_model, save_model
+from slimline.model import (
+    ModelSpec,
+    ShapeError,
+    build_model,
+    count_flops,
+    count_params,
+    load_model,
+    save_model,
+)
 from slimline.params import Structure
 
 

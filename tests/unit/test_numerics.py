@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from tests.support.project import ROOT, run_env
 from slimline import numerics
+from tests.support.project import ROOT, run_env
 
 
 def test_portable_pins_and_fast_drops_only_inherited_pins():

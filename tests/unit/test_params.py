@@ -82,7 +82,8 @@ def test_stage_rejects_bad_params_before_any_work(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["lmit"] = 100
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml", "--out", "data/prepared"],
+    proc = subprocess.run([sys.executable, "-m", "tasks.prepare", "--params", "params.yaml",
+                           "--out", "data/prepared"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
@@ -96,7 +97,7 @@ def test_a_stage_validates_only_the_sections_it_reads():
     p = parse_params(raw, sections=("baseline", "train"))
     assert p.train.epochs == 3 and p.baseline == Params().baseline
     with pytest.raises(AttributeError):
-        p.gate  # not read, not validated: the stage cannot use it by mistake
+        _ = p.gate  # not read, not validated: the stage cannot use it by mistake
     with pytest.raises(ParamsError, match="gate.max_latency_increase"):
         parse_params(raw)  # the full check (slimline check, make run, the flow) still rejects it
     with pytest.raises(ParamsError, match=r"train\.lr: .*got 'fast'"):
@@ -208,7 +209,8 @@ def test_max_accuracy_drop_must_be_a_fraction():
 @pytest.mark.parametrize("section, needles", [
     ({"baseline": {"model": "torchvision:resnet18", "hidden": [64]}},
      ["baseline", "hidden", "structure keys of the built-in cnn", "resnet18"]),
-    ({"baseline": {"model": "resnet18"}}, ["baseline.model", "torchvision:<name>", "python:<module>:<callable>"]),
+    ({"baseline": {"model": "resnet18"}},
+     ["baseline.model", "torchvision:<name>", "python:<module>:<callable>"]),
     ({"baseline": {"skip_training": True}}, ["skip_training needs weights"]),
     ({"baseline": {"kwargs": {"width": 2}}}, ["kwargs apply to zoo and python models"]),
     ({"student": {"derive": {"width": 0.5}, "conv_channels": [4]}}, ["derive", "remove conv_channels"]),

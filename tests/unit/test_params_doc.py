@@ -3,10 +3,10 @@ its descriptions and params.yaml must cover the same keys."""
 import re
 
 import yaml
-from tests.support.project import ROOT
 
 from slimline.params import Params
 from slimline.params_doc import render, submodel, walk
+from tests.support.project import ROOT
 
 
 def sections():

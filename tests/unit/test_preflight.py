@@ -13,9 +13,9 @@ from torch import nn
 
 from slimline import preflight
 from slimline.compress import pruning
+from slimline.compress.sparsity import sparsity
 from slimline.compress.student import student_plan
 from slimline.errors import StageError
-from slimline.compress.sparsity import sparsity
 from slimline.model import ModelSpec, build_model
 from slimline.params import PruneParams, StudentParams
 
@@ -127,7 +127,8 @@ def test_a_model_torch_pruning_cannot_trace_loses_only_structured_pruning_and_de
     assert (f"note: baseline ({SHUFFLED}): {REASON}, so structured pruning and student.derive are not "
             f"applicable to it: prune@structured will write its not_applicable marker") in err
     # The same reason on every run, from the cache too: it ends up in a hashed DVC output.
-    assert preflight.preflight(raw, tmp_path).untraceable == preflight.preflight(raw, tmp_path / "b").untraceable \
+    assert preflight.preflight(raw, tmp_path).untraceable \
+        == preflight.preflight(raw, tmp_path / "b").untraceable \
         == [{"section": "baseline", "model": SHUFFLED, "reason": REASON, "timed_out": False}]
 
     (failure,) = preflight.check_models({**raw, "student": DERIVED}, tmp_path)
@@ -150,7 +151,8 @@ def test_a_model_torch_pruning_cannot_trace_loses_only_structured_pruning_and_de
 def test_error_text_is_the_same_every_run():
     err = RuntimeError("no group for <torch_pruning.dependency.Node object at 0x7f3a2b1c0d90> at "
                        "0x7f3a2b1c0d90.\nTraceback-like detail")
-    assert pruning.error_text(err) == "RuntimeError: no group for <torch_pruning.dependency.Node object> at <address>"
+    assert pruning.error_text(err) == \
+        "RuntimeError: no group for <torch_pruning.dependency.Node object> at <address>"
     assert pruning.error_text(ZeroDivisionError()) == "ZeroDivisionError"
 
 

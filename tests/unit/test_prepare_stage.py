@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support.project import sh, tree_digest
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.params import parse_params
 from tasks.prepare import prepare
+from tests.support.project import sh, tree_digest
 
 K = 4  # classes in the synthetic sets
 
@@ -50,7 +50,7 @@ def test_npz_source_split_and_stats(workdir):
     prep = run_prepare(workdir, arrays)
     sizes = {k: len(v[1]) for k, v in prep.splits.items()}
     assert sizes == {"train": 36, "val": 12, "test": 24}  # val: 25% of each class of 12
-    for name, (x, y) in prep.splits.items():
+    for x, y in prep.splits.values():
         assert x.shape[1:] == (1, 10, 10)
         assert sorted(np.unique(y)) == list(range(K))  # stratified: every class everywhere
     train_x = prep.splits["train"][0].astype(np.float64)
@@ -132,7 +132,8 @@ def test_cli_failure_exits_2_with_readable_message(tmp_path, workdir):
     (src / "train-labels-idx1-ubyte").write_bytes((0x801).to_bytes(4, "big") + (4).to_bytes(4, "big")
                                                   + labels.tobytes())
     (tmp_path / "params.yaml").write_text(f"data:\n  source: idx\n  path: {src}\n")
-    proc = sh([sys.executable, "-m", "tasks.prepare", "--out", "data/prepared"], cwd=tmp_path, check=False, PYTHONPATH=str(ROOT))
+    proc = sh([sys.executable, "-m", "tasks.prepare", "--out", "data/prepared"], cwd=tmp_path, check=False,
+              PYTHONPATH=str(ROOT))
     env_note = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, env_note
     assert "train-images-idx3-ubyte.gz" in proc.stderr and "truncated" in proc.stderr, env_note

@@ -4,12 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from slimline.errors import StageError
+from slimline.compress.pruning import (
+    PRUNERS,
+    Pruned,
+    PruneJob,
+    prune_layers,
+    prune_structured,
+    prune_unstructured,
+    structure_of,
+)
 from slimline.compress.sparsity import sparsity
+from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model, count_params, load_model, save_model
 from slimline.params import PRUNE_METHODS, PruneParams, Structure
-from slimline.compress.pruning import (PRUNERS, PruneJob, Pruned, prune_layers, prune_structured,
-                                       prune_unstructured, structure_of)
 from tests.support.pruning_models import CLASSES, SHAPE, Recorder, make
 
 

@@ -54,7 +54,8 @@ def test_per_layer_ratios_reach_the_uniform_flops_reduction_within_2pct(tmp_path
 def test_uniform_ratios_report_every_layer_without_a_scan():
     model, spec, _ = make(conv_channels=[16, 32], hidden=[32])
     out = PRUNERS["structured"](model, spec, PruneJob(PruneParams(amount=0.5, steps=1), torch.rand(2, *SHAPE),
-                                                      Recorder(), lambda m: pytest.fail("no scan for uniform")))
+                                                      Recorder(),
+                                                      lambda m: pytest.fail("no scan for uniform")))
     assert [(r["layer"], r["kept"], r["ratio"]) for r in out.layers] == \
         [("0.1", 8, 0.5), (SENSITIVE, 16, 0.5), ("1.0", 16, 0.5)]
     assert out.allocation is None

@@ -49,7 +49,7 @@ def project(tmp_path_factory):
     Labels are the fp32 model's own predictions, so fp32 scores 100%."""
     from slimline.data.dataset import Prepared, save_prepared
     from slimline.model import save_model
-    from slimline.stage import NOT_APPLICABLE
+    from slimline.paths import NOT_APPLICABLE
     from tasks.quantize import quantize
 
     root = tmp_path_factory.mktemp("quantize_gate")

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from slimline.s3 import S3Error, bootstrap, bounded_env, explain_dvc_failure, is_transient, remote_config
+from slimline.dvc_runner import is_transient
+from slimline.s3 import S3Error, bootstrap, bounded_env, explain_dvc_failure, remote_config
 from tests.support.prefect_server import free_port
 from tests.support.project import dvc
 from tests.support.s3 import KEYS

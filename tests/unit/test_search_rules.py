@@ -31,7 +31,8 @@ def test_grid_names_are_stable_and_keyed_by_what_shapes_the_result():
                                          {"hidden": [128], "activation": "elu"},
                                          {"hidden": [128, 64], "activation": "relu"},
                                          {"hidden": [128, 64], "activation": "elu"}]
-    assert len({c.name for c in cands}) == 4 and [c.name for c in build_candidates(raw)] == [c.name for c in cands]
+    assert (len({c.name for c in cands}) == 4
+            and [c.name for c in build_candidates(raw)] == [c.name for c in cands])
     assert cands[3].set_args(1) == ["-S", "baseline.hidden=[128, 64]", "-S", "baseline.activation='elu'",
                                     "-S", "train.num_threads=1"]
     assert cands[0].structure["conv_channels"] == [32, 64] and cands[0].stage == "train_baseline"
@@ -91,8 +92,8 @@ def rec(name, val, flops, p50, params=None, status="ok", reason=None, act="relu"
     structure = {**Structure().model_dump(), "activation": act, "hidden": list(hidden)}
     return {"name": name, "structure": structure, "choice": {"activation": act, "hidden": list(hidden)},
             "status": status, "reason": reason, "val_accuracy": val, "test_accuracy": val and val - 0.01,
-            "params": params or (flops and flops // 20), "flops": flops, "ort_p50_ms_b1": p50, "train_seconds": 9.0,
-            "source": "ran"}
+            "params": params or (flops and flops // 20), "flops": flops, "ort_p50_ms_b1": p50,
+            "train_seconds": 9.0, "source": "ran"}
 
 
 RECORDS = [rec("a", 0.990, 5_000_000, 0.080, act="elu"),                 # best accuracy
@@ -113,7 +114,8 @@ def test_leaderboard_ranks_on_val_accuracy_and_marks_the_pareto_fronts():
     md = markdown(board, cfg)
     assert "Recommended: **a**" in md and "+0.50 pt val accuracy over the runner-up b" in md
     assert "+0.50 pt val over the structure params.yaml holds now" in md
-    assert "failed: ERROR [train_baseline]: too small" in md and "recommended, front: FLOPs, front: latency" in md
+    assert ("failed: ERROR [train_baseline]: too small" in md
+            and "recommended, front: FLOPs, front: latency" in md)
     summary = {(s["key"], str(s["value"])): s for s in choice_summary(board["rows"])}
     assert summary[("activation", "relu")]["candidates"] == 2
     assert summary[("activation", "relu")]["best_val_accuracy"] == 0.985
@@ -148,8 +150,9 @@ def test_apply_structure_writes_only_the_chosen_keys_and_keeps_comments(tmp_path
     before, after = yaml.safe_load(src.read_text()), yaml.safe_load(path.read_text())
     before["student"].update(hidden=[64, 32], activation="elu")
     assert after == before
-    changed = [l for l in diff.splitlines() if l.startswith(("+", "-")) and not l.startswith(("+++", "---"))]
+    changed = [line for line in diff.splitlines()
+               if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
     assert len(changed) == 4 and "+  hidden: [64, 32]" in diff and "+  activation: elu" in diff
     # every comment survives
-    assert [l.split("#", 1)[1] for l in src.read_text().splitlines() if "#" in l] == \
-           [l.split("#", 1)[1] for l in path.read_text().splitlines() if "#" in l]
+    assert [line.split("#", 1)[1] for line in src.read_text().splitlines() if "#" in line] == \
+           [line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line]

@@ -91,7 +91,8 @@ def test_dvc_credentials_stay_in_the_ignored_local_config():
     config = (ROOT / ".dvc" / "config").read_text()
     keys = re.findall(r"(?im)^\s*(access_key_id|secret_access_key|session_token)\s*=", config)
     assert not keys, f".dvc/config holds {keys}: use `dvc remote modify --local` (.dvc/config.local)"
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", ".dvc/config"], cwd=ROOT, capture_output=True)
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", ".dvc/config"], cwd=ROOT,
+                             capture_output=True)
     assert tracked.returncode == 0, ".dvc/config should be tracked"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=ROOT)
     assert ignored.returncode == 0, ".dvc/config.local must be gitignored: it holds the remote's keys"

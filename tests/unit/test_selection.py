@@ -1,13 +1,19 @@
 """Selection rules (budgets, objectives, ties), the Pareto front and Wilson intervals, on fixed variants."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
+from slimline.evaluation.selection import (
+    beats,
+    budget_failures,
+    pareto_front,
+    quantize_gate,
+    ratio_range,
+    select,
+    wilson_ci,
+)
 from slimline.params import EvaluateParams, QuantizeParams
-from slimline.evaluation.selection import (beats, budget_failures, pareto_front, quantize_gate, ratio_range, select,
-                                           wilson_ci)
 
 
 def V(name, val, acc=None, size=1000, p50=1.0, quant="fp32", rounds=None):
@@ -50,7 +56,8 @@ def test_accuracy_drop_is_judged_on_val_not_test():
 
 def gated(name, agree, drop, size, p50, quant="dynamic"):
     """A variant record as evaluate measures it: against its own fp32 source too."""
-    return V(name, 0.978, size=size, p50=p50, quant=quant) | {"agreement_with_fp32": agree, "val_drop_vs_fp32": drop}
+    return V(name, 0.978, size=size, p50=p50, quant=quant) | {"agreement_with_fp32": agree,
+                                                             "val_drop_vs_fp32": drop}
 
 
 def test_quantize_gate_rejects_forms_unlike_their_fp32_source_and_never_selects_them():
@@ -190,8 +197,8 @@ def test_one_slow_round_never_decides_and_ratios_carry_their_range():
     base = V("baseline", 0.98, size=9_000, rounds=[4.0, 4.4, 3.6, 4.0, 4.0])
     assert ratio_range(base, fast) == (4.0, 3.6, 4.4)
     sel = select([base, fast, other], "baseline", EvaluateParams())
-    assert sel.name == "other" and sel.why == ("tie on latency with fast (the fastest is not 10% faster than any "
-                                               "of them in 4 of 5 rounds); fewer bytes")
+    assert sel.name == "other" and sel.why == ("tie on latency with fast (the fastest is not 10% faster "
+                                               "than any of them in 4 of 5 rounds); fewer bytes")
     # the margin is a param: at 0 every p50 lead counts
     assert not beats(fast, other, 0.25) and beats(fast, V("s", 0.98, rounds=[1.01] * 4 + [0.5]), 0.0)
 
@@ -199,7 +206,8 @@ def test_one_slow_round_never_decides_and_ratios_carry_their_range():
 def test_ties_on_bytes_and_latency_go_to_val_accuracy_then_fp32():
     base = V("baseline", 0.98, size=9_000, rounds=[2.0] * 5)
     same = [V("q", 0.985, size=5_000, quant="static", rounds=[1.0] * 5),
-            V("f", 0.985, size=5_000, rounds=[1.02] * 5), V("g", 0.990, size=5_000, quant="fp16", rounds=[1.01] * 5)]
+            V("f", 0.985, size=5_000, rounds=[1.02] * 5),
+            V("g", 0.990, size=5_000, quant="fp16", rounds=[1.01] * 5)]
     sel = select([base, *same], "baseline", EvaluateParams())
     assert sel.name == "g" and sel.why.endswith("higher val accuracy")
     sel = select([base, *same[:2]], "baseline", EvaluateParams())
@@ -257,4 +265,4 @@ def test_wilson_ci_at_perfect_and_zero_accuracy():
 def test_wilson_ci_narrows_with_more_samples():
     widths = [(lambda ci: ci[1] - ci[0])(wilson_ci(9 * k, 10 * k)) for k in (1, 10, 100, 1000)]
     assert widths == sorted(widths, reverse=True)
-    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert all(a > b for a, b in zip(widths, widths[1:], strict=False))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from slimline.compress import onnx_tools as ox
+from slimline.compress.export import export_onnx
+from slimline.compress.quantization import node_ops, quantize_static_int8, static_int8_nodes
 from slimline.compress.sensitivity import accuracy, static_int8_within_budget
+from slimline.runtime import predict
 
 SHAPE = (1, 12, 12)
 
@@ -50,8 +52,8 @@ def project(tmp_path_factory):
         with torch.no_grad():  # centre the logits: predictions spread over the classes
             linears[-1].bias -= model(torch.from_numpy(x)).mean(0)
         folder = tmp_path_factory.mktemp("sens")
-        ox.export_onnx(model, SHAPE, folder / "fp32.onnx")
-        y = ox.predict(folder / "fp32.onnx", x).argmax(1)
+        export_onnx(model, SHAPE, folder / "fp32.onnx")
+        y = predict(folder / "fp32.onnx", x).argmax(1)
         return folder / "fp32.onnx", x[:32], x[32:], y[32:]
     return make
 
@@ -59,16 +61,16 @@ def project(tmp_path_factory):
 def test_the_sensitive_node_stays_fp32_first_and_the_variant_then_fits(project, tmp_path):
     fp32, calib, x, y = project(both=False)
     assert accuracy(fp32, x, y) == 1.0
-    ox.quantize_static_int8(fp32, tmp_path / "plain.onnx", calib, 16)
+    quantize_static_int8(fp32, tmp_path / "plain.onnx", calib, 16)
     assert accuracy(tmp_path / "plain.onnx", x, y) < 0.9  # plain int8 breaks it
 
     got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=0.02, max_excluded=3)
     assert got.ok and got.shortfall == ""
-    conv2 = [n for n, op in ox.node_ops(fp32) if op == "Conv"][1]
+    conv2 = [n for n, op in node_ops(fp32) if op == "Conv"][1]
     assert got.fp32_nodes == [conv2]  # the second conv, and nothing else
     assert got.sensitivity[0]["node"] == conv2 and got.sensitivity[0]["op"] == "Conv"
     assert got.val_drop <= 0.02 and accuracy(tmp_path / "q.onnx", x, y) >= 0.98
-    assert conv2 not in ox.static_int8_nodes(tmp_path / "q.onnx")  # it really runs in fp32
+    assert conv2 not in static_int8_nodes(tmp_path / "q.onnx")  # it really runs in fp32
     drops = [r["val_drop"] for r in got.sensitivity]
     assert drops == sorted(drops) and drops[-1] > 0.1  # every other node alone leaves it broken
 
@@ -76,7 +78,7 @@ def test_the_sensitive_node_stays_fp32_first_and_the_variant_then_fits(project, 
 def test_max_excluded_reached_writes_the_best_attempt_and_says_why(project, tmp_path):
     fp32, calib, x, y = project(both=True)
     ref = accuracy(fp32, x, y)
-    ox.quantize_static_int8(fp32, tmp_path / "plain.onnx", calib, 16)
+    quantize_static_int8(fp32, tmp_path / "plain.onnx", calib, 16)
     plain = ref - accuracy(tmp_path / "plain.onnx", x, y)
     got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=0.02, max_excluded=1)
     assert not got.ok and got.sensitivity  # the scan is reported for the reader
@@ -86,10 +88,12 @@ def test_max_excluded_reached_writes_the_best_attempt_and_says_why(project, tmp_
     assert got.val_drop == min(plain, top["val_drop"]) > 0.02
     assert got.fp32_nodes == ([] if plain <= top["val_drop"] else [top["node"]])
     assert ref - accuracy(tmp_path / "q.onnx", x, y) == got.val_drop  # measured on the file as written
-    assert not set(got.fp32_nodes) & set(ox.static_int8_nodes(tmp_path / "q.onnx"))
+    assert not set(got.fp32_nodes) & set(static_int8_nodes(tmp_path / "q.onnx"))
     got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=0.02, max_excluded=0)
-    assert not got.ok and got.sensitivity == [] and "max_excluded 0" in got.shortfall  # no scan: nothing may move
-    assert got.fp32_nodes == [] and (tmp_path / "q.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+    # no scan: nothing may move
+    assert not got.ok and got.sensitivity == [] and "max_excluded 0" in got.shortfall
+    assert got.fp32_nodes == [] and \
+        (tmp_path / "q.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
 
 
 def test_a_variant_within_budget_is_left_alone(project, tmp_path):
@@ -99,8 +103,8 @@ def test_a_variant_within_budget_is_left_alone(project, tmp_path):
     # Asked to scan for the report, it ranks the nodes but still keeps every one in int8.
     got = static_int8_within_budget(fp32, tmp_path / "q.onnx", calib, 16, x, y, max_drop=1.0, max_excluded=3,
                                     scan=True)
-    conv2 = [n for n, op in ox.node_ops(fp32) if op == "Conv"][1]
-    assert got.ok and got.fp32_nodes == [] and ox.static_int8_nodes(tmp_path / "q.onnx")[1] == conv2
+    conv2 = [n for n, op in node_ops(fp32) if op == "Conv"][1]
+    assert got.ok and got.fp32_nodes == [] and static_int8_nodes(tmp_path / "q.onnx")[1] == conv2
     top = got.sensitivity[0]
     assert top["node"] == conv2 and top["recovered"] == pytest.approx(got.val_drop - top["val_drop"])
     assert top["recovered"] > 0.1  # keeping conv2 in fp32 gives back most of what int8 lost

@@ -1,4 +1,5 @@
-"""The ship bundle (slimline.evaluation.ship) and the predict CLI (slimline.predict) on a tiny exported model."""
+"""The ship bundle (slimline.evaluation.ship) and the predict CLI (slimline.predict) on a tiny
+exported model."""
 from __future__ import annotations
 
 import json
@@ -9,14 +10,13 @@ import torch
 
 from slimline.params import Structure
 
-
 SHAPE = (1, 8, 8)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny seeded model exported to ONNX: (torch model, onnx dir, quant manifest, prep)."""
-    from slimline.compress import onnx_tools as ox
+    from slimline.compress.export import export_onnx
     from slimline.data.dataset import Prepared
     from slimline.model import ModelSpec, build_model
 
@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
                      num_classes=3, mean=(0.0,), std=(1.0,))
     model = build_model(spec).eval()
     onnx_dir = tmp_path_factory.mktemp("exp") / "onnx"
-    ox.export_onnx(model, SHAPE, onnx_dir / "m.onnx")
+    export_onnx(model, SHAPE, onnx_dir / "m.onnx")
     manifest = {"variants": [{"name": "m", "file": "m.onnx", "source": "baseline", "source_dir": "unused",
                               "quantization": "fp32", "opset": 17}],
                 "calibration": {"batches": 2, "batch_size": 4}}
@@ -61,7 +61,8 @@ def _torch_top1(model, x):
 
 def test_ship_bundle_files_and_manifest(ship, exported):
     _, onnx_dir, _, _ = exported
-    assert sorted(p.name for p in ship.iterdir()) == ["MODEL_CARD.md", "labels.json", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in ship.iterdir()) == \
+        ["MODEL_CARD.md", "labels.json", "manifest.json", "model.onnx"]
     assert (ship / "MODEL_CARD.md").read_text() == "# Model card: `m`\n"  # inside the atomic bundle
     assert (ship / "model.onnx").read_bytes() == (onnx_dir / "m.onnx").read_bytes()
     assert json.loads((ship / "labels.json").read_text()) == ["0", "1", "2"]

@@ -68,7 +68,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
 
 def test_changed_params_never_resume_a_stale_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from slimline.stage import resume_dir
+    from slimline.paths import resume_dir
 
     dep = tmp_path / "dep.bin"
     dep.write_bytes(b"a")

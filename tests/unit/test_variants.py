@@ -1,14 +1,12 @@
 """Which models the quantize stage makes variants of (slimline.compress.variants)."""
 from __future__ import annotations
 
-
 import pytest
 
 
-
 def test_quantize_takes_pruned_models_from_params_not_from_stale_folders(tmp_path):
-    from slimline.errors import StageError
     from slimline.compress.variants import find_models
+    from slimline.errors import StageError
 
     for name in ("baseline", "student", "pruned/layer", "pruned/structured"):
         (tmp_path / name).mkdir(parents=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from slimline.compress import onnx_tools as ox
 from slimline.compress import pruning
+from slimline.compress.export import checked_logits, export_onnx
 from slimline.errors import StageError
 from slimline.model import ModelSpec, build_model, load_model, save_model
 from slimline.params import PruneParams
@@ -67,8 +67,8 @@ def test_build_derive_prune_export_reload(model, tmp_path):
         assert sum(p.numel() for p in out.model.parameters()) < n_base
         loaded = assert_reloads(out.model, out.spec, tmp_path, method)
         path = tmp_path / f"{method}.onnx"
-        ox.export_onnx(loaded, SHAPE, path)
-        ox.checked_logits(loaded, path, np.random.default_rng(0).random((4, *SHAPE), dtype=np.float32))
+        export_onnx(loaded, SHAPE, path)
+        checked_logits(loaded, path, np.random.default_rng(0).random((4, *SHAPE), dtype=np.float32))
 
 
 def test_block_removal_finds_residual_blocks_and_says_when_there_are_none(tmp_path):
@@ -79,8 +79,8 @@ def test_block_removal_finds_residual_blocks_and_says_when_there_are_none(tmp_pa
     assert [r["removed"] for r in out.ablation] == ["1.3", "1.4"]
     assert sum(r["chosen"] for r in out.ablation) == 1
     with pytest.raises(pruning.NotApplicable, match="no residual block"):
-        pruning.PRUNERS["layer"](build_model(spec("python:test_zoo:plain")).eval(), spec("python:test_zoo:plain"),
-                                 job())
+        pruning.PRUNERS["layer"](build_model(spec("python:test_zoo:plain")).eval(),
+                                 spec("python:test_zoo:plain"), job())
 
 
 def test_torchvision_models_get_a_first_conv_for_the_datas_channels():
@@ -124,7 +124,8 @@ def test_weights_that_need_pickle_are_refused_without_unpickling(tmp_path):
 
 def test_mismatched_weights_are_listed_by_name(tmp_path):
     torch.save(build_model(spec(TINY, width=8))[1].state_dict(), tmp_path / "w.pt")
-    with pytest.raises(StageError, match=r"wrong shape: 0.weight \(8, 1, 3, 3\) vs the model's \(16, 1, 3, 3\)"):
+    with pytest.raises(StageError,
+                       match=r"wrong shape: 0.weight \(8, 1, 3, 3\) vs the model's \(16, 1, 3, 3\)"):
         load_weights(build_model(spec(TINY, width=16))[1], tmp_path / "w.pt")
     torch.save(build_model(spec(TINY, blocks=1))[1].state_dict(), tmp_path / "w1.pt")
     with pytest.raises(StageError, match=r"missing: 4\.depthwise\.weight"):

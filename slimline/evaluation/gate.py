@@ -11,13 +11,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.history import at_revision
+from slimline.errors import RegressionFailed
+from slimline.evaluation.history import at_revision
 
 
 @dataclass
 class Verdict:
     ok: bool
     message: str
+
+    def check(self) -> None:
+        """Raise RegressionFailed, whose message names the change, when the gate failed."""
+        if not self.ok:
+            raise RegressionFailed(self.message)
 
 
 def _selected(report: dict) -> dict | None:

@@ -1,0 +1,136 @@
+"""slimline/dvc_runner.py: what a stage did, read from DVC's exit code and output lines
+(the lines as dvc prints them), a failure's message and retry decision, and one stage run
+for real through `dvc repro --single-item` on a one-stage project."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import yaml
+
+from slimline.dvc_runner import (
+    LOCKED,
+    RUN_CACHE_LINE,
+    SKIP_LINE,
+    Outcome,
+    StageRun,
+    UnknownStage,
+    classify,
+    failure_text,
+    is_transient,
+    repro_args,
+    run_stage,
+    stage_order,
+)
+from slimline.errors import StageFailed, TransientFailure
+from tests.support.project import dvc
+
+RAN = ["Running stage 'prepare':", "> python -m tasks.prepare", "Updating lock file 'dvc.lock'"]
+RUN_CACHE = ["Stage 'train_baseline' is cached - skipping run, checking out outputs",
+             "Updating lock file 'dvc.lock'"]
+ON_REMOTE = ["Stage 'prepare' didn't change, skipping"]
+URL = "s3://slimline/dvc"
+
+
+def test_the_outcome_keeps_the_words_the_reports_print():
+    assert {o.name: o.label for o in Outcome} == {
+        "RAN": "ran", "UP_TO_DATE": "skipped (up to date)",
+        "ON_REMOTE": "skipped (up to date; outputs on the remote)",
+        "RUN_CACHE": "restored from run cache", "FAILED": "failed"}
+    assert {o for o in Outcome if o.skipped} == {Outcome.UP_TO_DATE, Outcome.ON_REMOTE}
+
+
+@pytest.mark.parametrize("lines, rc, pulled, outcome", [
+    (RAN, 0, False, Outcome.RAN),
+    (RUN_CACHE, 0, False, Outcome.RUN_CACHE),
+    (RUN_CACHE, 0, True, Outcome.RUN_CACHE),
+    (ON_REMOTE, 0, True, Outcome.ON_REMOTE),
+    (ON_REMOTE, 0, False, Outcome.RAN),  # without --allow-missing dvc does not print it; no guess
+    (RUN_CACHE, 1, False, Outcome.FAILED),  # the exit code wins over any line
+    ([], 0, False, Outcome.RAN),
+])
+def test_dvc_output_is_classified(lines, rc, pulled, outcome):
+    assert classify(lines, rc, pulled) is outcome
+    assert RUN_CACHE_LINE in RUN_CACHE[0] and SKIP_LINE in ON_REMOTE[0]
+
+
+def test_a_failure_says_its_exit_code_and_raises_by_kind():
+    lock = StageRun("prepare", Outcome.FAILED, 1.0, rc=1, message="m", transient=True)
+    assert lock.label == "failed (exit 1), will retry" and lock.record()["outcome"] == "failed"
+    with pytest.raises(TransientFailure, match="^m$"):
+        lock.check()
+    bad = StageRun("prepare", Outcome.FAILED, rc=2, message="bad data")
+    assert bad.label == "failed (exit 2)"
+    with pytest.raises(StageFailed, match="bad data") as err:
+        bad.check()
+    assert not isinstance(err.value, TransientFailure)
+    ok = StageRun("distill", Outcome.RAN, 12.3456)
+    ok.check()
+    assert ok.label == "ran" and ok.record() == {"stage": "distill", "outcome": "ran", "seconds": 12.35}
+    assert StageRun("prepare", Outcome.UP_TO_DATE).record() == {
+        "stage": "prepare", "outcome": "skipped (up to date)", "seconds": 0.0}
+
+
+def test_failure_text_starts_at_the_stages_own_error_and_names_the_remote():
+    lines = [f"line {i}" for i in range(20)] + ["ERROR [prepare]: pixels_finite: 1 NaN", "  fix: ..."]
+    text = failure_text("prepare", 2, lines)
+    assert text.splitlines() == ["stage 'prepare' failed (exit 2):", lines[-2], lines[-1]]
+    # no ERROR line: the last 10 lines
+    assert failure_text("prepare", 1, lines[:20]).splitlines()[1:] == lines[10:20]
+    refused = ['ERROR: Could not connect to the endpoint URL: "http://127.0.0.1:9/slimline"']
+    hinted = failure_text("prepare", 1, refused, URL, "storage").splitlines()
+    assert hinted[1].startswith(f"remote unreachable: {URL}") and hinted[2] == refused[0]
+    assert is_transient("\n".join(refused)) and is_transient(f"ERROR: {LOCKED}. Most likely ...")
+    assert not is_transient("ERROR [prepare]: pixels_finite")
+
+
+def test_repro_args():
+    assert repro_args("prune@layer") == ["repro", "--single-item", "prune@layer"]
+    assert repro_args("a", force=True, pull=True, no_run_cache=True) == [
+        "repro", "--single-item", "a", "--pull", "--allow-missing", "--force", "--no-run-cache"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """One stage: out.txt from in.txt, and report.txt beside it (standing in for a `cache: false`
+    output, which would turn DVC's run cache off); `fail` in in.txt fails it."""
+    code = ("import pathlib, sys; t = pathlib.Path('in.txt').read_text(); "
+            "pathlib.Path('report.txt').write_text('report ' + t); "
+            "sys.exit('ERROR [copy]: bad input') if 'fail' in t else pathlib.Path('out.txt').write_text(t)")
+    dvc("init", "--no-scm", "-q", cwd=tmp_path)
+    (tmp_path / "in.txt").write_text("one")
+    stage = {"cmd": f'{sys.executable} -c "{code}"', "deps": ["in.txt"], "outs": ["out.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": stage}}))
+    return tmp_path
+
+
+def test_one_stage_runs_restores_from_the_run_cache_and_fails_cleanly(project, caplog):
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        assert stage_order(repo) == ["copy"]
+        with pytest.raises(UnknownStage, match="unknown stage"):
+            stage_order(repo, ["nope"])
+    seen = []
+    run = run_stage(project, "copy", on_line=seen.append)
+    assert run.outcome is Outcome.RAN and (project / "out.txt").read_text() == "one"
+    assert any("Running stage 'copy'" in line for line in seen)
+
+    (project / "in.txt").write_text("two")
+    assert run_stage(project, "copy").outcome is Outcome.RAN
+    (project / "in.txt").write_text("one")  # a version DVC has run before
+    assert run_stage(project, "copy").outcome is Outcome.RUN_CACHE
+
+    report_before = (project / "report.txt").read_text()
+    (project / "in.txt").write_text("fail")
+    with caplog.at_level(logging.INFO, logger="slimline.dvc_runner"):
+        failed = run_stage(project, "copy", uncached=[str(project / "report.txt")])
+    assert failed.outcome is Outcome.FAILED and failed.rc != 0 and not failed.transient
+    assert failed.message.splitlines()[0] == f"stage 'copy' failed (exit {failed.rc}):"
+    assert "ERROR [copy]: bad input" in failed.message
+    # what the failed run deleted or overwrote is back: the cached output from DVC's cache,
+    # the rest from the snapshot
+    assert (project / "out.txt").read_text() == "one"
+    assert (project / "report.txt").read_text() == report_before != "report fail"
+    assert "copy: restored the previous outputs" in caplog.text
