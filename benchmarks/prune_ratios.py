@@ -10,6 +10,10 @@ paired difference (sensitivity - uniform) and mean +/- std. Uses data/prepared (
 """
 from __future__ import annotations
 
+import tasks  # noqa: F401  (first: pins the CPU math before torch loads)
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -17,10 +21,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from slimline.data.dataset import load_prepared  # noqa: E402,I001
+from slimline.data.dataset import load_prepared
 from slimline.params import load_params
 from slimline.training.trainer import model_spec, train_network
-from tasks.prune import prune  # first: importing `tasks` pins the CPU math before torch loads
+from tasks.prune import prune
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from flows.reports import (
 from flows.workspace import workspace_slot
 from slimline import dvc_runner
 from slimline.dvc_runner import (
-    Outcome,
+    StageOutcome,
     StageRun,
     UnknownStage,
     is_up_to_date,
@@ -78,7 +78,7 @@ def run_stage(root: str, stage: str, force: bool, key_prefix: str, uncached: lis
                                remote_url=remote.url if remote else None,
                                remote_name=remote.name if remote else "storage",
                                on_line=on_line, logger=logger)
-    errors = run.message.splitlines()[1:] if run.outcome is Outcome.FAILED else None
+    errors = run.message.splitlines()[1:] if run.outcome is StageOutcome.FAILED else None
     publish_stage(Path(root), stage, run.outcome, run.seconds, key_prefix, errors, label=run.label)
     run.check()  # a failure: TransientFailure (retried) or StageFailed
     return run
@@ -126,7 +126,7 @@ def pipeline(targets: list[str] | None = None, force: bool = False, push: bool |
 
 def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | None,
              save_experiment: bool | None, results: list[dict],
-             outcomes: dict[str, Outcome]) -> list[dict]:
+             outcomes: dict[str, StageOutcome]) -> list[dict]:
     """After the stages (`outcomes`: what each did): publish the sensitivity report and the
     Pareto charts, save the run as a DVC experiment, pass the regression gate, push. Appends
     each step's outcome to `results` (a failed gate's summary still lists them) and returns them."""
@@ -134,15 +134,15 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
 
     logger = get_run_logger()
     start = len(results)
-    if "quantize" in outcomes and outcomes["quantize"] not in (Outcome.UP_TO_DATE, Outcome.FAILED):
+    if "quantize" in outcomes and outcomes["quantize"] not in (StageOutcome.UP_TO_DATE, StageOutcome.FAILED):
         publish_sensitivity(root_path, prefix)  # never a stale report
-    if "evaluate" in outcomes and outcomes["evaluate"] is not Outcome.UP_TO_DATE:
+    if "evaluate" in outcomes and outcomes["evaluate"] is not StageOutcome.UP_TO_DATE:
         # charts and model card; push=False: nothing goes to the remote, the report links neither
         publish_evaluate(root_path, prefix,
                        upload_evaluate(root_path, remote, logger) if push is not False else None)
     experiment = None
     if save_experiment if save_experiment is not None else bool(deployment.id):
-        present = [stage for stage, outcome in outcomes.items() if outcome is not Outcome.ON_REMOTE]
+        present = [stage for stage, outcome in outcomes.items() if outcome is not StageOutcome.ON_REMOTE]
         if present:  # with no targets, `dvc exp save` would cache every stage's outputs
             results.append(save_run(root_path, prefix, present))
             experiment = results[-1]["experiment"]
@@ -163,13 +163,13 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
 
 
 def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, results: list[dict],
-               no_run_cache: bool = False) -> dict[str, Outcome]:
+               no_run_cache: bool = False) -> dict[str, StageOutcome]:
     """Run the stages in DVC's order, appending each one's summary row to `results` (so a
     failed run's summary still lists what ran before the failure); returns what each did."""
     from dvc.repo import Repo
 
     logger = get_run_logger()
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, StageOutcome] = {}
     repo = Repo(str(root_path))
     try:
         order = stage_order(repo, targets)
@@ -183,21 +183,21 @@ def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, resul
                 if not force and (all_clean or is_up_to_date(repo, stage)):
                     logger.info("%s: up to date, skipped", stage)
                     skipped.append(stage)
-                    outcomes[stage] = Outcome.UP_TO_DATE
-                    results.append(StageRun(stage, Outcome.UP_TO_DATE).record())
+                    outcomes[stage] = StageOutcome.UP_TO_DATE
+                    results.append(StageRun(stage, StageOutcome.UP_TO_DATE).record())
                     continue
                 try:
                     run = run_stage(str(root_path), stage, force, prefix, uncached_outs(repo, stage),
                                     remote, no_run_cache)
                 except StageFailed:
-                    results.append(StageRun(stage, Outcome.FAILED).record())
+                    results.append(StageRun(stage, StageOutcome.FAILED).record())
                     raise
                 outcomes[stage] = run.outcome
                 results.append(run.record())
                 repo.close()  # dvc.lock changed under us: read the graph state afresh
                 repo = Repo(str(root_path))
         finally:
-            publish_skipped(root_path, skipped, Outcome.UP_TO_DATE, prefix)
+            publish_skipped(root_path, skipped, StageOutcome.UP_TO_DATE, prefix)
     finally:
         repo.close()
     return outcomes

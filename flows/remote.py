@@ -62,7 +62,7 @@ def save_run(root: Path, prefix: str, stages: list[str]) -> dict:
     name = experiment_name(prefix)
     proc = _dvc(root, "exp", "save", "--name", name, "--force", *stages)
     if proc.returncode:
-        raise RuntimeError(f"dvc exp save failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise StageFailed(f"dvc exp save failed: {proc.stderr.strip() or proc.stdout.strip()}")
     get_run_logger().info("saved this run as DVC experiment '%s' (dvc exp show; dvc exp apply %s)",
                           name, name)
     return {"stage": "dvc exp save", "outcome": f"experiment {name}", "seconds": 0.0, "experiment": name}

@@ -14,7 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from slimline.dvc_runner import Outcome
+from slimline.dvc_runner import StageOutcome
 from slimline.evaluation.history import flatten, metric_deltas
 from slimline.repo import git, is_dirty, slug
 from slimline.report import STAMP, markdown_table
@@ -86,7 +86,7 @@ def deltas_table(root: Path, stem: str) -> str:
     return "Changes against the last commit:\n\n" + markdown_table(shown) + more
 
 
-def stage_artifacts(root: Path, stage: str, outcome: Outcome, seconds: float, prefix: str = "",
+def stage_artifacts(root: Path, stage: str, outcome: StageOutcome, seconds: float, prefix: str = "",
                     errors: list[str] | None = None, head: str | None = None,
                     lock: dict | None = None, label: str | None = None) -> list[tuple[str, dict]]:
     """A stage's report (markdown) and metrics (table) artifacts for this outcome, as
@@ -123,14 +123,14 @@ def stage_artifacts(root: Path, stage: str, outcome: Outcome, seconds: float, pr
     return out
 
 
-def publish_stage(root: Path, stage: str, outcome: Outcome, seconds: float, prefix: str = "",
+def publish_stage(root: Path, stage: str, outcome: StageOutcome, seconds: float, prefix: str = "",
                   errors: list[str] | None = None, label: str | None = None) -> None:
     create = {"markdown": create_markdown_artifact, "table": create_table_artifact}
     for kind, kwargs in stage_artifacts(root, stage, outcome, seconds, prefix, errors, label=label):
         create[kind](**kwargs)
 
 
-def publish_skipped(root: Path, stages: list[str], outcome: Outcome, prefix: str = "") -> None:
+def publish_skipped(root: Path, stages: list[str], outcome: StageOutcome, prefix: str = "") -> None:
     """The artifacts of stages that did not run, sent together: the commit and dvc.lock
     are read once, and the API calls go out concurrently rather than one after another."""
     if not stages:

@@ -3,7 +3,7 @@
 The stage list and order come from DVC's own graph; nothing here copies it. The
 status of each stage is read in process (cheap); only stages that changed get a
 `dvc repro --single-item` subprocess, so dvc.lock stays true and DVC alone decides
-what is up to date. What a stage did is an `Outcome`, read from DVC's exit code and
+what is up to date. What a stage did is an `StageOutcome`, read from DVC's exit code and
 its output lines; its value holds the words the reports print.
 
 A failed stage leaves the workspace as it was: DVC deletes a stage's outputs before
@@ -45,7 +45,7 @@ GUARD = ("import ctypes, os, signal, sys\n"
 _log = logging.getLogger(__name__)
 
 
-class Outcome(enum.Enum):
+class StageOutcome(enum.Enum):
     """What a stage did in a run. The value is what the reports, the run summary and the
     dashboard print, so it must not change."""
 
@@ -62,7 +62,7 @@ class Outcome(enum.Enum):
     @property
     def skipped(self) -> bool:
         """Up to date: the report on disk is from an earlier run."""
-        return self in (Outcome.UP_TO_DATE, Outcome.ON_REMOTE)
+        return self in (StageOutcome.UP_TO_DATE, StageOutcome.ON_REMOTE)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class StageRun:
     message, and whether another attempt could succeed."""
 
     stage: str
-    outcome: Outcome
+    outcome: StageOutcome
     seconds: float = 0.0
     rc: int = 0
     message: str = ""
@@ -80,7 +80,7 @@ class StageRun:
     @property
     def label(self) -> str:
         """The outcome as a stage's report headline shows it (a failure with its exit code)."""
-        if self.outcome is Outcome.FAILED and self.rc:
+        if self.outcome is StageOutcome.FAILED and self.rc:
             return f"failed (exit {self.rc})" + (", will retry" if self.transient else "")
         return self.outcome.label
 
@@ -91,7 +91,7 @@ class StageRun:
     def check(self) -> None:
         """Raise for a failed stage: TransientFailure when waiting can fix it (the DVC lock
         busy, the remote unreachable), else StageFailed; both carry the message."""
-        if self.outcome is Outcome.FAILED:
+        if self.outcome is StageOutcome.FAILED:
             raise (TransientFailure if self.transient else StageFailed)(self.message)
 
 
@@ -101,22 +101,14 @@ def is_transient(output: str) -> bool:
     return LOCKED in output or any(m in output for m in UNREACHABLE)
 
 
-def read_line(line: str, outcome: Outcome, pulled: bool) -> Outcome:
+def read_line(line: str, outcome: StageOutcome, pulled: bool) -> StageOutcome:
     """The outcome so far, after one more line of `dvc repro` output. `pulled`: the stage
     ran with --pull --allow-missing, whose skips mean "outputs on the remote"."""
     if RUN_CACHE_LINE in line:
-        return Outcome.RUN_CACHE
+        return StageOutcome.RUN_CACHE
     if pulled and SKIP_LINE in line:
-        return Outcome.ON_REMOTE
+        return StageOutcome.ON_REMOTE
     return outcome
-
-
-def classify(lines: Iterable[str], rc: int, pulled: bool = False) -> Outcome:
-    """What `dvc repro --single-item` did, from its exit code and output lines."""
-    outcome = Outcome.RAN
-    for line in lines:
-        outcome = read_line(line, outcome, pulled)
-    return Outcome.FAILED if rc else outcome
 
 
 def failure_text(stage: str, rc: int, lines: list[str], remote_url: str | None = None,
@@ -250,12 +242,20 @@ def _stop(proc: subprocess.Popen, stage: str, logger) -> None:
         stop_group(proc)
 
 
+def _feed(on_line: Callable[[str], None], line: str, logger) -> None:
+    """Pass a line on; a failing consumer (a dashboard blip) must not stop hours of training."""
+    try:
+        on_line(line)
+    except Exception as err:  # noqa: BLE001 - logged; the stage goes on
+        logger.warning("could not pass on a line of the stage's output: %s", err)
+
+
 def run_stage(root: Path, stage: str, *, force: bool = False, pull: bool = False, no_run_cache: bool = False,
               uncached: Iterable[str] = (), remote_url: str | None = None, remote_name: str = "storage",
               on_line: Callable[[str], None] | None = None, logger=_log) -> StageRun:
     """`dvc repro --single-item stage` in its own process group, each output line passed to
     on_line as it comes. A failure restores the outputs DVC deleted (unless dvc never took
-    its lock) and comes back as Outcome.FAILED with its message; StageRun.check raises it.
+    its lock) and comes back as StageOutcome.FAILED with its message; StageRun.check raises it.
 
     Interrupted (Ctrl-C, SIGTERM, a cancelled run), it stops the stage's whole process
     group before the exception goes on; the checkpoints stay for the rerun to resume from.
@@ -269,7 +269,7 @@ def run_stage(root: Path, stage: str, *, force: bool = False, pull: bool = False
     cmd = [sys.executable, "-c", GUARD, *dvc_args]
     logger.info("%s: running `dvc %s`", stage, " ".join(dvc_args))
     tail: deque[str] = deque(maxlen=TAIL)
-    outcome = Outcome.RAN
+    outcome = StageOutcome.RAN
     snapshot_dir = Path(tempfile.mkdtemp(prefix=f"slimline-{stage.replace('@', '_')}-"))
     saved = snapshot(uncached, snapshot_dir)
     # Own process group, so stopping the run can stop the stage and its children.
@@ -281,7 +281,7 @@ def run_stage(root: Path, stage: str, *, force: bool = False, pull: bool = False
             tail.append(line)
             outcome = read_line(line, outcome, pull)
             if on_line:
-                on_line(line)
+                _feed(on_line, line, logger)
         rc = proc.wait()
     except BaseException:  # cancelled or interrupted: the rerun resumes; drop the snapshot
         shutil.rmtree(snapshot_dir, ignore_errors=True)
@@ -290,12 +290,16 @@ def run_stage(root: Path, stage: str, *, force: bool = False, pull: bool = False
         _stop(proc, stage, logger)  # no-op when it finished; on cancel/interrupt, stops it
     seconds = time.perf_counter() - start
     # dvc that could not take the lock touched nothing; the lock holder owns the outputs now
-    if rc != 0 and not any(LOCKED in line for line in tail):
-        restore_outputs(root, stage, saved, logger)
-    shutil.rmtree(snapshot_dir, ignore_errors=True)
+    try:
+        if rc != 0 and not any(LOCKED in line for line in tail):
+            restore_outputs(root, stage, saved, logger)
+    except Exception as err:  # noqa: BLE001 - the stage's own failure is what the user must see
+        logger.error("%s: could not restore the previous outputs: %s", stage, err)
+    finally:
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
     if rc == 0:
         return StageRun(stage, outcome, seconds)
     lines = list(tail)
     message = failure_text(stage, rc, lines, remote_url, remote_name)
-    return StageRun(stage, Outcome.FAILED, seconds, rc, message,
+    return StageRun(stage, StageOutcome.FAILED, seconds, rc, message,
                     transient=is_transient("\n".join(lines)))  # DVC lock busy, remote unreachable

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from slimline.compress.onnx_files import INPUT, OUTPUT, prune, save, step
+from slimline.compress.onnx_files import INPUT, OUTPUT, drop_unused_initializers, failing_step, save
 from slimline.errors import StageError
 from slimline.runtime import agreement, predict
 
@@ -110,7 +110,7 @@ def _fold_input_normalization(model: onnx.ModelProto) -> None:
     keep = [n for n in model.graph.node if n is not sub and n is not div]
     del model.graph.node[:]
     model.graph.node.extend(keep)
-    prune(model)
+    drop_unused_initializers(model)
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
@@ -126,7 +126,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     net = copy.deepcopy(model).cpu().eval()  # the caller's module (device, train flag) is untouched
     _fuse_linear_bn(net)
     buf = io.BytesIO()
-    with step(f"ONNX export to {path}"), warnings.catch_warnings(), torch.no_grad():
+    with failing_step(f"ONNX export to {path}"), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based export"
         torch.onnx.export(net, (torch.zeros(1, *input_shape),), buf, dynamo=False,
                           input_names=[INPUT], output_names=[OUTPUT],

@@ -24,7 +24,7 @@ class OnnxFileError(StageError, ValueError):
 
 
 @contextlib.contextmanager
-def step(what: str):
+def failing_step(what: str):
     """Re-raise a library failure as one RuntimeError that names the step and file."""
     try:
         yield
@@ -49,12 +49,12 @@ def load(path: str | Path) -> onnx.ModelProto:
 
 def save(model: onnx.ModelProto, path: str | Path) -> None:
     """Write `model` to `path` atomically, only once it passes the full checker."""
-    with step(f"checking the model for {path} (not written)"):
+    with failing_step(f"checking the model for {path} (not written)"):
         onnx.checker.check_model(model, full_check=True)
     atomic_write_bytes(path, model.SerializeToString())  # creates the parent folder
 
 
-def prune(model: onnx.ModelProto) -> None:
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
     """Drop initializers no node reads (ORT warns about each one at load)."""
     used = {i for n in model.graph.node for i in n.input}
     keep = [t for t in model.graph.initializer if t.name in used]

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from slimline.compress.onnx_files import INPUT, OUTPUT, load, prune, save, step
+from slimline.compress.onnx_files import INPUT, OUTPUT, drop_unused_initializers, failing_step, load, save
 
 
 def _gemm_to_matmul(model: onnx.ModelProto) -> None:
@@ -37,7 +37,7 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> None:
             nodes.append(helper.make_node("Add", [mm_out, bias[0]], [out], f"{node.name}_bias"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    prune(model)
+    drop_unused_initializers(model)
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> None:
@@ -49,7 +49,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> None:
 
     model = load(src)
     with tempfile.TemporaryDirectory(prefix="quantization.") as tmp, \
-            step(f"dynamic int8 quantization of {src}"):
+            failing_step(f"dynamic int8 quantization of {src}"):
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(model, pre)  # before the rewrite: its optimiser would re-fuse MatMul+Add
         model = onnx.load(pre)
@@ -75,7 +75,7 @@ def _float_logits(model: onnx.ModelProto) -> None:
     infos = [v for v in model.graph.value_info if v.name != old]
     del model.graph.value_info[:]
     model.graph.value_info.extend(infos)
-    prune(model)
+    drop_unused_initializers(model)
 
 
 def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, batch_size: int,
@@ -115,7 +115,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, ba
 
     model = load(src)
     with tempfile.TemporaryDirectory(prefix="quantization.") as tmp, \
-            step(f"static int8 quantization of {src}"):
+            failing_step(f"static int8 quantization of {src}"):
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(model, pre)  # shape inference + basic graph optimisation
         quantize_static(pre, out, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -150,7 +150,7 @@ def convert_fp16(src: str | Path, dst: str | Path) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = load(src)
-    with step(f"fp16 conversion of {src}"):
+    with failing_step(f"fp16 conversion of {src}"):
         result = convert_float_to_float16(model, keep_io_types=True)
         OnnxModel(result).topological_sort()  # the output Cast comes last; the checker wants order
     save(result, dst)

@@ -43,9 +43,8 @@ class EpochLogger:
     """
 
     def __init__(self, stage: str):
-        from torch.utils.tensorboard import SummaryWriter
-
         from dvclive import Live
+        from torch.utils.tensorboard import SummaryWriter
 
         # dvcyaml=False / save_dvc_exp=False: dvc.yaml is ours, experiments are DVC's job.
         self.live = Live(dir=f"dvclive/{stage}", save_dvc_exp=False, dvcyaml=False, report=None)

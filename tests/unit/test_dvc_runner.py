@@ -13,12 +13,12 @@ from slimline.dvc_runner import (
     LOCKED,
     RUN_CACHE_LINE,
     SKIP_LINE,
-    Outcome,
+    StageOutcome,
     StageRun,
     UnknownStage,
-    classify,
     failure_text,
     is_transient,
+    read_line,
     repro_args,
     run_stage,
     stage_order,
@@ -34,41 +34,45 @@ URL = "s3://slimline/dvc"
 
 
 def test_the_outcome_keeps_the_words_the_reports_print():
-    assert {o.name: o.label for o in Outcome} == {
+    assert {o.name: o.label for o in StageOutcome} == {
         "RAN": "ran", "UP_TO_DATE": "skipped (up to date)",
         "ON_REMOTE": "skipped (up to date; outputs on the remote)",
         "RUN_CACHE": "restored from run cache", "FAILED": "failed"}
-    assert {o for o in Outcome if o.skipped} == {Outcome.UP_TO_DATE, Outcome.ON_REMOTE}
+    assert {o for o in StageOutcome if o.skipped} == {StageOutcome.UP_TO_DATE, StageOutcome.ON_REMOTE}
 
 
-@pytest.mark.parametrize("lines, rc, pulled, outcome", [
-    (RAN, 0, False, Outcome.RAN),
-    (RUN_CACHE, 0, False, Outcome.RUN_CACHE),
-    (RUN_CACHE, 0, True, Outcome.RUN_CACHE),
-    (ON_REMOTE, 0, True, Outcome.ON_REMOTE),
-    (ON_REMOTE, 0, False, Outcome.RAN),  # without --allow-missing dvc does not print it; no guess
-    (RUN_CACHE, 1, False, Outcome.FAILED),  # the exit code wins over any line
-    ([], 0, False, Outcome.RAN),
+@pytest.mark.parametrize("lines, pulled, outcome", [
+    (RAN, False, StageOutcome.RAN),
+    (RUN_CACHE, False, StageOutcome.RUN_CACHE),
+    (RUN_CACHE, True, StageOutcome.RUN_CACHE),
+    (ON_REMOTE, True, StageOutcome.ON_REMOTE),
+    (ON_REMOTE, False, StageOutcome.RAN),  # without --allow-missing dvc does not print it; no guess
+    ([], False, StageOutcome.RAN),
 ])
-def test_dvc_output_is_classified(lines, rc, pulled, outcome):
-    assert classify(lines, rc, pulled) is outcome
+def test_dvc_output_is_read_line_by_line(lines, pulled, outcome):
+    # as run_stage reads a stage's output while it streams (a non-zero exit wins over any line
+    # there: the real run below checks it)
+    seen = StageOutcome.RAN
+    for line in lines:
+        seen = read_line(line, seen, pulled)
+    assert seen is outcome
     assert RUN_CACHE_LINE in RUN_CACHE[0] and SKIP_LINE in ON_REMOTE[0]
 
 
 def test_a_failure_says_its_exit_code_and_raises_by_kind():
-    lock = StageRun("prepare", Outcome.FAILED, 1.0, rc=1, message="m", transient=True)
+    lock = StageRun("prepare", StageOutcome.FAILED, 1.0, rc=1, message="m", transient=True)
     assert lock.label == "failed (exit 1), will retry" and lock.record()["outcome"] == "failed"
     with pytest.raises(TransientFailure, match="^m$"):
         lock.check()
-    bad = StageRun("prepare", Outcome.FAILED, rc=2, message="bad data")
+    bad = StageRun("prepare", StageOutcome.FAILED, rc=2, message="bad data")
     assert bad.label == "failed (exit 2)"
     with pytest.raises(StageFailed, match="bad data") as err:
         bad.check()
     assert not isinstance(err.value, TransientFailure)
-    ok = StageRun("distill", Outcome.RAN, 12.3456)
+    ok = StageRun("distill", StageOutcome.RAN, 12.3456)
     ok.check()
     assert ok.label == "ran" and ok.record() == {"stage": "distill", "outcome": "ran", "seconds": 12.35}
-    assert StageRun("prepare", Outcome.UP_TO_DATE).record() == {
+    assert StageRun("prepare", StageOutcome.UP_TO_DATE).record() == {
         "stage": "prepare", "outcome": "skipped (up to date)", "seconds": 0.0}
 
 
@@ -114,19 +118,19 @@ def test_one_stage_runs_restores_from_the_run_cache_and_fails_cleanly(project, c
             stage_order(repo, ["nope"])
     seen = []
     run = run_stage(project, "copy", on_line=seen.append)
-    assert run.outcome is Outcome.RAN and (project / "out.txt").read_text() == "one"
+    assert run.outcome is StageOutcome.RAN and (project / "out.txt").read_text() == "one"
     assert any("Running stage 'copy'" in line for line in seen)
 
     (project / "in.txt").write_text("two")
-    assert run_stage(project, "copy").outcome is Outcome.RAN
+    assert run_stage(project, "copy").outcome is StageOutcome.RAN
     (project / "in.txt").write_text("one")  # a version DVC has run before
-    assert run_stage(project, "copy").outcome is Outcome.RUN_CACHE
+    assert run_stage(project, "copy").outcome is StageOutcome.RUN_CACHE
 
     report_before = (project / "report.txt").read_text()
     (project / "in.txt").write_text("fail")
     with caplog.at_level(logging.INFO, logger="slimline.dvc_runner"):
         failed = run_stage(project, "copy", uncached=[str(project / "report.txt")])
-    assert failed.outcome is Outcome.FAILED and failed.rc != 0 and not failed.transient
+    assert failed.outcome is StageOutcome.FAILED and failed.rc != 0 and not failed.transient
     assert failed.message.splitlines()[0] == f"stage 'copy' failed (exit {failed.rc}):"
     assert "ERROR [copy]: bad input" in failed.message
     # what the failed run deleted or overwrote is back: the cached output from DVC's cache,
