@@ -1,13 +1,15 @@
 """Does the shipped choice survive timing noise? evaluate's measurement and selection, repeated.
 
     python -m benchmarks.selection_stability [--root .] [--runs 6] [--objective latency]
+                                             [--incumbent models/incumbent.json | --no-incumbent]
 
 Needs a built pipeline (models/onnx from `dvc repro quantize`). Runs evaluate's
 measure-and-select `--runs` times on the same files, in fresh processes one after the
 other (as fresh clones would), and prints each run's choice, why, and its tied set,
-then how many runs agree with the most common choice. The old rule (lowest p50 wins,
-best of two rounds) is applied to the same timings for comparison: its first round
-pair stands in for the two rounds it had.
+then how many runs agree with the most common choice. With an incumbent (the committed
+models/incumbent.json by default) the choice is evaluate's; the same timings are also
+judged without it ("no incumbent") and by the old rule (lowest p50 wins, best of two
+rounds; its first round pair stands in for the two rounds it had), for comparison.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from slimline.data.dataset import load_prepared
 from slimline.evaluation.measure import measure
+from slimline.evaluation import incumbent
 from slimline.evaluation.selection import select
 from slimline.params import load_params
 
@@ -35,10 +38,13 @@ cfg = params.evaluate.model_copy(update={"objective": sys.argv[1]})
 torch.set_num_threads(cfg.threads)
 manifest = json.loads(Path("models/onnx/manifest.json").read_text())
 variants, _ = measure(manifest["variants"], Path("models/onnx"), load_prepared(Path("data/prepared")), cfg)
-sel = select(variants, "baseline", cfg)
-ok = [v for v in variants if not sel.failures[v["name"]]]
+held = incumbent.read(Path(sys.argv[3])) if sys.argv[3] else None
+sel = select(variants, "baseline", cfg, gate=params.quantize, incumbent=held)
+rule = select(variants, "baseline", cfg, gate=params.quantize)
+ok = [v for v in variants if not rule.failures[v["name"]]]
 old = min(ok, key=lambda v: (min(v["ort_p50_ms_b1_rounds"][:2]), v["bytes"], v["name"]))["name"]
-print(json.dumps({"name": sel.name, "why": sel.why, "tied": sel.tied, "old_rule": old}))
+print(json.dumps({"name": sel.name, "why": sel.why, "tied": sel.tied, "no_incumbent": rule.name,
+                  "old_rule": old, "incumbent": held}))
 """
 
 
@@ -47,17 +53,22 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("."))
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--objective", choices=["latency", "size"], default="latency")
+    ap.add_argument("--incumbent", default="models/incumbent.json",
+                    help="relative to --root (default: the committed one)")
+    ap.add_argument("--no-incumbent", action="store_true", help="select as with no incumbent")
     args = ap.parse_args()
-    picks, old = [], []
+    picks, bare, old = [], [], []
     for i in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", CHILD, args.objective, str(ROOT)], cwd=args.root,
-                             capture_output=True, text=True, check=True)
+        held = "" if args.no_incumbent else args.incumbent
+        out = subprocess.run([sys.executable, "-c", CHILD, args.objective, str(ROOT), held],
+                             cwd=args.root, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         picks.append(r["name"])
+        bare.append(r["no_incumbent"])
         old.append(r["old_rule"])
-        print(f"run {i + 1}: {r['name']} ({r['why']}); tied: {', '.join(r['tied'])}; "
-              f"old rule: {r['old_rule']}")
-    for label, got in (("new rule", picks), ("old rule", old)):
+        print(f"run {i + 1} (incumbent {r['incumbent']}): {r['name']} ({r['why']}); "
+              f"tied: {', '.join(r['tied'])}; no incumbent: {r['no_incumbent']}; old rule: {r['old_rule']}")
+    for label, got in (("evaluate", picks), ("no incumbent", bare), ("old rule", old)):
         name, n = collections.Counter(got).most_common(1)[0]
         print(f"{label}: {n} of {len(got)} runs chose {name}; choices {dict(collections.Counter(got))}")
 

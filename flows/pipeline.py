@@ -15,6 +15,7 @@ experiment and pushed when a remote is configured (flows/remote.py).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from slimline.dvc_runner import (
     uncached_outs,
 )
 from slimline.errors import RegressionFailed, StageFailed
+from slimline.evaluation import incumbent
 from slimline.evaluation.gate import regression_gate
 from slimline.overrides import OverrideError, apply_to, parse_set_args
 from slimline.overrides import apply as apply_overrides
@@ -140,6 +142,10 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
         # charts and model card; push=False: nothing goes to the remote, the report links neither
         publish_evaluate(root_path, prefix,
                        upload_evaluate(root_path, remote, logger) if push is not False else None)
+    gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
+    publish_gate(gate, prefix)
+    if gate.ok:  # before the experiment is saved, so that the run's record carries it
+        accept_incumbent(root_path, logger)
     experiment = None
     if save_experiment if save_experiment is not None else bool(deployment.id):
         present = [stage for stage, outcome in outcomes.items() if outcome is not StageOutcome.ON_REMOTE]
@@ -148,9 +154,7 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
             experiment = results[-1]["experiment"]
         else:
             logger.info("every stage's outputs are on the remote already: no experiment to save")
-    gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
-    publish_gate(gate, prefix)
-    gate.check()  # failed: saved above for inspection, but neither pushed nor passed
+    gate.check()  # failed: saved above for inspection, but neither pushed nor accepted
     logger.info(gate.message)
     if remote is None:
         logger.info("no DVC remote configured: nothing pushed; outputs stay in this "
@@ -160,6 +164,24 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
     else:
         results.append(push_outputs(str(root_path), remote, experiment))
     return results[start:]
+
+
+def accept_incumbent(root: Path, logger) -> None:
+    """The shipped variant passed the gate: it becomes the incumbent that the next
+    evaluate keeps unless a challenger clearly beats it (slimline/evaluation/incumbent.py).
+    Only this flow writes the file; evaluate reads it."""
+    report = root / "reports" / "evaluate.json"
+    if not report.exists():
+        return
+    selected = json.loads(report.read_text()).get("selected")
+    if selected is None:  # nothing shipped: the last accepted variant stays the incumbent
+        logger.info("no variant shipped: the incumbent stays as it was")
+        return
+    path = root / incumbent.PATH
+    if incumbent.write(selected, path):
+        logger.info("%s is now the incumbent (%s): commit it with dvc.lock", selected, incumbent.PATH)
+    else:
+        logger.info("%s stays the incumbent", selected)
 
 
 def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, results: list[dict],

@@ -4,6 +4,7 @@
     slimline run [-S key=value ...]   the pipeline flow (what `make run` runs)
     slimline search [--apply-best]    the structure search
     slimline deploy                   register work pools and deployments
+    slimline incumbent [--reset]      show or reset the variant a challenger must clearly beat
     slimline predict PATH...          classify images with the ship bundle
     slimline s3 bootstrap --bucket B  an S3 bucket as the DVC remote
 
@@ -24,6 +25,7 @@ COMMANDS = {  # command -> (module with main(argv), one-line help)
     "run": ("flows.pipeline", "run the pipeline flow: each stage through DVC, reports to Prefect"),
     "search": ("flows.search", "train and rank the candidate structures of params.yaml's search section"),
     "deploy": ("flows.deploy", "create the work pools, automations and deployments of prefect.yaml"),
+    "incumbent": ("slimline.evaluation.incumbent", "show or reset the variant evaluate keeps unless beaten"),
     "predict": ("slimline.predict", "classify image files with the ship bundle (models/ship)"),
     "s3": ("slimline.s3", "bootstrap an S3 bucket as the DVC remote"),
 }

@@ -462,6 +462,20 @@ class EvaluateParams(Section):
         0.10, ge=0, lt=1, description="Relative p50 lead a variant needs, round by round, to beat another. "
                                       "objective latency: the variants the fastest does not beat tie, and "
                                       "fewer bytes decide.")
+    switch_margin: float = Field(
+        0.25, ge=0, lt=10, description="Hysteresis against the incumbent (models/incumbent.json, the "
+                                       "variant last shipped and accepted): a challenger replaces it only "
+                                       "when it beats it by latency_margin in 4 of 5 rounds and its median "
+                                       "p50 is this much lower too (relative), or when the incumbent misses "
+                                       "a budget. Must be at least latency_margin.")
+
+    @model_validator(mode="after")
+    def _switch_wider_than_tie(self):
+        if self.switch_margin < self.latency_margin:
+            raise ValueError(f"evaluate.switch_margin ({self.switch_margin}) must be at least "
+                             f"evaluate.latency_margin ({self.latency_margin}): the band that replaces "
+                             f"the incumbent is the wider one")
+        return self
 
 
 class GateParams(Section):

@@ -24,6 +24,7 @@ import torch
 
 from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
+from slimline.evaluation import incumbent
 from slimline.evaluation.card import lineage, render
 from slimline.evaluation.measure import hardware, measure
 from slimline.evaluation.plots import pareto_plot
@@ -53,7 +54,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     variants, floor = measure(quant_manifest["variants"], args.onnx, prep, cfg)
     # The quantize gate: a compressed form must match its own fp32 source (quantize.min_agreement,
     # quantize.max_accuracy_drop), measured here; quantize writes every variant and judges none.
-    sel = select(variants, BASELINE, cfg, gate=params.quantize)
+    sel = select(variants, BASELINE, cfg, gate=params.quantize, incumbent=incumbent.read(args.incumbent))
     for cost in ("ort_p50_ms_b1", "bytes"):
         front = pareto_front(variants, cost)
         for v in variants:
@@ -98,6 +99,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--onnx", required=True, type=Path)
     p.add_argument("--ship", required=True, type=Path)
+    p.add_argument("--incumbent", type=Path, default=incumbent.PATH,
+                   help="the variant last shipped and accepted (slimline/evaluation/incumbent.py)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def change(drop_pt: float) -> str:
 def summary(base: dict, chosen: dict | None, sel: Selection) -> dict:
     """The chosen variant against the baseline: the ratios a reader wants first, the
     latency ratio with its range over the timing rounds (the variant's own, set by evaluate)."""
-    out = {"selected": chosen["name"] if chosen else None, "why": sel.why}
+    # incumbent: what became of the variant last shipped (None: there was none; see select)
+    out = {"selected": chosen["name"] if chosen else None, "why": sel.why, "incumbent": sel.incumbent}
     if chosen:
         out.update(size_ratio=base["bytes"] / chosen["bytes"], latency_ratio=chosen["latency_ratio"],
                    latency_ratio_range=chosen["latency_ratio_range"],
@@ -41,6 +42,21 @@ def gate_text(gate: QuantizeParams, variants: list[dict]) -> str:
         return rule + " Every variant passes."
     return (rule + f" {len(failed)} variant(s) fail it and are never selected:\n\n"
             + "\n".join(f"- `{n}`: {'; '.join(why)}" for n, why in failed.items()))
+
+
+INCUMBENT = {None: "No incumbent (models/incumbent.json): the rule alone chose. ",
+             "kept": "Incumbent (models/incumbent.json, the variant last shipped and accepted): kept, as no "
+                     "other beats it that way and by more than {m:.0%} on the median p50 too. ",
+             "replaced": "Incumbent (models/incumbent.json): replaced, beaten that way and by more than "
+                         "{m:.0%} on the median p50 too. ",
+             "fails a budget": "Incumbent (models/incumbent.json): misses a budget, so the rule alone "
+                               "chose. ",
+             "absent": "Incumbent (models/incumbent.json): not among the variants, so the rule alone chose. "}
+
+
+def incumbent_text(cfg: EvaluateParams, outcome: str | None) -> str:
+    """What the incumbent rule did this run (slimline.evaluation.selection.select)."""
+    return INCUMBENT[outcome].format(m=cfg.switch_margin)
 
 
 def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, why: str,
@@ -68,7 +84,7 @@ def markdown(cfg: EvaluateParams, variants: list[dict], summ: dict, hw: dict, wh
             f"median over {cfg.rounds} rounds (in each, the variants take turns in blocks of calls); one "
             f"variant beats another only when "
             f"faster by more than {cfg.latency_margin:.0%} in {wins_needed(cfg.rounds)} of them. "
-            f"Runtime floor "
+            f"{incumbent_text(cfg, summ.get('incumbent'))}Runtime floor "
             f"(a one-op graph, same options): {hw['floor_p50_ms'] * 1e3:.1f} us; `floor_multiple` is each "
             f"p50 over it.\n\n{gate_text(gate, variants)}\n\n{markdown_table(rows)}\n\nPareto plots: "
             f"`reports/pareto_latency.png`, `reports/pareto_bytes.png`. "

@@ -106,6 +106,9 @@ class Selection(NamedTuple):
     tied: list[str]  # the variants the winner tied with on the objective (winner first)
     runner_up: str | None
     why: str  # one line: why the winner won
+    # What became of the incumbent: None (there was none), "kept", "replaced", "fails a
+    # budget" or "absent" (not among this run's variants).
+    incumbent: str | None = None
 
 
 def _tie_break(v: dict) -> tuple:
@@ -132,19 +135,40 @@ def _reason(winner: dict, others: list[dict]) -> str:
     return "the same bytes, val accuracy and form: by name"
 
 
+def replaces(challenger: dict, incumbent: dict, cfg: EvaluateParams) -> bool:
+    """The challenger clearly beats the incumbent, on evidence that noise does not fake:
+    objective latency, faster by more than latency_margin in 4 of 5 rounds *and* by more
+    than switch_margin on the median p50; objective size, fewer bytes (bytes are exact),
+    or on equal bytes the latency rule."""
+    if cfg.objective == "size" and challenger["bytes"] != incumbent["bytes"]:
+        return challenger["bytes"] < incumbent["bytes"]
+    return (beats(challenger, incumbent, cfg.latency_margin)
+            and v_median(incumbent) > v_median(challenger) * (1 + cfg.switch_margin))
+
+
+def _versus(challenger: dict, incumbent: dict, cfg: EvaluateParams) -> str:
+    """How the challenger compares with the incumbent, against what replacing it takes."""
+    if cfg.objective == "size" and challenger["bytes"] != incumbent["bytes"]:
+        return f"{incumbent['bytes'] / challenger['bytes']:.2f}x fewer bytes"
+    r, lo, hi = ratio_range(incumbent, challenger)
+    n = len(rounds_of(challenger))
+    return (f"faster by {r:.2f}x [{lo:.2f}, {hi:.2f}] over the rounds, where replacing it takes more than "
+            f"{cfg.latency_margin:.0%} in {wins_needed(n)} of {n} rounds and {cfg.switch_margin:.0%} on the "
+            f"median")
+
+
 def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
-           gate: QuantizeParams | None = None) -> Selection:
-    """The variant to ship, by a rule that timing noise cannot flip.
+           gate: QuantizeParams | None = None, incumbent: str | None = None) -> Selection:
+    """The variant to ship, by a rule that timing noise cannot flip, with hysteresis
+    against `incumbent` (the variant last shipped and accepted; None: there is none).
+
+    Without an incumbent, `choose` below decides. With one that is within every budget,
+    it stays unless a challenger `replaces` it; among several that do, `choose` picks.
+    An incumbent that misses a budget, or is not among the variants, is dropped.
 
     Eligible: within every evaluate budget and, with `gate`, through the quantize gate
     (quantize_gate); the rest are never chosen, and `failures` says why.
 
-    objective latency: among the variants within every budget, F* has the lowest
-    median p50; the tied set is every variant F* does not beat (see `beats`); within
-    it the winner has fewer bytes, then higher val accuracy, then fp32 before a
-    quantized form, then the first name. objective size swaps the roles: the tied set
-    is the variants with the fewest bytes (bytes are exact), and among them latency
-    decides by the same rounds rule, then val accuracy, fp32, name.
     """
     by_name = {v["name"]: v for v in variants}
     if baseline not in by_name:
@@ -154,7 +178,42 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
                 for v in variants}
     eligible = [v for v in variants if not failures[v["name"]]]
     if not eligible:
-        return Selection(None, failures, [], None, "no variant meets every budget")
+        return Selection(None, failures, [], None, "no variant meets every budget",
+                         None if incumbent is None else "fails a budget")
+    rule = choose(eligible, failures, cfg)
+    if incumbent is None:
+        return rule
+    inc = by_name.get(incumbent)
+    if inc is None:
+        return rule._replace(incumbent="absent", why=f"{rule.why} (the incumbent `{incumbent}` is not "
+                                                     f"among this run's variants)")
+    if failures[incumbent]:
+        return rule._replace(incumbent="fails a budget",
+                             why=f"{rule.why} (the incumbent `{incumbent}` fails: "
+                                 f"{'; '.join(failures[incumbent])})")
+    if rule.name == incumbent:
+        return rule._replace(incumbent="kept", why=f"the incumbent, chosen again: {rule.why}")
+    challengers = [v for v in eligible if v is not inc and replaces(v, inc, cfg)]
+    if not challengers:
+        rival = by_name[rule.name]
+        # runner_up: what the rule alone would have shipped; no tie: the incumbent stands alone
+        return Selection(incumbent, failures, [incumbent], rule.name, "the incumbent, kept: the rule's pick "
+                         f"`{rival['name']}` is {_versus(rival, inc, cfg)}", "kept")
+    new = choose(challengers, failures, cfg)
+    return new._replace(incumbent="replaced",
+                        why=f"replaces the incumbent `{incumbent}`: "
+                            f"{_versus(by_name[new.name], inc, cfg)}; among challengers, {new.why}")
+
+
+def choose(eligible: list[dict], failures: dict[str, list[str]], cfg: EvaluateParams) -> Selection:
+    """The rule among eligible variants (every one within every budget), incumbent aside.
+    objective latency: among the variants within every budget, F* has the lowest
+    median p50; the tied set is every variant F* does not beat (see `beats`); within
+    it the winner has fewer bytes, then higher val accuracy, then fp32 before a
+    quantized form, then the first name. objective size swaps the roles: the tied set
+    is the variants with the fewest bytes (bytes are exact), and among them latency
+    decides by the same rounds rule, then val accuracy, fp32, name.
+    """
     margin = cfg.latency_margin
     if cfg.objective == "latency":
         _, tied = _latency_tied(eligible, margin)

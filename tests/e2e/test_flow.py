@@ -146,6 +146,7 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, toy_
     visibly, with the change in its message and its own artifact."""
     from flows.pipeline import pipeline
     from slimline.errors import RegressionFailed
+    from slimline.evaluation import incumbent
 
     report = json.loads((toy_copy / "reports/evaluate.json").read_text())
     selected = next(v for v in report["variants"] if v["name"] == report["selected"])
@@ -153,6 +154,7 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, toy_
     next(v for v in better["variants"] if v["name"] == report["selected"])["accuracy"] = \
         selected["accuracy"] + 0.05
     (toy_copy / "reports/evaluate.json").write_text(json.dumps(better))
+    incumbent.write(None, toy_copy / incumbent.PATH)
     sh(["git", "commit", "-qam", "a better model was shipped"], toy_copy)
     (toy_copy / "reports/evaluate.json").write_text(json.dumps(report))  # what DVC restores
 
@@ -163,6 +165,13 @@ def test_regression_gate_fails_the_run_and_names_the_change(prefect_server, toy_
         state.result()
     gate = artifacts(state.state_details.flow_run_id)["local-regression-gate"].data
     assert "FAILED" in gate and "gate.max_accuracy_drop is 0.50 pt" in gate
+    assert incumbent.read(toy_copy / incumbent.PATH) is None  # a failed gate accepts nothing
+
+    # within a wider limit the gate passes, and only then the shipped variant becomes the incumbent
+    state = pipeline(root=str(toy_copy), targets=["evaluate"],
+                     overrides={"gate.max_accuracy_drop": 0.1}, return_state=True)
+    assert state.is_completed()
+    assert incumbent.read(toy_copy / incumbent.PATH) == report["selected"]
 
 
 def test_the_flow_checks_the_whole_file_and_its_files_before_any_work(prefect_server, toy_copy):

@@ -266,3 +266,61 @@ def test_wilson_ci_narrows_with_more_samples():
     widths = [(lambda ci: ci[1] - ci[0])(wilson_ci(9 * k, 10 * k)) for k in (1, 10, 100, 1000)]
     assert widths == sorted(widths, reverse=True)
     assert all(a > b for a, b in zip(widths, widths[1:], strict=False))
+
+
+# --- hysteresis against the incumbent ------------------------------------------------------
+
+ON_THE_MARGIN = {"baseline": (1.00, 900_000, "fp32"), "student": (0.250, 59_000, "fp32"),
+                 "student.fp16": (0.252, 31_000, "fp16"),
+                 # 10% slower than the student: the tie margin itself, where the rule flips
+                 "student.int8_dynamic": (0.275, 22_000, "dynamic")}
+
+
+def test_without_an_incumbent_a_variant_on_the_margin_flaps():
+    picks = {select(noisy(ON_THE_MARGIN, seed), "baseline", EvaluateParams()).name for seed in range(50)}
+    assert picks == {"student.int8_dynamic", "student.fp16"}  # what the incumbent is for
+
+
+@pytest.mark.parametrize("held", ["student.int8_dynamic", "student.fp16", "student"])
+def test_an_incumbent_on_the_margin_is_never_replaced_under_noise(held):
+    for seed in range(50):
+        sel = select(noisy(ON_THE_MARGIN, seed), "baseline", EvaluateParams(), incumbent=held)
+        assert (sel.name, sel.incumbent) == (held, "kept"), (seed, sel)
+        # the rule alone chose it too, or would have shipped another: then the report says by how much
+        assert sel.why.startswith(("the incumbent, chosen again: ", "the incumbent, kept: the rule's pick"))
+        assert sel.why.startswith("the incumbent, chosen again") or "25% on the median" in sel.why
+
+
+def test_a_clearly_faster_challenger_always_replaces_the_incumbent():
+    truth = {"baseline": (1.00, 900_000, "fp32"), "prune_layer": (0.50, 140_000, "fp32"),
+             "student": (0.25, 59_000, "fp32"), "student.fp16": (0.252, 31_000, "fp16")}
+    for seed in range(50):
+        sel = select(noisy(truth, seed), "baseline", EvaluateParams(), incumbent="prune_layer")
+        # both students beat it clearly; among them the rule's tie goes to fewer bytes
+        assert (sel.name, sel.incumbent) == ("student.fp16", "replaced"), (seed, sel)
+        assert sel.why.startswith("replaces the incumbent `prune_layer`: faster by ")
+
+
+def test_an_incumbent_that_misses_a_budget_is_replaced_and_a_missing_one_is_ignored():
+    variants = [V("baseline", 0.980, size=100_000, rounds=[1.0] * 5),
+                V("held", 0.960, size=10_000, rounds=[0.30] * 5),  # 2 pt below: over the 0.5 pt budget
+                V("other", 0.979, size=20_000, rounds=[0.31] * 5)]
+    sel = select(variants, "baseline", EvaluateParams(), incumbent="held")
+    assert (sel.name, sel.incumbent) == ("other", "fails a budget") and "incumbent `held` fails" in sel.why
+    rule = select(variants, "baseline", EvaluateParams())
+    gone = select(variants, "baseline", EvaluateParams(), incumbent="renamed")
+    assert (gone.name, gone.incumbent, rule.incumbent) == (rule.name, "absent", None)
+
+
+def test_objective_size_replaces_the_incumbent_for_fewer_bytes_only():
+    variants = [V("baseline", 0.98, size=100_000, rounds=[1.0] * 5),
+                V("held", 0.98, size=9_000, rounds=[1.0] * 5), V("twin", 0.98, size=9_000, rounds=[0.95] * 5)]
+    cfg = EvaluateParams(objective="size")
+    assert select(variants, "baseline", cfg, incumbent="held").name == "held"  # same bytes, not 25% faster
+    smaller = [*variants, V("smaller", 0.98, size=8_000, rounds=[1.1] * 5)]
+    assert select(smaller, "baseline", cfg, incumbent="held").incumbent == "replaced"
+
+
+def test_switch_margin_below_the_tie_margin_is_refused():
+    with pytest.raises(ValueError, match="switch_margin .* must be at least evaluate.latency_margin"):
+        EvaluateParams(latency_margin=0.2, switch_margin=0.1)
