@@ -144,8 +144,8 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
                        upload_evaluate(root_path, remote, logger) if push is not False else None)
     gate = regression_gate(root_path, load_params(root_path / "params.yaml").gate)
     publish_gate(gate, prefix)
-    if gate.ok:  # before the experiment is saved, so that the run's record carries it
-        accept_incumbent(root_path, logger)
+    if gate.ok and accept_incumbent(root_path, logger):  # before the experiment is saved: it carries it
+        results.append(reevaluate(root_path, prefix, remote, logger))
     experiment = None
     if save_experiment if save_experiment is not None else bool(deployment.id):
         present = [stage for stage, outcome in outcomes.items() if outcome is not StageOutcome.ON_REMOTE]
@@ -166,22 +166,41 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
     return results[start:]
 
 
-def accept_incumbent(root: Path, logger) -> None:
+def shipped(root: Path) -> str | None:
+    report = root / "reports" / "evaluate.json"
+    return json.loads(report.read_text()).get("selected") if report.exists() else None
+
+
+def accept_incumbent(root: Path, logger) -> bool:
     """The shipped variant passed the gate: it becomes the incumbent that the next
     evaluate keeps unless a challenger clearly beats it (slimline/evaluation/incumbent.py).
-    Only this flow writes the file; evaluate reads it."""
-    report = root / "reports" / "evaluate.json"
-    if not report.exists():
-        return
-    selected = json.loads(report.read_text()).get("selected")
+    Only this flow writes the file; evaluate reads it. Returns whether it changed."""
+    selected = shipped(root)
     if selected is None:  # nothing shipped: the last accepted variant stays the incumbent
         logger.info("no variant shipped: the incumbent stays as it was")
-        return
-    path = root / incumbent.PATH
-    if incumbent.write(selected, path):
+        return False
+    if incumbent.write(selected, root / incumbent.PATH):
         logger.info("%s is now the incumbent (%s): commit it with dvc.lock", selected, incumbent.PATH)
-    else:
-        logger.info("%s stays the incumbent", selected)
+        return True
+    logger.info("%s stays the incumbent", selected)
+    return False
+
+
+def reevaluate(root: Path, prefix: str, remote: Remote | None, logger) -> dict:
+    """evaluate read the previous incumbent, and the file is a dep of it: run it again with
+    the new one, so that the run leaves dvc.lock true (a new incumbent is rare: a first run,
+    a clear win, a reset). The new incumbent is what it shipped, so it stays, unless a
+    challenger now beats it by the wide band; then that waits for the next run's gate."""
+    from dvc.repo import Repo
+
+    accepted = shipped(root)
+    with Repo(str(root)) as repo:
+        uncached = uncached_outs(repo, "evaluate")
+    run = run_stage(str(root), "evaluate", False, prefix, uncached, remote)
+    if shipped(root) != accepted:
+        logger.warning("evaluate now ships %s over the new incumbent %s: the next run's gate decides",
+                       shipped(root), accepted)
+    return run.record() | {"stage": "evaluate (new incumbent)"}
 
 
 def run_stages(root_path: Path, targets, force: bool, prefix: str, remote, results: list[dict],

@@ -35,7 +35,7 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
     assert "| logit KD only |" in (tiny_pipeline / "reports/distill.md").read_text()
     # the logit-KD ablation leaves neither a model nor curves behind
     assert sorted(p.name for p in (tiny_pipeline / "models").iterdir()) == [
-        ".gitignore", "baseline", "onnx", "pruned", "ship", "student", "student_scratch"]
+        ".gitignore", "baseline", "incumbent.json", "onnx", "pruned", "ship", "student", "student_scratch"]
     assert sorted(p.name for p in (tiny_pipeline / "dvclive").iterdir()) == [
         "distill", "distill_scratch", "train_baseline"]
 

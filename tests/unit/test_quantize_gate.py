@@ -102,7 +102,7 @@ def test_evaluate_gate_marks_the_variant_and_never_selects_it(project):
     root, _ = project
     params = parse_params(PARAMS)
     evaluate(params, argparse.Namespace(data=root / "data/prepared", onnx=root / "models/onnx",
-                                        ship=root / "models/ship"))
+                                        ship=root / "models/ship", incumbent=root / "no-incumbent.json"))
     report = json.loads((root / "reports/evaluate.json").read_text())
     by = {v["name"]: v for v in report["variants"]}
     static = by["baseline.int8_static"]
