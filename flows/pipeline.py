@@ -130,7 +130,8 @@ def finalize(root_path: Path, prefix: str, remote: Remote | None, push: bool | N
              save_experiment: bool | None, results: list[dict],
              outcomes: dict[str, StageOutcome]) -> list[dict]:
     """After the stages (`outcomes`: what each did): publish the sensitivity report and the
-    Pareto charts, save the run as a DVC experiment, pass the regression gate, push. Appends
+    Pareto charts, judge the run by the regression gate (passed: what shipped becomes the
+    incumbent), save the run as a DVC experiment, then fail on a failed gate or push. Appends
     each step's outcome to `results` (a failed gate's summary still lists them) and returns them."""
     from prefect.runtime import deployment
 
