@@ -50,9 +50,11 @@ def read(path: Path = PATH) -> str | None:
 def write(name: str | None, path: Path = PATH) -> bool:
     """Make `name` the incumbent (None: no incumbent). Returns whether the file changed;
     the same name again leaves it byte for byte as it was."""
-    data = (json.dumps({"variant": name}, indent=2, sort_keys=True) + "\n").encode()
-    if path.exists() and path.read_bytes() == data:
-        return False
+    try:
+        if path.exists() and read(path) == name:
+            return False
+    except IncumbentError:
+        pass  # a broken file is replaced
     write_json(path, {"variant": name})  # atomic: a reader sees the old file or the new one
     return True
 

@@ -26,6 +26,7 @@ def test_a_foreign_file_is_refused_naming_the_reset(tmp_path, text, says):
     with pytest.raises(incumbent.IncumbentError, match="slimline incumbent --reset") as err:
         incumbent.read(path)
     assert says in str(err.value)
+    assert incumbent.write("student", path) is True and incumbent.read(path) == "student"  # replaced
 
 
 def test_cli_shows_and_resets(tmp_path, capsys):
