@@ -13,7 +13,7 @@ export PREFECT_API_URL ?= http://$(HOST):$(PORT)/api
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint test-fast verify-lock server server-stop deploy worker bench docs clean-resume s3-local
+.PHONY: setup setup-gpu run test lint test-fast verify-lock server server-stop deploy worker bench docs clean-resume s3-local
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
+
+# ONNX Runtime's CUDA and TensorRT providers (evaluate.runtimes: onnxruntime-cuda,
+# onnxruntime-tensorrt) on a GPU machine. onnxruntime-gpu installs the same `onnxruntime` module
+# as the CPU build, so it replaces it; `make setup` after a pyproject change brings the CPU build
+# back, and this target swaps it again (docs/operations.md, "GPU machines").
+setup-gpu: setup
+	$(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+	$(PY) -m pip install -q --no-deps -c constraints.txt onnxruntime-gpu
+	$(PY) -c "import onnxruntime as o; print('ONNX Runtime', o.__version__, o.get_available_providers())"
 
 # Start the local dashboard server in the background, or reuse a running one. `server stop`
 # first clears a PID file left by a server that died (reboot, kill), which would block the start.

@@ -7,8 +7,10 @@ a clone would look (plus uncommitted edits under test). Helpers live in tests/su
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,16 @@ import pytest
 # test_committed_lock beside one busy process (108 s -> 60 s, same bytes). Set before
 # torch loads here; every stage process inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# `import openvino` imports absl.logging, whose handler keeps the sys.stderr of that moment:
+# under pytest, the capture's stream. Prefect's first import configures logging, which
+# closes every handler's stream, the capture's too, and every later test in that process
+# errors with "I/O operation on closed file". absl never closes the real stderr: point its
+# handler there before anything imports OpenVINO.
+if importlib.util.find_spec("absl") is not None:
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # Before anything imports torch: pins this process's CPU math for train.numerics
 # (portable by default), as every stage process gets it. A test that needs the

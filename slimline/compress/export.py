@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from slimline.compress.onnx_files import INPUT, OUTPUT, drop_unused_initializers, failing_step, save
 from slimline.errors import StageError
-from slimline.runtime import agreement, predict
+from slimline.runtime.onnxruntime import agreement, predict
 
 
 def _fuse_linear_bn(net: nn.Module) -> None:

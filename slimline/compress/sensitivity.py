@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from slimline.compress.quantization import node_ops, quantize_static_int8, static_int8_nodes
-from slimline.runtime import predict
+from slimline.runtime.onnxruntime import predict
 
 
 @dataclass

@@ -13,7 +13,7 @@ from slimline.errors import StageError
 from slimline.model import load_model
 from slimline.params import QuantizeParams
 from slimline.paths import NOT_APPLICABLE
-from slimline.runtime import agreement, predict
+from slimline.runtime.onnxruntime import agreement, predict
 
 # Variants made only for models worth shipping; the scratch student is the KD ablation.
 FP32_ONLY = {"student_scratch"}

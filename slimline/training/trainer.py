@@ -78,7 +78,7 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
     tracked metrics (timings vary between identical runs; dvc.lock must not). The
     export is a temporary file, not an output; it costs a few hundred ms."""
     from slimline.compress.export import export_onnx
-    from slimline.runtime import latency_ms
+    from slimline.runtime.onnxruntime import latency_ms
 
     try:
         with tempfile.TemporaryDirectory(prefix="slimline-latency-") as tmp:

@@ -12,7 +12,7 @@ from slimline.compress.onnx_files import OUTPUT
 from slimline.compress.quantization import convert_fp16, quantize_dynamic_int8, quantize_static_int8
 from slimline.model import ModelSpec, build_model
 from slimline.params import Structure
-from slimline.runtime import agreement, predict, session
+from slimline.runtime.onnxruntime import agreement, predict, session
 from tests.support.onnx_models import SHAPE, make_data, onnx_files, ops, trained_model
 
 

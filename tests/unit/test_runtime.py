@@ -1,4 +1,4 @@
-"""Running and timing a model with ONNX Runtime (slimline.runtime): predictions,
+"""Running and timing a model with ONNX Runtime (slimline.runtime.onnxruntime): predictions,
 agreement, latency and throughput, the runtime floor, and clear errors on a bad file."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from slimline import runtime
+from slimline.runtime import onnxruntime as runtime
+from slimline.runtime import timing
 from tests.support.onnx_models import SHAPE, make_data, onnx_files, trained_model
 
 
@@ -76,13 +77,13 @@ def test_missing_or_corrupt_model_is_a_clear_error(tmp_path, content):
 def test_throughput_makes_fewer_calls_for_a_slow_model(trained, files, monkeypatch):
     """Batch-256 timing adapts its call count to the model's cost: at least 3 timed calls."""
     calls = []
-    real = runtime.timings
+    real = timing.call_times
 
-    def counting(sess, shape, batch, warmup, repeats):
+    def counting(call, warmup, repeats):
         calls.append((warmup, repeats))
-        return real(sess, shape, batch, warmup, repeats)
+        return real(call, warmup, repeats)
 
-    monkeypatch.setattr(runtime, "timings", counting)
+    monkeypatch.setattr(timing, "call_times", counting)
     assert runtime.throughput(files["fp32"], SHAPE, batch=8) > 0
     assert calls == [(0, 1), (2, 10)]  # a fast model: 3 warm-up calls, 10 timed, as always
     calls.clear()

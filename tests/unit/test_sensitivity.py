@@ -9,7 +9,7 @@ import torch
 from slimline.compress.export import export_onnx
 from slimline.compress.quantization import node_ops, quantize_static_int8, static_int8_nodes
 from slimline.compress.sensitivity import accuracy, static_int8_within_budget
-from slimline.runtime import predict
+from slimline.runtime.onnxruntime import predict
 
 SHAPE = (1, 12, 12)
 

@@ -1,12 +1,14 @@
-"""The ONNX Runtime side of running and timing a model: sessions, predictions, top-1
-agreement, and fair CPU timing (latency, throughput, the runtime floor).
+"""ONNX Runtime: sessions, predictions, top-1 agreement, and fair timing (latency,
+throughput, the runtime floor), on the CPU provider or, named, a GPU one.
 
-Every session gets the same options, so that timings compare like with like.
+Every session gets the same options, so that timings compare like with like. The
+training stages time their run records here, so this module never imports OpenVINO
+(slimline/runtime/openvino.py is the other runtime, a dep of evaluate only).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -14,6 +16,15 @@ import onnxruntime as ort
 from onnx import helper
 
 from slimline.compress.onnx_files import INPUT, OUTPUT, OnnxFileError
+from slimline.runtime import timing
+from slimline.runtime.timing import call_times, percentiles_ms, seeded_input
+
+CPU = ("CPUExecutionProvider",)
+# evaluate.runtimes names -> execution providers, in ORT's order of preference. The GPU
+# providers come with the onnxruntime-gpu package (`make setup-gpu`), not the CPU build.
+PROVIDERS = {"onnxruntime": CPU,
+             "onnxruntime-cuda": ("CUDAExecutionProvider", *CPU),
+             "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", *CPU)}
 
 
 def _options(threads: int) -> ort.SessionOptions:
@@ -26,29 +37,41 @@ def _options(threads: int) -> ort.SessionOptions:
     return opts
 
 
-def session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+def missing_provider(providers: tuple[str, ...] = CPU) -> str | None:
+    """The first of `providers` this onnxruntime build lacks (None: it has them all)."""
+    have = set(ort.get_available_providers())
+    return next((p for p in providers if p not in have), None)
+
+
+def session(path: str | Path, threads: int = 1, providers: tuple[str, ...] = CPU) -> ort.InferenceSession:
     path = Path(path)
     if not path.is_file():
         raise OnnxFileError(f"{path}: ONNX model not found")
     try:
-        return ort.InferenceSession(str(path), _options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), _options(threads), providers=list(providers))
     except Exception as err:
         raise OnnxFileError(f"ONNX Runtime cannot load {path}: {err}") from err
 
 
-def floor_session(input_shape: tuple, threads: int = 1, opset: int = 17) -> ort.InferenceSession:
-    """The runtime floor: a one-op graph (Relu, which reads and writes every pixel) on the
-    models' input, under the same options as every model. Its p50 is the least a sess.run
-    call costs here, so a model close to it has no latency left to win by shrinking."""
+def floor_model(input_shape: tuple, opset: int = 17) -> onnx.ModelProto:
+    """The runtime floor's graph: one Relu (it reads and writes every pixel) on the models'
+    input. Every runtime times it under its own options, as its own floor."""
     dims = ["batch", *input_shape]
     graph = helper.make_graph(
         [helper.make_node("Relu", [INPUT], [OUTPUT], "floor")], "runtime_floor",
         [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, dims)])
     # IR 8 goes with opset 17: pinned, so a newer onnx package cannot outrun the runtime
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    return ort.InferenceSession(model.SerializeToString(), _options(threads),
-                                providers=["CPUExecutionProvider"])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def floor_session(input_shape: tuple, threads: int = 1,
+                  providers: tuple[str, ...] = CPU) -> ort.InferenceSession:
+    """The runtime floor: a one-op graph (Relu, which reads and writes every pixel) on the
+    models' input, under the same options as every model. Its p50 is the least a sess.run
+    call costs here, so a model close to it has no latency left to win by shrinking."""
+    return ort.InferenceSession(floor_model(input_shape).SerializeToString(), _options(threads),
+                                providers=list(providers))
 
 
 def _session(sess_or_path, shape: tuple) -> ort.InferenceSession:
@@ -78,37 +101,26 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(1) == b.argmax(1)))
 
 
+def caller(sess_or_path, input_shape, batch: int) -> Callable[[], object]:
+    """One sess.run on a fixed seeded input whose feed is built once: only the run is timed."""
+    sess = _session(sess_or_path, (batch, *input_shape))
+    feed = {INPUT: seeded_input((batch, *input_shape))}
+    return lambda: sess.run([OUTPUT], feed)
+
+
 def timings(sess_or_path, input_shape, batch: int, warmup: int, repeats: int) -> np.ndarray:
     """Seconds per sess.run call, `repeats` of them after `warmup` untimed ones."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    sess = _session(sess_or_path, (batch, *input_shape))
-    # A fixed seeded input and a feed built once: only sess.run is inside the timer.
-    feed = {INPUT: np.random.default_rng(0).uniform(0, 255, (batch, *input_shape)).astype(np.float32)}
-    for _ in range(warmup):
-        sess.run([OUTPUT], feed)
-    times = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        sess.run([OUTPUT], feed)
-        times[i] = time.perf_counter() - t0
-    return times
+    return call_times(caller(sess_or_path, input_shape, batch), warmup, repeats)
 
 
 def latency_ms(sess_or_path, input_shape, batch: int = 1, warmup: int = 20, repeats: int = 200) -> dict:
     """Milliseconds per sess.run call: {"p50", "p95", "p99", "mean"}."""
-    t = timings(sess_or_path, input_shape, batch, warmup, repeats) * 1e3
-    p50, p95, p99 = np.percentile(t, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(t.mean())}
+    return percentiles_ms(timings(sess_or_path, input_shape, batch, warmup, repeats))
 
 
 def throughput(sess_or_path, input_shape, batch: int = 256, warmup: int = 3, repeats: int = 10,
                budget_s: float = 3.0) -> float:
-    """Images per second at the median call time (robust to one stray slow call). A model
-    whose batch takes long gets fewer calls (at least 3 timed), so that measuring it stays
-    within about budget_s: a big model must not make evaluate take minutes."""
-    sess = _session(sess_or_path, (batch, *input_shape))
-    probe = float(timings(sess, input_shape, batch, 0, 1)[0])  # also the first warm-up call
-    repeats = max(3, min(repeats, int(budget_s / max(probe, 1e-9))))
-    warmup = min(max(warmup - 1, 0), repeats // 3)
-    return float(batch / np.median(timings(sess, input_shape, batch, warmup, repeats)))
+    """Images per second at batch `batch` (timing.throughput: at most about budget_s)."""
+    return timing.throughput(caller(sess_or_path, input_shape, batch), batch, warmup, repeats, budget_s)
