@@ -1,6 +1,7 @@
 """`slimline check [PARAMS_FILE]`: everything that can be checked before any work.
 
-1. params.yaml against the schema (slimline.params), every section;
+1. params.yaml against the schema (slimline.params), every section, and the runtimes that
+   evaluate.runtimes names are installed (a GPU one needs `make setup-gpu`);
 2. the files it brings (data, a python: model, weights) are deps in dvc.yaml;
 3. the models it asks for build, run, export to ONNX and trace for pruning (slimline.preflight;
    cached, and skipped for the built-in cnn).
@@ -58,9 +59,14 @@ def problems(raw: dict, root: Path, source: str = "params.yaml") -> str | None:
     """What stops a run of these params in the project at root, as one message; None if
     nothing does. The flow calls it too, with its overrides applied."""
     try:
-        parse_params(raw, source)
+        params = parse_params(raw, source)
     except ParamsError as err:
         return str(err)
+    from slimline.runtime.registry import missing as runtime_missing
+
+    lacking = [why for r in params.evaluate.runtimes if (why := runtime_missing(r))]
+    if lacking:  # before any work: evaluate would stop on it after hours of training
+        return "evaluate.runtimes: " + "; ".join(lacking)
     missing = undeclared_files(raw, root)  # the files params bring must be stage deps
     if missing:
         return (f"dvc.yaml does not list the files {source} brings as deps: "

@@ -436,8 +436,14 @@ class QuantizeParams(Section):
     opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 
+# Where a variant can run (slimline/runtime/registry.py): ONNX Runtime's CPU provider;
+# OpenVINO on the CPU at f32, or at bf16 by name; ONNX Runtime's GPU providers (onnxruntime-gpu).
+Runtime = Literal["onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+
+
 class EvaluateParams(Section):
-    """`evaluate`: measure every variant and choose the one to ship."""
+    """`evaluate`: measure every variant on every runtime and choose the (variant, runtime) to ship."""
 
     objective: Literal["latency", "size"] = Field(
         "latency", description="What the shipped variant minimises among those within every budget: "
@@ -447,11 +453,18 @@ class EvaluateParams(Section):
                                        "(0.005 = 0.5 pt).")
     max_bytes: Optional[int] = Field(None, ge=1, description="Largest model file size in bytes; "
                                                              "null: no size budget.")
-    max_p50_ms: Optional[float] = Field(None, gt=0, description="Largest ONNX Runtime p50 latency at "
-                                                                "batch 1, in ms; null: no latency budget.")
+    max_p50_ms: Optional[float] = Field(
+        None, gt=0, description="Largest p50 latency at batch 1 on the pair's runtime, in ms; null: no "
+                                "latency budget.")
+    runtimes: list[Runtime] = Field(
+        default_factory=lambda: ["onnxruntime", "openvino"], min_length=1,
+        description="Runtimes every variant is measured on; each (variant, runtime) pair is a candidate to "
+                    "ship. The first is the reference: budgets and speed-ups are against the baseline on it. "
+                    "openvino computes in f32, openvino-bf16 in bf16; onnxruntime-cuda and "
+                    "onnxruntime-tensorrt need the onnxruntime-gpu package (make setup-gpu).")
     require_selection: bool = Field(False, description="Fail the stage when no variant meets every "
                                                        "budget; false ships no model and records why.")
-    threads: int = Field(1, ge=1, description="ONNX Runtime and torch threads for timing.")
+    threads: int = Field(1, ge=1, description="Threads of every runtime, and torch's, for timing.")
     warmup: int = Field(20, ge=0, description="Untimed runs of each variant before the first round.")
     repeats: int = Field(200, ge=10, description="Timed runs per variant and round; a round's p50 is over "
                                                  "these.")
@@ -468,6 +481,13 @@ class EvaluateParams(Section):
                                        "when it beats it by latency_margin in 4 of 5 rounds and its median "
                                        "p50 is this much lower too (relative), or when the incumbent misses "
                                        "a budget. Must be at least latency_margin.")
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"runtimes lists a runtime twice: {v}")
+        return v
 
     @model_validator(mode="after")
     def _switch_wider_than_tie(self):

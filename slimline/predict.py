@@ -1,4 +1,4 @@
-"""Classify images with the ship bundle, using ONNX Runtime alone (no torch).
+"""Classify images with the ship bundle, on the runtime its manifest names (no torch).
 
     python -m slimline.predict PATH... [--bundle models/ship] [--json]
 
@@ -6,6 +6,10 @@ PATH is an image (PNG, JPEG, BMP, WebP) or an .npz holding an array `x` of (N,H,
 (N,C,H,W) raw pixels. Images are converted to the bundle's channel count and, when the
 training images were resized (an image folder with data.image_size), resized the same
 way; otherwise they must already have its height and width.
+
+The bundle runs on the runtime it was chosen on, with the settings it was timed with
+(manifest.json's "runtime"); OpenVINO is imported only for a bundle that names it. A
+bundle from before runtimes were chosen runs on ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -19,8 +23,6 @@ import numpy as np
 
 class Bundle:
     def __init__(self, folder: str | Path):
-        import onnxruntime as ort
-
         folder = Path(folder)
         manifest = folder / "manifest.json"
         if not manifest.exists():
@@ -32,22 +34,36 @@ class Bundle:
         self.labels = json.loads((folder / "labels.json").read_text())
         self.shape = tuple(self.manifest["input"]["shape"][1:])  # (C, H, W)
         self.resize = bool(self.manifest["input"].get("resize", False))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
+        runtime = self.manifest.get("runtime") or {}
+        self.runtime = runtime.get("name", "onnxruntime")
+        settings = runtime.get("settings") or {}
+        self.threads = settings.get("INFERENCE_NUM_THREADS") or settings.get("intra_op_num_threads") or 1
+        self.runner = self._load(folder)
+
+    def _load(self, folder: Path):
+        """The bundle's model on its runtime, with the threads it was timed with; a clear error
+        for a runtime that is not installed here or a file it cannot load."""
+        from slimline.runtime import registry
+
+        why = registry.missing(self.runtime)
+        if why:
+            raise ValueError(f"{folder} runs on {self.runtime} (its manifest.json), which cannot run here: "
+                             f"{why}. Or run its model.onnx on ONNX Runtime yourself")
+        files = self.manifest.get("files") or {"onnx": "model.onnx"}
+        name = files.get("openvino", files["onnx"]) if self.runtime.startswith("openvino") else files["onnx"]
+        path = folder / name
         try:
-            self.session = ort.InferenceSession(str(folder / "model.onnx"), opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - ORT raises its own types for truncated or foreign files
-            raise ValueError(f"{folder / 'model.onnx'} cannot be loaded ({err}); rebuild the bundle "
+            return registry.load(self.runtime, path, self.shape, threads=self.threads)
+        except Exception as err:  # noqa: BLE001 - each runtime raises its own types for a bad file
+            raise ValueError(f"{path} cannot be loaded on {self.runtime} ({err}); rebuild the bundle "
                              f"with the `evaluate` stage") from None
-        self.input = self.session.get_inputs()[0].name
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         if x.ndim == 3:
             x = x[:, None]
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"input shape {tuple(x.shape[1:])} does not match the model's {self.shape}")
-        return self.session.run(None, {self.input: x.astype(np.float32)})[0]
+        return self.runner.predict(x.astype(np.float32))
 
     def predict(self, x: np.ndarray) -> list[tuple[str, float]]:
         logits = self.logits(x)

@@ -1,18 +1,21 @@
-"""Stage `evaluate`: measure every variant the same way and choose the one to ship.
+"""Stage `evaluate`: measure every variant on every runtime the same way and choose the
+(variant, runtime) pair to ship.
 
     python -m tasks.evaluate --data data/prepared --onnx models/onnx --ship models/ship
                              [--params params.yaml]
 
-Writes reports/evaluate.json ({"baseline", "selected", "variants", "hardware",
-"selection", "lineage"}), evaluate_summary.json, evaluate.md, two Pareto PNGs, and the
-ship bundle for the selected variant in models/ship/, with its MODEL_CARD.md
-(slimline/evaluation/ holds the how).
+Writes reports/evaluate.json ({"baseline", "selected", "variants": one record per
+pair, named `variant@runtime`, "runtimes", "skipped", "hardware", "selection",
+"lineage"}), evaluate_summary.json, evaluate.md, two Pareto PNGs, and the ship bundle
+for the selected pair in models/ship/, with its MODEL_CARD.md (slimline/evaluation/
+holds the how).
 
-A variant is eligible when it is within every evaluate budget (against the baseline)
-and passes the quantize gate: top-1 agreement with its own fp32 source on test of at
-least quantize.min_agreement, and val accuracy at most quantize.max_accuracy_drop below
-it. Each variant's record says which it misses (`budget_misses`, each reason naming its
-param; `quantize_gate_passed`), and no variant that misses one is selected.
+A pair is eligible when it is within every evaluate budget (against the baseline on the
+reference runtime, evaluate.runtimes' first) and passes the quantize gate: top-1
+agreement with its own fp32 source on the same runtime, on test, of at least
+quantize.min_agreement, and val accuracy at most quantize.max_accuracy_drop below it.
+Each record says which it misses (`budget_misses`, each reason naming its param;
+`quantize_gate_passed`), and no pair that misses one is selected.
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.evaluation import incumbent
 from slimline.evaluation.card import lineage, render
-from slimline.evaluation.measure import hardware, measure
+from slimline.evaluation.measure import hardware, measure, runtime_records
 from slimline.evaluation.plots import pareto_plot
 from slimline.evaluation.report import markdown, summary
-from slimline.evaluation.selection import pareto_front, quantize_gate, ratio_range, select, wins_needed
+from slimline.evaluation.selection import annotate, candidate, select, wins_needed
 from slimline.evaluation.ship import git_commit, write_ship
 from slimline.io import write_json
 from slimline.params import Params
@@ -51,44 +54,39 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
     quant_manifest = json.loads(manifest_path.read_text())
     torch.set_num_threads(cfg.threads)
     prep = load_prepared(args.data)
-    variants, floor = measure(quant_manifest["variants"], args.onnx, prep, cfg)
+    variants, floors, skipped = measure(quant_manifest["variants"], args.onnx, prep, cfg)
+    baseline = candidate(BASELINE, cfg.runtimes[0])  # the reference: budgets and ratios are against it
+    if not any(v["name"] == baseline for v in variants):
+        raise StageError(f"the baseline could not run on {cfg.runtimes[0]}, the reference runtime "
+                         f"(evaluate.runtimes' first): {next(s['reason'] for s in skipped)}")
     # The quantize gate: a compressed form must match its own fp32 source (quantize.min_agreement,
     # quantize.max_accuracy_drop), measured here; quantize writes every variant and judges none.
-    sel = select(variants, BASELINE, cfg, gate=params.quantize, incumbent=incumbent.read(args.incumbent))
-    for cost in ("ort_p50_ms_b1", "bytes"):
-        front = pareto_front(variants, cost)
-        for v in variants:
-            v[f"pareto_{'latency' if cost.startswith('ort') else 'bytes'}"] = v["name"] in front
-    base = next(v for v in variants if v["name"] == BASELINE)
-    for v in variants:
-        v["quantize_gate_passed"] = not quantize_gate(v, params.quantize)
-        v["within_budget"] = not sel.failures[v["name"]]  # eligible: every budget and the gate
-        v["budget_misses"] = sel.failures[v["name"]]  # each reason names the param it misses
-        # speed-up over the baseline: ratio of the median p50s, and its range over the rounds
-        ratio, lo, hi = ratio_range(base, v)
-        v["latency_ratio"], v["latency_ratio_range"] = ratio, [lo, hi]
-    hw = hardware(cfg.threads) | {f"floor_{k}": floor[k] for k in ("p50_ms", "p50_ms_rounds")}
+    sel = select(variants, baseline, cfg, gate=params.quantize, incumbent=incumbent.read(args.incumbent))
+    base = annotate(variants, baseline, sel, params.quantize)
+    hw, runtimes = hardware(cfg.threads), runtime_records(cfg, floors)
     chosen = next((v for v in variants if v["name"] == sel.name), None)
     why = "" if chosen else "no variant meets every budget: " + "; ".join(
         f"{n}: {', '.join(f)}" for n, f in sel.failures.items() if f)
     if chosen is None and cfg.require_selection:  # before writing: keep the last good bundle
         raise StageError(f"evaluate.require_selection is true and {why}")
     summ = summary(base, chosen, sel)
-    report = {"baseline": BASELINE, "selected": sel.name, "variants": variants, "hardware": hw,
+    report = {"baseline": baseline, "selected": sel.name, "variants": variants, "runtimes": runtimes,
+              "skipped": skipped, "hardware": hw,
               "selection": summ | {"objective": cfg.objective, "latency_margin": cfg.latency_margin,
                                    "rounds": cfg.rounds, "wins_needed": wins_needed(cfg.rounds)}}
     if chosen:
-        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["name"])
+        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["variant"])
         # models/: the folders this stage's dvc.yaml deps name (models/baseline, models/student, ...)
         report["lineage"] = lineage(chosen, entry, params, args.data, args.onnx, Path("models"), prep.meta,
                                     git_commit(), quant_manifest.get("calibration"))
     reports = Path("reports")
-    pareto_plot(variants, "ort_p50_ms_b1", "ORT batch-1 p50 latency (ms)", reports / "pareto_latency.png",
-                sel.name)
+    pareto_plot(variants, "p50_ms_b1", "batch-1 p50 latency (ms), each on its runtime",
+                reports / "pareto_latency.png", sel.name)
     pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
-    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report))
+    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report),
+               runtime=runtimes[chosen["runtime"]] if chosen else None)
     write_json(reports / "evaluate_summary.json", summ)
-    md = markdown(cfg, variants, summ, hw, why, params.quantize)
+    md = markdown(cfg, report, why, params.quantize)
     write_report("evaluate", report, md)
     print(f"evaluate: selected {sel.name}" + (f" ({summ['size_ratio']:.1f}x smaller, "
                                               f"{summ['latency_ratio']:.2f}x faster; {sel.why})"

@@ -134,6 +134,7 @@ def render(report: dict) -> str:
         return (f"# Model card\n\nNo model shipped: {sel['why']}. "
                 f"`reports/evaluate.md` lists each variant's misses.\n")
     v, lin = by[report["selected"]], report["lineage"]
+    rt = report["runtimes"][v["runtime"]]
     lo, hi = sel["latency_ratio_range"]
     params_yaml = "\n".join(f"{s}: {json.dumps(p, sort_keys=True)}" for s, p in lin["params"].items())
     order = ["train", "val", "test"]  # meta.json keeps its keys sorted
@@ -155,19 +156,35 @@ def render(report: dict) -> str:
          f"{_pct(base['val_accuracy'])} {_ci(base['val_ci95'])}"),
         ("file bytes", f"{v['bytes']:,}", f"{base['bytes']:,}"),
         ("FLOPs per image", f"{v['flops']:,}", f"{base['flops']:,}"),
-        ("ORT p50 / p95 / p99, b1 (ms)", f"{v['ort_p50_ms_b1']:.4f} / {v['ort_p95_ms_b1']:.4f} / "
-                                         f"{v['ort_p99_ms_b1']:.4f}",
-         f"{base['ort_p50_ms_b1']:.4f} / {base['ort_p95_ms_b1']:.4f} / {base['ort_p99_ms_b1']:.4f}"),
-        ("ORT throughput, b256 (images/s)", f"{v['ort_throughput_b256']:,.0f}",
-         f"{base['ort_throughput_b256']:,.0f}"),
-        ("p50 over the runtime floor", f"{v['floor_multiple']:.2f}x", f"{base['floor_multiple']:.2f}x"),
+        ("p50 / p95 / p99, b1 (ms)", f"{v['p50_ms_b1']:.4f} / {v['p95_ms_b1']:.4f} / {v['p99_ms_b1']:.4f}",
+         f"{base['p50_ms_b1']:.4f} / {base['p95_ms_b1']:.4f} / {base['p99_ms_b1']:.4f}"),
+        ("throughput, b256 (images/s)", f"{v['throughput_b256']:,.0f}", f"{base['throughput_b256']:,.0f}"),
+        ("p50 over its runtime's floor", f"{v['floor_multiple']:.2f}x", f"{base['floor_multiple']:.2f}x"),
     ]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
-    return f"""# Model card: `{v['name']}`
+    # the same file on the other runtimes: what shipping it there would give
+    others = sorted((o for o in report["variants"] if o["variant"] == v["variant"] and o is not v),
+                    key=lambda o: o["p50_ms_b1"])
+    runner_up = "\n".join(
+        f"- {o['runtime']} {report['runtimes'][o['runtime']]['version']} (precision: {o['precision']}): "
+        f"p50 {o['p50_ms_b1']:.4f} ms (speed-up over the baseline {o['latency_ratio']:.2f}x, against "
+        f"{v['latency_ratio']:.2f}x shipped), test accuracy {_pct(o['accuracy'])}, throughput b256 "
+        f"{o['throughput_b256']:,.0f} images/s"
+        + ("" if o["within_budget"] else f"; not eligible: {'; '.join(o['budget_misses'])}")
+        for o in others) or "- (no other runtime was measured)"
+    skipped = [s_ for s_ in report.get("skipped", []) if s_["variant"] == v["variant"]]
+    runner_up += "".join(f"\n- {s_['runtime']}: could not load it ({s_['reason']})" for s_ in skipped)
+    ir = ", its OpenVINO IR `model.xml` + `.bin`" if v["runtime"].startswith("openvino") else ""
+    return f"""# Model card: `{v['variant']}` on {v['runtime']}
 
-The model in this folder (`model.onnx`, labels in `labels.json`, input in `manifest.json`),
-chosen by the `evaluate` stage: {sel['why']}. The full comparison of every variant is in
-`reports/evaluate.md`.
+The model in this folder (`model.onnx`{ir}; labels in `labels.json`; input and runtime in
+`manifest.json`), chosen by the `evaluate` stage: {sel['why']}. The full comparison of every
+variant on every runtime is in `reports/evaluate.md`.
+
+## Runtime
+{v['runtime']} {rt['version']} (precision: {v['precision']}), with the settings in `manifest.json`
+(`slimline predict` applies them). The same file on the other runtimes, measured in the same rounds:
+{runner_up}
 
 ## Lineage
 - Commit: {commit}
@@ -190,7 +207,7 @@ Checks passed before anything trained (Great Expectations):
 {checks}
 
 ## Metrics
-| metric | shipped `{v['name']}` | baseline `{base['name']}` |
+| metric | shipped `{v['name']}` | baseline `{base['name']}` (the reference) |
 |---|---|---|
 {table}
 
@@ -198,7 +215,7 @@ Against the baseline (above 1: smaller, faster): bytes ratio **{sel['size_ratio'
 **{sel['latency_ratio']:.2f}x** (per-round range [{lo:.2f}, {hi:.2f}] over the timing rounds), validation \
 accuracy
 {change(sel['val_accuracy_drop_pt'])} pt, test accuracy {change(sel['accuracy_drop_pt'])} pt.
-Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
+Runtime floor of {v['runtime']} (a one-op graph, same settings): {rt['floor_p50_ms']:.4f} ms.
 
 ## Compression
 {chr(10).join(f'- {s}' for s in lin['compression'])}
@@ -206,15 +223,15 @@ Runtime floor (a one-op graph, same options): {hw['floor_p50_ms']:.4f} ms.
 [`reports/sensitivity.md`](../../reports/sensitivity.md).
 
 ## Hardware
-Measured on {hw['cpu']} ({hw['cores']} cores, {hw['threads']} ONNX Runtime thread(s)),
-ONNX Runtime {hw['onnxruntime']}. ISA: {_isa(hw['isa'])} (flags: {', '.join(hw['isa']) or 'unknown'}).
+Measured on {hw['cpu']} ({hw['cores']} cores, {hw['threads']} runtime thread(s)),
+{v['runtime']} {rt['version']}. ISA: {_isa(hw['isa'])} (flags: {', '.join(hw['isa']) or 'unknown'}).
 
 ## Limits
 - Latency and throughput hold for this CPU model and thread count only. int8 kernels
   differ most between CPUs: the same int8 model can be faster, slower, or less accurate
   elsewhere (VNNI and AMX change the kernels; accuracy of one QDQ network has been
   reported several points apart on two CPU families). Re-run `evaluate` on the target.
-- The p50 is the median of {sel['rounds']} rounds, the variants taking turns in each; one beats another only
+- The p50 is the median of {sel['rounds']} rounds, the pairs taking turns in each; one beats another only
   when faster by more than {sel['latency_margin']:.0%} in {sel['wins_needed']} of them.
 - Accuracy is measured on the held-out splits of this data only ({sizes}); the intervals
   (CI95) are Wilson score intervals, and say nothing about data from elsewhere.

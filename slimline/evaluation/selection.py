@@ -1,8 +1,10 @@
 """Choosing the model to ship: budgets, objective, Pareto fronts, confidence intervals.
 
-Pure functions on the variant records of reports/evaluate.json, so the rules
-are tested on fixed inputs. Selection uses *validation* accuracy; test
-accuracy is only reported (choosing on the test set would inflate it).
+Pure functions on the records of reports/evaluate.json, so the rules are tested on
+fixed inputs. A record is a candidate: one variant on one runtime, named
+`variant@runtime` (`candidate`); the rules compare candidates across runtimes as
+across variants. Selection uses *validation* accuracy; test accuracy is only
+reported (choosing on the test set would inflate it).
 """
 from __future__ import annotations
 
@@ -11,6 +13,21 @@ import statistics
 from typing import NamedTuple
 
 from slimline.params import EvaluateParams, QuantizeParams
+
+SEP = "@"
+PREFERRED_RUNTIME = "onnxruntime"  # on equal bytes and a latency tie: fewer packages, the lowest floor
+
+
+def candidate(variant: str, runtime: str) -> str:
+    """The name of `variant` on `runtime`: "student.int8_static@openvino"."""
+    return f"{variant}{SEP}{runtime}"
+
+
+def split_candidate(name: str) -> tuple[str, str]:
+    """(variant, runtime) of a candidate's name; a bare variant name (from before
+    runtimes were chosen) ran on onnxruntime."""
+    variant, sep, runtime = name.rpartition(SEP)
+    return (variant, runtime) if sep else (name, PREFERRED_RUNTIME)
 
 
 def wilson_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -46,8 +63,8 @@ def budget_failures(v: dict, base: dict, cfg: EvaluateParams) -> list[str]:
                    f"evaluate.max_accuracy_drop {cfg.max_accuracy_drop * 100:.2f} pt)")
     if cfg.max_bytes is not None and v["bytes"] > cfg.max_bytes:
         why.append(f"{v['bytes']:,} bytes > max_bytes {cfg.max_bytes:,}")
-    if cfg.max_p50_ms is not None and v["ort_p50_ms_b1"] > cfg.max_p50_ms:
-        why.append(f"p50 {v['ort_p50_ms_b1']:.4f} ms > max_p50_ms {cfg.max_p50_ms}")
+    if cfg.max_p50_ms is not None and v["p50_ms_b1"] > cfg.max_p50_ms:
+        why.append(f"p50 {v['p50_ms_b1']:.4f} ms > max_p50_ms {cfg.max_p50_ms}")
     return why
 
 
@@ -71,7 +88,7 @@ def quantize_gate(v: dict, q: QuantizeParams) -> list[str]:
 
 def rounds_of(v: dict) -> list[float]:
     """Every round's p50 (a record from before rounds were kept: its one p50)."""
-    return v.get("ort_p50_ms_b1_rounds") or [v["ort_p50_ms_b1"]]
+    return v.get("p50_ms_b1_rounds") or [v["p50_ms_b1"]]
 
 
 def wins_needed(n_rounds: int) -> int:
@@ -111,9 +128,14 @@ class Selection(NamedTuple):
     incumbent: str | None = None
 
 
+def _other_runtime(v: dict) -> bool:
+    return v.get("runtime", PREFERRED_RUNTIME) != PREFERRED_RUNTIME
+
+
 def _tie_break(v: dict) -> tuple:
-    # fewer bytes, higher val accuracy, fp32 before a quantized form, name
-    return v["bytes"], -v["val_accuracy"], v["quantization"] != "fp32", v["name"]
+    # fewer bytes; on equal bytes (the same file on two runtimes, as a rule) onnxruntime;
+    # higher val accuracy, fp32 before a quantized form, name
+    return v["bytes"], _other_runtime(v), -v["val_accuracy"], v["quantization"] != "fp32", v["name"]
 
 
 def _latency_tied(pool: list[dict], margin: float) -> tuple[dict, list[dict]]:
@@ -125,7 +147,8 @@ def _latency_tied(pool: list[dict], margin: float) -> tuple[dict, list[dict]]:
 
 def _reason(winner: dict, others: list[dict]) -> str:
     """What decided between the winner and the variants it tied with."""
-    keys = [("fewer bytes", lambda v: v["bytes"]), ("higher val accuracy", lambda v: -v["val_accuracy"]),
+    keys = [("fewer bytes", lambda v: v["bytes"]), (f"{PREFERRED_RUNTIME} on equal bytes", _other_runtime),
+            ("higher val accuracy", lambda v: -v["val_accuracy"]),
             ("fp32 before a quantized form", lambda v: v["quantization"] != "fp32")]
     rest = list(others)
     for text, key in keys:
@@ -159,8 +182,10 @@ def _versus(challenger: dict, incumbent: dict, cfg: EvaluateParams) -> str:
 
 def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
            gate: QuantizeParams | None = None, incumbent: str | None = None) -> Selection:
-    """The variant to ship, by a rule that timing noise cannot flip, with hysteresis
-    against `incumbent` (the variant last shipped and accepted; None: there is none).
+    """The candidate (variant on a runtime) to ship, by a rule that timing noise cannot
+    flip, with hysteresis against `incumbent` (the candidate last shipped and accepted;
+    None: there is none). `baseline` is the baseline on the reference runtime: the
+    budgets are against it.
 
     Without an incumbent, `choose` below decides. With one that is within every budget,
     it stays unless a challenger `replaces` it; among several that do, `choose` picks.
@@ -168,7 +193,6 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
 
     Eligible: within every evaluate budget and, with `gate`, through the quantize gate
     (quantize_gate); the rest are never chosen, and `failures` says why.
-
     """
     by_name = {v["name"]: v for v in variants}
     if baseline not in by_name:
@@ -205,14 +229,34 @@ def select(variants: list[dict], baseline: str, cfg: EvaluateParams,
                             f"{_versus(by_name[new.name], inc, cfg)}; among challengers, {new.why}")
 
 
+def annotate(variants: list[dict], baseline: str, sel: Selection, gate: QuantizeParams) -> dict:
+    """Write on every record what evaluate found: on which Pareto fronts it is, whether it
+    passes the quantize gate and every budget (and if not, each reason, naming its param),
+    and its speed-up over `baseline` (the ratio of the median p50s and its range over the
+    rounds). Returns the baseline's record."""
+    for cost, key in (("p50_ms_b1", "pareto_latency"), ("bytes", "pareto_bytes")):
+        front = pareto_front(variants, cost)
+        for v in variants:
+            v[key] = v["name"] in front
+    base = next(v for v in variants if v["name"] == baseline)
+    for v in variants:
+        v["quantize_gate_passed"] = not quantize_gate(v, gate)
+        v["within_budget"] = not sel.failures[v["name"]]  # eligible: every budget and the gate
+        v["budget_misses"] = sel.failures[v["name"]]
+        ratio, lo, hi = ratio_range(base, v)
+        v["latency_ratio"], v["latency_ratio_range"] = ratio, [lo, hi]
+    return base
+
+
 def choose(eligible: list[dict], failures: dict[str, list[str]], cfg: EvaluateParams) -> Selection:
     """The rule among eligible variants (every one within every budget), incumbent aside.
     objective latency: among the variants within every budget, F* has the lowest
     median p50; the tied set is every variant F* does not beat (see `beats`); within
-    it the winner has fewer bytes, then higher val accuracy, then fp32 before a
-    quantized form, then the first name. objective size swaps the roles: the tied set
-    is the variants with the fewest bytes (bytes are exact), and among them latency
-    decides by the same rounds rule, then val accuracy, fp32, name.
+    it the winner has fewer bytes, then (equal bytes: the same file on two runtimes)
+    onnxruntime, then higher val accuracy, then fp32 before a quantized form, then the
+    first name. objective size swaps the roles: the tied set is the candidates with the
+    fewest bytes (bytes are exact), and among them latency decides by the same rounds
+    rule, then onnxruntime, val accuracy, fp32, name.
     """
     margin = cfg.latency_margin
     if cfg.objective == "latency":
@@ -238,7 +282,7 @@ def choose(eligible: list[dict], failures: dict[str, list[str]], cfg: EvaluatePa
         fewest = min(v["bytes"] for v in eligible)
         same = [v for v in eligible if v["bytes"] == fewest]
         fastest, tied = _latency_tied(same, margin)
-        key = lambda v: (-v["val_accuracy"], v["quantization"] != "fp32", v["name"])  # noqa: E731
+        key = lambda v: _tie_break(v)[1:]  # noqa: E731 - the bytes are equal
         winner = fastest if len(tied) == 1 else min(tied, key=key)
         others = [v for v in same if v is not winner]
         rest = sorted((v for v in eligible if v["bytes"] > fewest), key=lambda v: (v["bytes"], v["name"]))

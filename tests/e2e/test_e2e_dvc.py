@@ -53,29 +53,33 @@ def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):
         assert PROMISE in (tiny_pipeline / f"reports/{stage}.md").read_text(), stage
 
 
-REQUIRED = {"name", "accuracy", "params", "nonzero_params", "bytes", "gzip_bytes", "flops",
-            "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_throughput_b256", "torch_p50_ms_b1"}
+REQUIRED = {"name", "variant", "runtime", "precision", "accuracy", "params", "nonzero_params", "bytes",
+            "gzip_bytes", "flops", "p50_ms_b1", "p95_ms_b1", "throughput_b256", "torch_p50_ms_b1"}
 
 
 def test_evaluate_json_schema(tiny_pipeline):
     report = json.loads((tiny_pipeline / "reports/evaluate.json").read_text())
-    assert {"baseline", "selected", "variants", "hardware", "selection"} <= set(report)
-    assert report["baseline"] == "baseline"
+    assert {"baseline", "selected", "variants", "runtimes", "skipped", "hardware", "selection"} <= set(report)
+    assert report["baseline"] == "baseline@onnxruntime"  # the reference runtime: the first listed
     names = [v["name"] for v in report["variants"]]
     assert len(names) == len(set(names))
-    # every model of the DAG, and each shipped-able one in every quantized form
+    # every model of the DAG, and each shipped-able one in every quantized form, on both runtimes
+    assert set(report["runtimes"]) == {"onnxruntime", "openvino"} and report["skipped"] == []
     for name in ["baseline", "student", "student_scratch", "prune_unstructured", "prune_structured",
                  "prune_layer", "baseline.int8_dynamic", "baseline.int8_static", "baseline.fp16"]:
-        assert name in names
+        assert {f"{name}@onnxruntime", f"{name}@openvino"} <= set(names)
     assert report["selected"] is None or report["selected"] in names
     for v in report["variants"]:
         assert REQUIRED <= set(v), REQUIRED - set(v)
+        assert v["name"] == f"{v['variant']}@{v['runtime']}"
+        assert v["precision"] == ("f32" if v["runtime"] == "openvino" else "as stored")
         assert 0 <= v["accuracy"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
-        assert v["bytes"] == (tiny_pipeline / "models/onnx" / f"{v['name']}.onnx").stat().st_size
-        assert v["ort_p50_ms_b1"] > 0 and v["ort_p99_ms_b1"] >= v["ort_p95_ms_b1"] >= v["ort_p50_ms_b1"]
-        rounds = v["ort_p50_ms_b1_rounds"]  # every round kept; the p50 is their median
-        assert len(rounds) == 5 and v["ort_p50_ms_b1"] == sorted(rounds)[2]
-        assert v["floor_multiple"] == v["ort_p50_ms_b1"] / report["hardware"]["floor_p50_ms"]
+        assert v["bytes"] == (tiny_pipeline / "models/onnx" / f"{v['variant']}.onnx").stat().st_size
+        assert v["p50_ms_b1"] > 0 and v["p99_ms_b1"] >= v["p95_ms_b1"] >= v["p50_ms_b1"]
+        rounds = v["p50_ms_b1_rounds"]  # every round kept; the p50 is their median
+        assert len(rounds) == 5 and v["p50_ms_b1"] == sorted(rounds)[2]
+        # each pair over its own runtime's floor
+        assert v["floor_multiple"] == v["p50_ms_b1"] / report["runtimes"][v["runtime"]]["floor_p50_ms"]
         assert v["flops"] > 0  # a quantized form does its fp32 source's operations
         assert (v["torch_p50_ms_b1"] is not None) == (v["quantization"] == "fp32")
         # the quantize gate, measured by evaluate against the variant's own fp32 source
@@ -88,13 +92,15 @@ def test_evaluate_json_schema(tiny_pipeline):
             assert not v["within_budget"] and any("quantize." in r for r in v["budget_misses"])
     hw = report["hardware"]
     assert {"cpu", "isa", "cores", "threads", "onnxruntime", "torch", "gpu"} <= set(hw)
-    assert 0 < hw["floor_p50_ms"] and len(hw["floor_p50_ms_rounds"]) == 5
+    for info in report["runtimes"].values():
+        assert 0 < info["floor_p50_ms"] and len(info["floor_p50_ms_rounds"]) == 5
+        assert info["version"] and info["settings"]
     sel = report["selection"]
     assert sel["selected"] == report["selected"] and sel["why"]
     if report["selected"]:
         lo, hi = sel["latency_ratio_range"]
         assert lo <= sel["latency_ratio"] <= hi
-    pruned = {v["name"]: v for v in report["variants"]}["prune_unstructured"]
+    pruned = {v["name"]: v for v in report["variants"]}["prune_unstructured@onnxruntime"]
     assert pruned["nonzero_params"] < 0.5 * pruned["params"]  # 75% of weights gone
 
 
@@ -111,7 +117,11 @@ def test_ship_bundle_matches_its_torch_source(tiny_pipeline):
     if manifest["selected"] is None:
         pytest.skip(f"nothing selected on the tiny config: {manifest['reason']}")
     onnx_manifest = json.loads((tiny_pipeline / "models/onnx/manifest.json").read_text())
-    entry = next(e for e in onnx_manifest["variants"] if e["name"] == manifest["selected"])
+    entry = next(e for e in onnx_manifest["variants"] if e["name"] == manifest["variant"])
+    # the bundle runs on the runtime it won on (OpenVINO: its IR, with the ONNX file beside it)
+    assert manifest["selected"] == f"{manifest['variant']}@{manifest['runtime']['name']}"
+    assert (ship / "model.onnx").is_file() and ("openvino" in manifest["files"]) == \
+        manifest["runtime"]["name"].startswith("openvino")
     model, _ = load_model(tiny_pipeline / entry["source_dir"])
     x, _ = load_prepared(tiny_pipeline / "data/prepared").splits["test"]
     x = x.astype(np.float32)
@@ -128,7 +138,8 @@ def test_ship_bundle_matches_its_torch_source(tiny_pipeline):
 def test_model_card_cites_only_evaluate_json_and_dvc_hashes(tiny_pipeline):
     report = json.loads((tiny_pipeline / "reports/evaluate.json").read_text())
     card = (tiny_pipeline / "models/ship/MODEL_CARD.md").read_text()
-    assert card.startswith(f"# Model card: `{report['selected']}`")
+    chosen = next(v for v in report["variants"] if v["name"] == report["selected"])
+    assert card.startswith(f"# Model card: `{chosen['variant']}` on {chosen['runtime']}")
     assert numbers_not_in(card, report) == []
     # the lineage hashes are DVC's own: the same as dvc.lock's for those outputs
     outs = lock_outs(tiny_pipeline)

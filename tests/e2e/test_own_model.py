@@ -68,7 +68,7 @@ def test_own_data_python_model_and_derived_student_through_the_flow(prefect_api,
     layer = json.loads((root / "reports/prune_layer.json").read_text())
     assert [r["removed"] for r in layer["ablation"]] == ["1.3", "1.4"]  # the two residual blocks
     evaluate = json.loads((root / "reports/evaluate.json").read_text())
-    names = {v["name"] for v in evaluate["variants"]}
+    names = {v["variant"] for v in evaluate["variants"]}
     assert {"baseline", "student", "student_scratch", "prune_layer", "student.int8_dynamic"} <= names
     assert json.loads((root / "models/ship/manifest.json").read_text())["selected"]
     assert json.loads((root / "models/ship/labels.json").read_text()) == ["horizontal", "none", "vertical"]

@@ -226,7 +226,7 @@ def evaluate(p: dict) -> None:
     # the dashboard's "Changes against the last commit" show those, not the variant rows).
     scale = 1 + (int(digest(cfg)[:4], 16) % 100) / 1000
     for row in (*results["variants"], results["selection"], summary):
-        for k in [k for k in row if k.startswith("ort_p") and k.endswith("_b1")]:
+        for k in [k for k in row if k.startswith("p") and k.endswith("_ms_b1")]:
             row[k] = row[k] * scale
     with atomic_dir(Path("models/ship")) as tmp:
         for name in ("MODEL_CARD.md", "manifest.json", "labels.json"):

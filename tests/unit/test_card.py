@@ -8,22 +8,33 @@ from slimline.params import Params
 from tests.support.numbers import numbers_not_in
 
 
-def variant(name, quant, acc, p50, size):
-    return {"name": name, "source": name.split(".")[0], "quantization": quant, "accuracy": acc,
+def variant(name, quant, acc, p50, size, runtime="onnxruntime", precision="as stored"):
+    """One (variant, runtime) record as evaluate writes it."""
+    return {"name": f"{name}@{runtime}", "variant": name, "runtime": runtime, "precision": precision,
+            "source": name.split(".")[0], "quantization": quant, "accuracy": acc,
             "accuracy_ci95": [acc - 0.011, acc + 0.007], "val_accuracy": acc + 0.004,
             "val_ci95": [acc - 0.013, acc + 0.012], "bytes": size, "flops": 402_368,
-            "ort_p50_ms_b1": p50, "ort_p95_ms_b1": p50 * 1.21, "ort_p99_ms_b1": p50 * 1.87,
-            "ort_p50_ms_b1_rounds": [p50 * f for f in (1.0, 1.1, 0.97, 1.02, 0.99)],
-            "ort_throughput_b256": 123_456.7, "floor_multiple": p50 / 0.0061}
+            "p50_ms_b1": p50, "p95_ms_b1": p50 * 1.21, "p99_ms_b1": p50 * 1.87,
+            "p50_ms_b1_rounds": [p50 * f for f in (1.0, 1.1, 0.97, 1.02, 0.99)],
+            "throughput_b256": 123_456.7, "floor_multiple": p50 / 0.0061, "within_budget": True,
+            "budget_misses": [], "latency_ratio": 0.0682 / p50}
 
 
 REPORT = {
-    "baseline": "baseline", "selected": "student.int8_static",
+    "baseline": "baseline@onnxruntime", "selected": "student.int8_static@openvino",
     "variants": [variant("baseline", "fp32", 0.984, 0.0682, 901_875),
-                 variant("student.int8_static", "static", 0.979, 0.0304, 23_088)],
+                 variant("baseline", "fp32", 0.984, 0.0545, 901_875, "openvino", "f32"),
+                 variant("student.int8_static", "static", 0.979, 0.0304, 23_088, "openvino", "f32"),
+                 variant("student.int8_static", "static", 0.978, 0.0412, 23_088)
+                 | {"within_budget": False, "budget_misses": ["p50 0.0412 ms > max_p50_ms 0.04"]}],
+    "runtimes": {"onnxruntime": {"version": "1.32.0", "floor_p50_ms": 0.0061},
+                 "openvino": {"version": "2026.4.1", "floor_p50_ms": 0.0049}},
+    "skipped": [{"variant": "student.int8_static", "runtime": "openvino-bf16",
+                 "reason": "OpenVINO cannot compile models/onnx/student.int8_static.onnx: no bf16 kernel"}],
     "hardware": {"cpu": "Some CPU 9000X", "cores": 2, "threads": 1, "onnxruntime": "1.32.0",
-                 "isa": ["avx2", "avx512_vnni", "avx512f", "fma"], "floor_p50_ms": 0.0061},
-    "selection": {"selected": "student.int8_static",
+                 "isa": ["avx2", "avx512_vnni", "avx512f", "fma"]},
+    "selection": {"selected": "student.int8_static@openvino", "variant": "student.int8_static",
+                  "runtime": "openvino",
                   "why": "faster by 2.24x [2.01, 2.47] than the runner-up b",
                   "size_ratio": 39.06, "latency_ratio": 2.243, "latency_ratio_range": [2.01, 2.47],
                   "accuracy_drop_pt": 0.5, "val_accuracy_drop_pt": 0.3, "latency_margin": 0.1, "rounds": 5,
@@ -46,13 +57,34 @@ REPORT = {
 def test_every_number_in_the_card_is_one_evaluate_json_holds():
     card = render(REPORT)
     assert numbers_not_in(card, REPORT) == []
-    for text in ("# Model card: `student.int8_static`", "bytes ratio **39.06x**", "speed-up\n**2.24x**",
-                 "[2.01, 2.47]", "97.90%", "0.0304 / 0.0368 / 0.0568", "123,457", "4.98x",
+    for text in ("# Model card: `student.int8_static` on openvino", "bytes ratio **39.06x**",
+                 "speed-up\n**2.24x**", "[2.01, 2.47]", "97.90%", "0.0304 / 0.0368 / 0.0568", "123,457",
+                 "4.98x",
                  "AVX2 yes, AVX512 yes, VNNI yes, AMX no", "8 batch(es) of 32", "`row_count`",
                  "train 3,500", "md5 `22222222222222222222222222222222.dir`", '"temperature": 4.0'):
         assert text in card, text
+    # the runtime it ships on, and the same file on the others: measured, or why not
+    for text in ("openvino 2026.4.1 (precision: f32)", "`model.xml`",
+                 "shipped `student.int8_static@openvino`", "baseline `baseline@onnxruntime`",
+                 "Runtime floor of openvino (a one-op graph, same settings): 0.0049 ms",
+                 "- onnxruntime 1.32.0 (precision: as stored): p50 0.0412 ms",
+                 "not eligible: p50 0.0412 ms > max_p50_ms 0.04",
+                 "- openvino-bf16: could not load it (OpenVINO cannot compile"):
+        assert text in card, text
+    assert "baseline@openvino" not in card  # another variant: not the shipped file on another runtime
     # the check is not vacuous: a number the report lacks is caught
     assert numbers_not_in(card.replace("39.06x", "41.00x"), REPORT) == ["41.00"]
+
+
+def test_an_onnxruntime_card_names_no_ir_and_says_when_no_other_runtime_ran():
+    ort = REPORT["variants"][0] | {"name": "small@onnxruntime", "variant": "small", "bytes": 4_096}
+    report = dict(REPORT, variants=[REPORT["variants"][0], ort], selected="small@onnxruntime", skipped=[],
+                  runtimes={"onnxruntime": REPORT["runtimes"]["onnxruntime"]})
+    card = render(report)
+    assert card.startswith("# Model card: `small` on onnxruntime")
+    assert "## Runtime\nonnxruntime 1.32.0 (precision: as stored), with the settings" in card
+    assert "model.xml" not in card and "- (no other runtime was measured)" in card
+    assert numbers_not_in(card, report) == []
 
 
 def test_no_selection_gives_a_card_that_says_why():

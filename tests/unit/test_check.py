@@ -80,3 +80,16 @@ def test_a_deployment_run_refuses_and_a_local_run_declares(project, monkeypatch,
     assert "dvc.yaml: prepare now depends on photos" in capsys.readouterr().out
     assert "photos" in prepare_deps(project)
     assert seen["root"] == str(project.resolve()) and seen["overrides"] == {"train.epochs": 3}
+
+
+def test_a_runtime_that_cannot_run_here_is_refused_before_any_work(tmp_path, monkeypatch):
+    import onnxruntime
+
+    # ONNX Runtime's CPU build, whatever is installed here: no CUDA provider
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    raw = {"evaluate": {"runtimes": ["onnxruntime", "onnxruntime-cuda"]}}
+    msg = check.problems(raw, tmp_path)
+    assert msg.startswith("evaluate.runtimes: runtime onnxruntime-cuda needs ONNX Runtime's "
+                          "CUDAExecutionProvider") and "make setup-gpu" in msg
+    # the CPU runtimes run here: nothing stops the run (tmp_path has no dvc.yaml: no deps to declare)
+    assert check.problems({"evaluate": {"runtimes": ["onnxruntime", "openvino"]}}, tmp_path) is None

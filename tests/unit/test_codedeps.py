@@ -101,10 +101,15 @@ def test_a_stage_refuses_to_run_with_an_undeclared_user_file(tmp_path):
         check_declared("distill", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
 
 
-def test_training_stages_run_no_quantization_code_and_evaluate_no_pruning_code():
-    for module in ("tasks.train_baseline", "tasks.distill", "tasks.prune"):
-        assert "slimline/compress/quantization.py" not in code_files(module), module
+def test_training_stages_run_no_quantization_or_openvino_code_and_evaluate_no_pruning_code():
+    # training times its run record on ONNX Runtime only: OpenVINO code reruns evaluate alone
+    for module in ("tasks.train_baseline", "tasks.distill", "tasks.prune", "tasks.quantize"):
+        files = set(code_files(module))
+        assert not {"slimline/runtime/openvino.py", "slimline/runtime/registry.py"} & files, module
+        if module != "tasks.quantize":
+            assert "slimline/compress/quantization.py" not in files, module
     evaluate = code_files("tasks.evaluate")
+    assert {"slimline/runtime/openvino.py", "slimline/runtime/registry.py"} <= set(evaluate)
     assert not {"slimline/compress/pruning.py", "slimline/compress/pruning_ratios.py"} & set(evaluate)
 
 

@@ -134,6 +134,25 @@ def test_gate_without_history_or_when_nothing_is_selected(gated):
     assert gated(report(0.98, 0.03), report(0.5, 0.03), enabled=False).ok
 
 
+def pairs_report(acc: float, p50: float, base_p50: float = 0.1, selected="student@openvino"):
+    """A report from after runtimes were chosen: candidates `variant@runtime`, the baseline on
+    the reference runtime, p50_ms_b1 (the pair's own runtime)."""
+    return {"baseline": "baseline@onnxruntime", "selected": selected, "hardware": {"cpu": "cpu A"},
+            "variants": [{"name": "baseline@onnxruntime", "variant": "baseline", "runtime": "onnxruntime",
+                          "accuracy": 0.99, "p50_ms_b1": base_p50},
+                         {"name": "student@openvino", "variant": "student", "runtime": "openvino",
+                          "accuracy": acc, "p50_ms_b1": p50}]}
+
+
+def test_gate_compares_a_report_of_runtime_pairs_with_one_from_before_them(gated):
+    v = gated(report(0.98, 0.03), pairs_report(0.981, 0.03))
+    assert v.ok and "'student@openvino' 0.9810 vs 'student' 0.9800" in v.message
+    v = gated(report(0.98, 0.03, 0.1), pairs_report(0.97, 0.06, 0.1))
+    assert not v.ok and "fell 1.00 pt" in v.message and "latency of the selected model rose 100%" in v.message
+    assert gated(pairs_report(0.98, 0.03), pairs_report(0.98, 0.06, 0.2)).ok  # the ratio is unchanged
+    assert not gated(pairs_report(0.98, 0.03), pairs_report(0.98, 0.03, selected=None)).ok
+
+
 def test_metric_deltas_against_the_last_commit(tmp_path):
     repo = git_repo(tmp_path / "r")
     (repo / "reports").mkdir()

@@ -204,6 +204,24 @@ def test_max_accuracy_drop_must_be_a_fraction():
     assert "evaluate.max_accuracy_drop" in _err({"evaluate": {"max_accuracy_drop": 5}})
 
 
+def test_evaluate_runtimes_default_to_both_cpu_runtimes_onnxruntime_first():
+    assert Params().evaluate.runtimes == ["onnxruntime", "openvino"]
+    assert parse_params({"evaluate": {"runtimes": ["openvino-bf16"]}}).evaluate.runtimes == ["openvino-bf16"]
+
+
+def test_unknown_evaluate_runtime_lists_the_allowed_ones():
+    msg = _err({"evaluate": {"runtimes": ["onnxruntime", "tflite"]}})
+    assert "evaluate.runtimes" in msg and "'tflite'" in msg
+    for name in ("onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"):
+        assert f"'{name}'" in msg, name
+
+
+def test_a_runtime_listed_twice_or_none_is_refused():
+    msg = _err({"evaluate": {"runtimes": ["openvino", "onnxruntime", "openvino"]}})
+    assert "evaluate.runtimes" in msg and "twice" in msg
+    assert "evaluate.runtimes" in _err({"evaluate": {"runtimes": []}})
+
+
 # --- the model a section builds ----------------------------------------------------------
 
 @pytest.mark.parametrize("section, needles", [

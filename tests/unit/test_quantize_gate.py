@@ -105,13 +105,21 @@ def test_evaluate_gate_marks_the_variant_and_never_selects_it(project):
                                         ship=root / "models/ship", incumbent=root / "no-incumbent.json"))
     report = json.loads((root / "reports/evaluate.json").read_text())
     by = {v["name"]: v for v in report["variants"]}
-    static = by["baseline.int8_static"]
-    assert not static["quantize_gate_passed"] and not static["within_budget"]
-    misses = " ".join(static["budget_misses"])
-    assert "quantize.min_agreement 0.99" in misses and "quantize.max_accuracy_drop 2.00 pt" in misses
-    assert static["agreement_with_fp32"] < 0.99 and static["val_drop_vs_fp32"] > 0.02
-    assert by["baseline"]["agreement_with_fp32"] == 1.0 and by["baseline"]["quantize_gate_passed"]
+    runtimes = params.evaluate.runtimes  # every variant on each: onnxruntime and OpenVINO
+    assert list(report["runtimes"]) == runtimes == ["onnxruntime", "openvino"] and report["skipped"] == []
+    assert set(by) == {f"{n}@{r}" for n in ("baseline", "baseline.int8_dynamic", "baseline.int8_static",
+                                            "baseline.fp16") for r in runtimes}
+    for r in runtimes:  # the gate is judged on each pair's own runtime, against its fp32 source there
+        static = by[f"baseline.int8_static@{r}"]
+        assert not static["quantize_gate_passed"] and not static["within_budget"], r
+        misses = " ".join(static["budget_misses"])
+        assert "quantize.min_agreement 0.99" in misses and "quantize.max_accuracy_drop 2.00 pt" in misses, r
+        assert static["agreement_with_fp32"] < 0.99 and static["val_drop_vs_fp32"] > 0.02, r
+        base = by[f"baseline@{r}"]
+        assert base["agreement_with_fp32"] == 1.0 and base["quantize_gate_passed"], r
     failed = {n for n, v in by.items() if not v["quantize_gate_passed"]}
     assert report["selected"] is not None and report["selected"] not in failed
     md = (root / "reports/evaluate.md").read_text()
-    assert "fail it and are never selected" in md and "- `baseline.int8_static`: top-1 agreement" in md
+    assert "fail it and are never selected" in md
+    for r in runtimes:
+        assert f"- `baseline.int8_static@{r}`: top-1 agreement" in md

@@ -1,5 +1,5 @@
 """The ship bundle (slimline.evaluation.ship) and the predict CLI (slimline.predict) on a tiny
-exported model."""
+exported model, shipped on ONNX Runtime and on OpenVINO."""
 from __future__ import annotations
 
 import json
@@ -37,9 +37,13 @@ def exported(tmp_path_factory):
     return model, onnx_dir, manifest, prep
 
 
-CHOSEN = {"name": "m", "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "val_accuracy": 0.6, "bytes": 1234,
-          "ort_p50_ms_b1": 0.01, "ort_p95_ms_b1": 0.012, "ort_p99_ms_b1": 0.02, "ort_throughput_b256": 1e5,
+CHOSEN = {"name": "m@onnxruntime", "variant": "m", "runtime": "onnxruntime", "precision": "as stored",
+          "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "val_accuracy": 0.6, "bytes": 1234,
+          "p50_ms_b1": 0.01, "p95_ms_b1": 0.012, "p99_ms_b1": 0.02, "throughput_b256": 1e5,
           "params": 1, "quantization": "fp32"}
+# the pair's runtime as reports/evaluate.json's "runtimes" has it
+RUNTIME = {"version": "x.y.z", "settings": {"providers": ["CPUExecutionProvider"], "intra_op_num_threads": 1},
+           "floor_p50_ms": 0.005, "floor_p50_ms_rounds": [0.005] * 5}
 HW = {"cpu": "test cpu", "cores": 1, "threads": 1, "onnxruntime": "x.y.z", "torch": "t", "python": "p",
       "gpu": None}
 
@@ -50,7 +54,8 @@ def ship(exported, tmp_path_factory):
 
     _, onnx_dir, manifest, prep = exported
     out = tmp_path_factory.mktemp("ship") / "ship"
-    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="", card="# Model card: `m`\n")
+    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="", card="# Model card: `m`\n",
+               runtime=RUNTIME)
     return out
 
 
@@ -67,13 +72,15 @@ def test_ship_bundle_files_and_manifest(ship, exported):
     assert (ship / "model.onnx").read_bytes() == (onnx_dir / "m.onnx").read_bytes()
     assert json.loads((ship / "labels.json").read_text()) == ["0", "1", "2"]
     m = json.loads((ship / "manifest.json").read_text())
-    assert m["selected"] == "m" and m["source"] == "baseline" and m["opset"] == 17
+    assert m["selected"] == "m@onnxruntime" and m["variant"] == "m"
+    assert m["source"] == "baseline" and m["opset"] == 17 and m["files"] == {"onnx": "model.onnx"}
+    assert m["runtime"] == {"name": "onnxruntime", "version": "x.y.z", "precision": "as stored",
+                            "settings": RUNTIME["settings"]}
     assert m["quantization"] == {"kind": "fp32"}  # calibration settings belong to static int8 only
     assert m["input"]["shape"] == ["batch", 1, 8, 8] and m["input"]["dtype"] == "float32"
     assert m["metrics"] == {k: CHOSEN[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
-                                                   "ort_p50_ms_b1", "ort_p95_ms_b1", "ort_p99_ms_b1",
-                                                   "ort_throughput_b256")}
-    assert m["hardware"] == HW and m["onnxruntime"] == "x.y.z"
+                                                   "p50_ms_b1", "p95_ms_b1", "p99_ms_b1", "throughput_b256")}
+    assert m["hardware"] == HW and "onnxruntime" not in m  # the runtime is under "runtime" now
     assert "git_commit" in m
     assert m["git_commit"] is None or isinstance(m["git_commit"], str)
 
@@ -83,7 +90,7 @@ def test_bundle_predict_matches_torch(ship, exported):
 
     model = exported[0]
     b = Bundle(ship)
-    assert b.shape == SHAPE
+    assert b.shape == SHAPE and (b.runtime, b.threads) == ("onnxruntime", 1)
     x = np.random.default_rng(1).uniform(0, 255, (50, *SHAPE)).astype(np.float32)
     preds = b.predict(x)
     assert len(preds) == 50
@@ -201,3 +208,86 @@ def test_predict_cli_missing_bundle_exits_2(tmp_path, capsys):
     np.savez(img, x=np.zeros((1, 8, 8), np.float32))
     assert main([str(img), "--bundle", str(tmp_path / "nope")]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+# --- a bundle that ships on OpenVINO ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ov_runtime():
+    from slimline.runtime import registry
+
+    return {"version": registry.version("openvino"), "settings": registry.settings("openvino", 2),
+            "floor_p50_ms": 0.004, "floor_p50_ms_rounds": [0.004] * 5}
+
+
+@pytest.fixture(scope="module")
+def ov_ship(exported, ov_runtime, tmp_path_factory):
+    """The same file, chosen on OpenVINO and timed with 2 threads."""
+    from slimline.evaluation.ship import write_ship
+
+    _, onnx_dir, manifest, prep = exported
+    out = tmp_path_factory.mktemp("ship_ov") / "ship"
+    chosen = CHOSEN | {"name": "m@openvino", "runtime": "openvino", "precision": "f32"}
+    write_ship(out, chosen, onnx_dir, manifest, prep, HW, why="", card="# Model card: `m` on openvino\n",
+               runtime=ov_runtime)
+    return out
+
+
+def test_an_openvino_bundle_holds_the_ir_and_its_runtime_round_trips(ov_ship, ov_runtime, exported):
+    _, onnx_dir, _, _ = exported
+    assert sorted(p.name for p in ov_ship.iterdir()) == \
+        ["MODEL_CARD.md", "labels.json", "manifest.json", "model.bin", "model.onnx", "model.xml"]
+    assert (ov_ship / "model.onnx").read_bytes() == (onnx_dir / "m.onnx").read_bytes()  # any runtime runs it
+    m = json.loads((ov_ship / "manifest.json").read_text())
+    assert (m["selected"], m["variant"]) == ("m@openvino", "m")
+    assert m["files"] == {"onnx": "model.onnx", "openvino": "model.xml"}
+    assert m["runtime"] == {"name": "openvino", "version": ov_runtime["version"], "precision": "f32",
+                            "settings": ov_runtime["settings"]}
+    assert m["runtime"]["settings"]["INFERENCE_NUM_THREADS"] == 2
+    assert m["runtime"]["settings"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_an_openvino_bundle_predicts_what_onnxruntime_does_on_the_onnx_file(ov_ship, exported):
+    from slimline.predict import Bundle
+    from slimline.runtime.onnxruntime import predict
+
+    model, onnx_dir, _, _ = exported
+    b = Bundle(ov_ship)
+    assert (b.runtime, b.threads) == ("openvino", 2)  # the runtime and threads it was timed with
+    assert b.runner.settings["INFERENCE_NUM_THREADS"] == 2 and b.runner.precision == "f32"
+    x = np.random.default_rng(1).uniform(0, 255, (50, *SHAPE)).astype(np.float32)
+    ort_logits = predict(onnx_dir / "m.onnx", x)
+    np.testing.assert_allclose(b.logits(x), ort_logits, rtol=1e-4, atol=1e-4)
+    labels = [int(label) for label, _ in b.predict(x)]
+    assert labels == ort_logits.argmax(1).tolist() == _torch_top1(model, x).tolist()
+
+
+def test_a_bundle_whose_runtime_is_missing_here_names_the_fix(ov_ship, monkeypatch, tmp_path, capsys):
+    from slimline.predict import Bundle, main
+    from slimline.runtime import registry
+
+    fix = "runtime openvino needs OpenVINO, which is not installed: pip install -c constraints.txt openvino"
+    monkeypatch.setattr(registry, "missing", lambda name: fix if name.startswith("openvino") else None)
+    with pytest.raises(ValueError, match="runs on openvino") as err:
+        Bundle(ov_ship)
+    assert fix in str(err.value)
+    x = tmp_path / "x.npz"
+    np.savez(x, x=np.zeros((1, 8, 8), np.float32))
+    assert main([str(x), "--bundle", str(ov_ship)]) == 2
+    assert "pip install -c constraints.txt openvino" in capsys.readouterr().err
+
+
+def test_a_bundle_from_before_runtimes_runs_on_onnxruntime(ship, tmp_path):
+    import shutil
+
+    from slimline.predict import Bundle
+
+    old = tmp_path / "old"
+    shutil.copytree(ship, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m = {k: v for k, v in m.items() if k not in ("runtime", "files", "variant")} | {"onnxruntime": "1.20.0"}
+    (old / "manifest.json").write_text(json.dumps(m))
+    x = np.random.default_rng(4).uniform(0, 255, (5, *SHAPE)).astype(np.float32)
+    b = Bundle(old)
+    assert (b.runtime, b.threads) == ("onnxruntime", 1)
+    assert b.predict(x) == Bundle(ship).predict(x)
