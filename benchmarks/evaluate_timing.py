@@ -2,8 +2,9 @@
 
     python -m benchmarks.evaluate_timing [--root .] [--trials 3] [--standalone-repeats 2000]
 
-Needs a built pipeline (models/onnx from `dvc repro quantize`). For every ONNX variant,
-side by side in one run, `--trials` times in turn. A shared machine has slow spells that
+Needs a built pipeline (models/onnx from `dvc repro quantize`). For every ONNX variant on
+ONNX Runtime (evaluate's reference runtime; benchmarks/runtimes.py compares OpenVINO), side
+by side in one run, `--trials` times in turn. A shared machine has slow spells that
 last seconds and only ever add time, so each method's best trial is compared (the least
 noisy estimate of what the file costs):
 - standalone: a fresh Python process that loads only that file and times it with the
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, json
 sys.path.insert(0, sys.argv[4])  # this checkout's code, not the --root copy's
-from slimline.runtime import latency_ms, session
+from slimline.runtime.onnxruntime import latency_ms, session
 path, shape, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 sess = session(path, threads=1)
 print(json.dumps(latency_ms(sess, tuple(shape), batch=1, warmup=200, repeats=repeats)["p50"]))
@@ -47,7 +48,7 @@ def standalone(path: Path, shape, repeats: int) -> float:
 
 
 def all_alive(files: dict[str, Path], shape, warmup: int, repeats: int) -> dict[str, float]:
-    from slimline.runtime import latency_ms, session
+    from slimline.runtime.onnxruntime import latency_ms, session
 
     sessions = {n: session(p, threads=1) for n, p in files.items()}
     p50 = {n: [] for n in files}
@@ -70,6 +71,7 @@ def main() -> None:
     from slimline.data.dataset import load_prepared
     from slimline.evaluation.measure import FLOOR, time_rounds
     from slimline.params import load_params
+    from slimline.runtime import registry
 
     cfg = load_params("params.yaml").evaluate
     torch.set_num_threads(cfg.threads)
@@ -81,7 +83,9 @@ def main() -> None:
     for _ in range(args.trials):
         for n, p in files.items():
             alone[n].append(standalone(p, shape, args.standalone_repeats))
-        rounds = time_rounds({FLOOR: None} | files, shape, cfg)
+        # loaded as the stage loads them (registry), and freed before all-alive loads its own
+        rounds = time_rounds({FLOOR: registry.floor("onnxruntime", shape, cfg.threads).caller(1)} | {
+            n: registry.load("onnxruntime", p, shape, cfg.threads).caller(1) for n, p in files.items()}, cfg)
         floor.append(float(np.median(rounds[FLOOR]["p50"])))
         for n, t in all_alive(files, shape, cfg.warmup, cfg.repeats).items():
             stage[n].append(float(np.median(rounds[n]["p50"])))

@@ -7,8 +7,8 @@ For each student structure (conv_channels, hidden), a student is distilled from
 models/baseline exactly as the distill stage does (params.yaml's student, train and
 distill sections, only the widths changed), exported to ONNX and quantized to dynamic
 int8 by the quantize stage's code. Then every file, the baseline's fp32 export and the
-runtime floor (a one-op graph) are timed side by side by the evaluate stage's schedule
-(slimline.evaluation.measure.time_rounds), and the table gives each one's val accuracy,
+runtime floor (a one-op graph) are timed side by side on ONNX Runtime by the evaluate
+stage's schedule (slimline.evaluation.measure.time_rounds), and the table gives each one's val accuracy,
 bytes and batch-1 p50, as ratios to the baseline, and its p50 over the floor's.
 Needs `dvc repro train_baseline` first.
 """
@@ -33,7 +33,8 @@ from slimline.compress.quantization import node_ops, quantize_dynamic_int8
 from slimline.data.dataset import load_prepared
 from slimline.evaluation.measure import time_rounds
 from slimline.params import load_params
-from slimline.runtime import predict
+from slimline.runtime import registry
+from slimline.runtime.onnxruntime import predict
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import model_spec, train_network
 
@@ -74,7 +75,10 @@ def main() -> None:
                 acc[n] = float(np.mean(predict(files[n], x_val).argmax(1) == y_val))
         timing = argparse.Namespace(threads=params.evaluate.threads, warmup=params.evaluate.warmup,
                                     repeats=params.evaluate.repeats, rounds=args.rounds)
-        rounds = time_rounds({**files, "floor": None}, base_spec.input_shape, timing)
+        shape, threads = base_spec.input_shape, timing.threads
+        callers = {n: registry.load("onnxruntime", f, shape, threads).caller(1) for n, f in files.items()}
+        callers["floor"] = registry.floor("onnxruntime", shape, threads).caller(1)
+        rounds = time_rounds(callers, timing)
         p50 = {n: statistics.median(r["p50"]) for n, r in rounds.items()}
         print(f"\nruntime floor {p50['floor'] * 1e3:.1f} us; baseline {p50['baseline'] * 1e3:.1f} us, "
               f"val {acc['baseline']:.1%}; medians over {args.rounds} rounds\n")

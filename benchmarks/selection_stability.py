@@ -5,8 +5,9 @@
 
 Needs a built pipeline (models/onnx from `dvc repro quantize`). Runs evaluate's
 measure-and-select `--runs` times on the same files, in fresh processes one after the
-other (as fresh clones would), and prints each run's choice, why, and its tied set,
-then how many runs agree with the most common choice. With an incumbent (the committed
+other (as fresh clones would), and prints each run's choice (a `variant@runtime` pair,
+over evaluate.runtimes), why, and its tied set, then how many runs agree with the most
+common choice. With an incumbent (the committed
 models/incumbent.json by default) the choice is evaluate's; the same timings are also
 judged without it ("no incumbent") and by the old rule (lowest p50 wins, best of two
 rounds; its first round pair stands in for the two rounds it had), for comparison.
@@ -30,19 +31,20 @@ import torch
 from slimline.data.dataset import load_prepared
 from slimline.evaluation.measure import measure
 from slimline.evaluation import incumbent
-from slimline.evaluation.selection import select
+from slimline.evaluation.selection import candidate, select
 from slimline.params import load_params
 
 params = load_params("params.yaml")
 cfg = params.evaluate.model_copy(update={"objective": sys.argv[1]})
 torch.set_num_threads(cfg.threads)
 manifest = json.loads(Path("models/onnx/manifest.json").read_text())
-variants, _ = measure(manifest["variants"], Path("models/onnx"), load_prepared(Path("data/prepared")), cfg)
+variants, _, _ = measure(manifest["variants"], Path("models/onnx"), load_prepared(Path("data/prepared")), cfg)
 held = incumbent.read(Path(sys.argv[3])) if sys.argv[3] else None
-sel = select(variants, "baseline", cfg, gate=params.quantize, incumbent=held)
-rule = select(variants, "baseline", cfg, gate=params.quantize)
+base = candidate("baseline", cfg.runtimes[0])  # the budgets are against the reference runtime's
+sel = select(variants, base, cfg, gate=params.quantize, incumbent=held)
+rule = select(variants, base, cfg, gate=params.quantize)
 ok = [v for v in variants if not rule.failures[v["name"]]]
-old = min(ok, key=lambda v: (min(v["ort_p50_ms_b1_rounds"][:2]), v["bytes"], v["name"]))["name"]
+old = min(ok, key=lambda v: (min(v["p50_ms_b1_rounds"][:2]), v["bytes"], v["name"]))["name"]
 print(json.dumps({"name": sel.name, "why": sel.why, "tied": sel.tied, "no_incumbent": rule.name,
                   "old_rule": old, "incumbent": held}))
 """
