@@ -11,12 +11,7 @@ from slimline.compress.export import checked_logits, export_onnx, fold_check
 from slimline.compress.onnx_files import INPUT, OUTPUT
 from slimline.errors import StageError
 from slimline.runtime.onnxruntime import predict
-from tests.support.onnx_models import SHAPE, make_data, onnx_files, ops, tiny_model, trained_model
-
-
-@pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    return trained_model()
+from tests.support.onnx_models import SHAPE, make_data, onnx_files, ops, tiny_model
 
 
 @pytest.fixture(scope="module")

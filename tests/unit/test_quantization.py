@@ -13,12 +13,7 @@ from slimline.compress.quantization import convert_fp16, quantize_dynamic_int8, 
 from slimline.model import ModelSpec, build_model
 from slimline.params import Structure
 from slimline.runtime.onnxruntime import agreement, predict, session
-from tests.support.onnx_models import SHAPE, make_data, onnx_files, ops, trained_model
-
-
-@pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    return trained_model()
+from tests.support.onnx_models import SHAPE, make_data, onnx_files, ops
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,15 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from slimline.runtime import onnxruntime as runtime
 from slimline.runtime import timing
-from tests.support.onnx_models import SHAPE, make_data, onnx_files, trained_model
+from tests.support.onnx_models import SHAPE, make_data
 
 
 @pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    return trained_model()
-
-
-@pytest.fixture(scope="module")
-def files(trained, tmp_path_factory) -> dict:
-    """fp32 export and its static int8 conversion, made once for the module."""
-    return onnx_files(trained, tmp_path_factory.mktemp("onnx"), kinds=("static",))
+def files(static_files) -> dict:
+    return static_files
 
 
 def test_predict_batches_and_agreement():
