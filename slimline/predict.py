@@ -35,7 +35,7 @@ class Bundle:
         self.shape = tuple(self.manifest["input"]["shape"][1:])  # (C, H, W)
         self.resize = bool(self.manifest["input"].get("resize", False))
         runtime = self.manifest.get("runtime") or {}
-        self.runtime = runtime.get("name", "onnxruntime")
+        self.runtime, self.version = runtime.get("name", "onnxruntime"), runtime.get("version")
         settings = runtime.get("settings") or {}
         self.threads = settings.get("INFERENCE_NUM_THREADS") or settings.get("intra_op_num_threads") or 1
         self.runner = self._load(folder)
@@ -47,8 +47,9 @@ class Bundle:
 
         why = registry.missing(self.runtime)
         if why:
+            timed = f" (it was timed with {self.version})" if self.version else ""
             raise ValueError(f"{folder} runs on {self.runtime} (its manifest.json), which cannot run here: "
-                             f"{why}. Or run its model.onnx on ONNX Runtime yourself")
+                             f"{why}{timed}. Or run its model.onnx on ONNX Runtime yourself")
         files = self.manifest.get("files") or {"onnx": "model.onnx"}
         name = files.get("openvino", files["onnx"]) if self.runtime.startswith("openvino") else files["onnx"]
         path = folder / name
