@@ -19,9 +19,11 @@ import enum
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -242,6 +244,46 @@ def _stop(proc: subprocess.Popen, stage: str, logger) -> None:
         stop_group(proc)
 
 
+class SignalWatch:
+    """Sees a SIGTERM or SIGINT even when its handler's exception was lost.
+
+    The caller's handler (Prefect's, in a flow run) raises an exception in whatever
+    code the main thread runs when the signal lands. That can be a finalizer or a
+    generator being closed, where Python prints "Exception ignored" and drops it: the
+    flow then ignores the stop and the stage trains on. CPython writes every handled
+    signal's number to the wakeup fd before its handler runs, so a byte found here
+    after the handler had its turn means the stop went missing. Main thread only (the
+    only one signals reach); elsewhere it sees nothing."""
+
+    STOPS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> SignalWatch:
+        self._fds = self._old = None
+        if threading.current_thread() is threading.main_thread():
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._fds = (r, w)
+            self._old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        return self
+
+    def missed(self) -> int | None:
+        """A stop signal that arrived since the last call, if any."""
+        if self._fds is None:
+            return None
+        try:
+            got = os.read(self._fds[0], 512)
+        except BlockingIOError:
+            return None
+        return next((sig for sig in self.STOPS if sig in got), None)
+
+    def __exit__(self, *exc) -> None:
+        if self._fds is not None:
+            signal.set_wakeup_fd(self._old)
+            for fd in self._fds:
+                os.close(fd)
+
+
 def _feed(on_line: Callable[[str], None], line: str, logger) -> None:
     """Pass a line on; a failing consumer (a dashboard blip) must not stop hours of training."""
     try:
@@ -276,13 +318,19 @@ def run_stage(root: Path, stage: str, *, force: bool = False, pull: bool = False
     proc = subprocess.Popen(cmd, cwd=root, env=stage_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     try:
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            outcome = read_line(line, outcome, pull)
-            if on_line:
-                _feed(on_line, line, logger)
-        rc = proc.wait()
+        with SignalWatch() as watch:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                outcome = read_line(line, outcome, pull)
+                if on_line:
+                    _feed(on_line, line, logger)
+                if (sig := watch.missed()) is not None:
+                    # Its handler ran and its exception was lost: deliver it again, here.
+                    logger.warning("%s: %s arrived but did not stop the run: raising it again",
+                                   stage, signal.Signals(sig).name)
+                    signal.raise_signal(sig)
+            rc = proc.wait()
     except BaseException:  # cancelled or interrupted: the rerun resumes; drop the snapshot
         shutil.rmtree(snapshot_dir, ignore_errors=True)
         raise

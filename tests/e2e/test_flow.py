@@ -137,7 +137,9 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
         time.sleep(0.05)
     flow.send_signal(sig)
     out, _ = flow.communicate(timeout=60)
-    assert "train_baseline: stopping the stage (process group" in out, out[-3000:]
+    # on a failure, where the stop went: a lost exception is printed as "Exception ignored"
+    lost = [line for line in out.splitlines() if "Exception ignored" in line or "Signal" in line]
+    assert "train_baseline: stopping the stage (process group" in out, (lost, out[-3000:])
     assert processes_in(toy_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
     assert list(toy_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))

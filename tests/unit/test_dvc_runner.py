@@ -138,3 +138,46 @@ def test_one_stage_runs_restores_from_the_run_cache_and_fails_cleanly(project, c
     assert (project / "out.txt").read_text() == "one"
     assert (project / "report.txt").read_text() == report_before != "report fail"
     assert "copy: restored the previous outputs" in caplog.text
+
+
+class Stop(BaseException):
+    """Stands in for Prefect's TerminationSignal (a BaseException)."""
+
+
+def test_a_stop_whose_exception_was_lost_still_stops_the_stage(tmp_path, caplog):
+    """A SIGTERM handler's exception can land in a finalizer, where Python drops it; the
+    run must stop anyway: the watch raises it again and the stage's group is stopped."""
+    import os
+    import signal
+
+    from slimline.dvc_runner import SignalWatch
+
+    code = ("import os, pathlib, time; pathlib.Path('pid').write_text(str(os.getpid())); "
+            "[(print('line', i, flush=True), time.sleep(0.05)) for i in range(1200)]")
+    dvc("init", "--no-scm", "-q", cwd=tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"long": {"cmd": f"{sys.executable} -c \"{code}\"", "outs": ["never.txt"]}}}))
+    calls = []
+
+    def handler(sig, frame):  # the first exception goes missing, as in a finalizer
+        calls.append(sig)
+        if len(calls) > 1:
+            raise Stop
+
+    def on_line(line):
+        if line.startswith("line 2") and not calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="slimline.dvc_runner"), pytest.raises(Stop):
+            run_stage(tmp_path, "long", on_line=on_line)
+        with SignalWatch() as watch:  # the watch is gone with the run: a new one starts empty
+            assert watch.missed() is None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert calls == [signal.SIGTERM, signal.SIGTERM]
+    assert "long: SIGTERM arrived but did not stop the run" in caplog.text
+    assert "long: stopping the stage (process group" in caplog.text
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
