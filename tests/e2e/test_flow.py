@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.support.prefect_server import artifacts
-from tests.support.processes import processes_in
+from tests.support.processes import descendants, processes_in
 from tests.support.project import run_env, sh, tree_digest, update_params
 
 
@@ -119,6 +120,20 @@ def test_failed_stage_fails_the_flow_and_restores_outputs(prefect_server, toy_co
     assert "local-train-baseline-report" not in found  # nothing downstream ran
 
 
+def signal_state(pid: int) -> dict:
+    """Each thread's blocked, ignored and caught signal masks, and the child processes."""
+    state = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        state[task.name] = [line for line in lines if line.startswith(("Name", "Sig", "State"))]
+    state["children"] = [(Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ")[:120])
+                         for c in descendants(pid) if Path(f"/proc/{c}").exists()]
+    return state
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig):
     """The stage runs in its own process group; stopping the flow must not orphan it."""
@@ -135,11 +150,13 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
         assert flow.poll() is None, flow.stdout.read()
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.05)
+    seen = signal_state(flow.pid)
     flow.send_signal(sig)
     out, _ = flow.communicate(timeout=60)
-    # on a failure, where the stop went: a lost exception is printed as "Exception ignored"
+    # on a failure, where the stop went: the flow's signal masks and children when it was
+    # sent, and any lost exception (Python prints "Exception ignored")
     lost = [line for line in out.splitlines() if "Exception ignored" in line or "Signal" in line]
-    assert "train_baseline: stopping the stage (process group" in out, (lost, out[-3000:])
+    assert "train_baseline: stopping the stage (process group" in out, (seen, lost, out[-3000:])
     assert processes_in(toy_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
     assert list(toy_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))
