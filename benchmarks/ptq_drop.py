@@ -1,0 +1,131 @@
+"""How much test accuracy does static int8 (PTQ) lose, per model and seed?
+
+    python -m benchmarks.ptq_drop [--model timm:mobilenetv3_small_100] [--size 32]
+                                  [--epochs 6] [--seeds 0 1 2] [--numerics fast] [--threads 1]
+
+For each seed: trains the model on the prepared digits (data/prepared; `dvc repro prepare`
+first) with params.yaml's `train:` recipe (epochs, seed, numerics and threads from the
+flags), exports it as the quantize stage does, quantizes it with the stage's static int8
+(ORT QDQ, 7-bit per-channel weights, uint8 activations, MinMax over the stage's
+calibration images, no node kept in fp32), and prints fp32 vs int8 test accuracy, the drop
+in points and how many test predictions differ. --size 32 zero-pads the 28x28 digits (the
+zoo's MobileNets need it) and normalizes with the padded train split's mean and std.
+
+It answers the question quantization-aware training starts from (docs/design.md,
+"Quantization-aware training"): is there a model in reach whose PTQ drop is worth
+recovering? One 1,000-image test split has a 95% interval of about +/-0.8 pt.
+"""
+from __future__ import annotations
+
+import tasks  # noqa: F401  (first: pins the CPU math before torch loads)
+
+# isort: split
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.support.project import ROOT
+
+
+def padded(prep, size: int):
+    """prep with every split zero-padded to size x size, mean/std of the padded train split."""
+    from slimline.data.dataset import Prepared
+
+    splits = {}
+    for name, (x, y) in prep.splits.items():
+        before = (size - x.shape[-1]) // 2
+        after = size - x.shape[-1] - before
+        splits[name] = (np.pad(x, ((0, 0), (0, 0), (before, after), (before, after))), y)
+    train = splits["train"][0].astype(np.float64)
+    mean = [float(m) for m in train.mean(axis=(0, 2, 3))]
+    std = [float(max(s, 1e-6)) for s in train.std(axis=(0, 2, 3))]
+    return Prepared(splits=splits, meta={**prep.meta, "mean": mean, "std": std,
+                                         "input_shape": list(splits["train"][0].shape[1:])})
+
+
+def one_seed(model_name: str, prep, cfg, qcfg, out: Path) -> dict:
+    import torch
+
+    from slimline.compress.export import checked_logits, export_onnx
+    from slimline.compress.quantization import quantize_static_int8
+    from slimline.compress.variants import calibration_set
+    from slimline.model import ModelSpec, build_model, count_params
+    from slimline.runtime.onnxruntime import predict
+    from slimline.training.checkpoint import CheckpointStore
+    from slimline.training.loop import fit, seed_everything
+
+    shape = tuple(prep.splits["train"][0].shape[1:])
+    spec = ModelSpec(structure={}, input_shape=shape, num_classes=prep.meta["num_classes"],
+                     mean=tuple(prep.meta["mean"]), std=tuple(prep.meta["std"]), model=model_name, kwargs={})
+    seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
+    model = build_model(spec)
+    data = {k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y)).long())
+            for k, (x, y) in prep.splits.items()}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(model, data["train"], data["val"], cfg, CheckpointStore(tmp),
+            desc=f"{model_name} seed {cfg.seed}")
+    seconds = time.perf_counter() - start
+    model.eval()
+    fp32, int8 = out / f"seed{cfg.seed}_fp32.onnx", out / f"seed{cfg.seed}_int8_static.onnx"
+    export_onnx(model, shape, fp32, opset=qcfg.opset)
+    x_test, y_test = prep.splits["test"][0].astype(np.float32), np.asarray(prep.splits["test"][1])
+    ref = checked_logits(model, fp32, x_test).argmax(1)  # the export agrees with torch
+    quantize_static_int8(fp32, int8, calibration_set(prep, qcfg), qcfg.calibration_batch_size)
+    q = predict(int8, x_test).argmax(1)
+    return {"params": count_params(model), "train_s": seconds, "n": len(y_test),
+            "fp32": float((ref == y_test).mean()), "int8": float((q == y_test).mean()),
+            "differ": int((ref != q).sum())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="timm:mobilenetv3_small_100")
+    p.add_argument("--size", type=int, default=32, help="input side: 28 as prepared, or zero-padded")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--numerics", default=None, help="train.numerics (default: params.yaml's)")
+    p.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params.yaml's)")
+    args = p.parse_args()
+    if args.numerics:  # the CPU math is pinned through the environment, before torch loads
+        from slimline.numerics import pin_env
+
+        assert "torch" not in sys.modules, "torch loaded before the numerics were pinned"
+        pin_env(args.numerics)
+
+    from slimline.data.dataset import load_prepared
+    from slimline.params import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    prep = load_prepared(ROOT / "data" / "prepared")
+    if args.size != prep.splits["train"][0].shape[-1]:
+        prep = padded(prep, args.size)
+    update = {"epochs": args.epochs, "device": "cpu"}
+    update |= {"numerics": args.numerics} if args.numerics else {}
+    update |= {"num_threads": args.threads} if args.threads else {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ptq_drop.") as tmp:
+        for seed in args.seeds:
+            cfg = params.train.model_copy(update={**update, "seed": seed})
+            rows.append((seed, one_seed(args.model, prep, cfg, params.quantize, Path(tmp))))
+    print(f"\n{args.model} at {args.size}x{args.size}, {args.epochs} epochs, "
+          f"numerics {cfg.numerics}, {cfg.num_threads} thread(s), {rows[0][1]['params']:,} params")
+    print("| seed | train s | fp32 test | int8 test | drop pt | predictions differ |")
+    print("|---|---|---|---|---|---|")
+    for seed, r in rows:
+        print(f"| {seed} | {r['train_s']:.0f} | {r['fp32']:.3f} | {r['int8']:.3f} | "
+              f"{100 * (r['fp32'] - r['int8']):+.1f} | {r['differ']} of {r['n']} |")
+    drops = [100 * (r["fp32"] - r["int8"]) for _, r in rows]
+    spread = f" +/- {statistics.stdev(drops):.1f}" if len(drops) > 1 else ""
+    print(f"mean drop {statistics.mean(drops):+.1f}{spread} pt; seeds at >= 2 pt: "
+          f"{sum(d >= 2 for d in drops)} of {len(drops)}")
+
+
+if __name__ == "__main__":
+    main()
