@@ -141,7 +141,12 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
 
     update_params(toy_copy, {"train": {"epochs": 500}})  # far longer than the test waits
     env = {**run_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(toy_copy),
+    # faulthandler: SIGUSR1 prints every thread's stack, for a flow that ignores the stop
+    start = ("import faulthandler, runpy, signal, sys\n"
+             "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+             "sys.argv[0] = 'flows.pipeline'\n"
+             "runpy.run_module('flows.pipeline', run_name='__main__')")
+    flow = subprocess.Popen([sys.executable, "-c", start, "--root", str(toy_copy),
                              "--targets", "train_baseline"],
                             cwd=toy_copy, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -152,10 +157,17 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
         time.sleep(0.05)
     seen = signal_state(flow.pid)
     flow.send_signal(sig)
+    try:
+        flow.wait(timeout=15)  # 0.5-3.5 s when the flow acts on it
+    except subprocess.TimeoutExpired:
+        flow.send_signal(signal.SIGUSR1)  # it did not: where each thread is now
     out, _ = flow.communicate(timeout=60)
     # on a failure, where the stop went: the flow's signal masks and children when it was
     # sent, and any lost exception (Python prints "Exception ignored")
     lost = [line for line in out.splitlines() if "Exception ignored" in line or "Signal" in line]
+    if "train_baseline: stopping the stage (process group" not in out:
+        print("signal state when sent:", seen)  # whole, in the captured output of the failure
+        print(out)  # with each thread's stack, if it ignored the stop
     assert "train_baseline: stopping the stage (process group" in out, (seen, lost, out[-3000:])
     assert processes_in(toy_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
