@@ -253,7 +253,8 @@ class SignalWatch:
     flow then ignores the stop and the stage trains on. CPython writes every handled
     signal's number to the wakeup fd before its handler runs, so a byte found here
     after the handler had its turn means the stop went missing. Main thread only (the
-    only one signals reach); elsewhere it sees nothing."""
+    only one Python runs handlers in); elsewhere it sees nothing. A wakeup fd set
+    before it gets every byte passed on."""
 
     STOPS = (signal.SIGTERM, signal.SIGINT)
 
@@ -275,6 +276,11 @@ class SignalWatch:
             got = os.read(self._fds[0], 512)
         except BlockingIOError:
             return None
+        if self._old is not None and self._old >= 0:  # whoever watched before still hears them
+            try:
+                os.write(self._old, got)
+            except OSError:
+                pass
         return next((sig for sig in self.STOPS if sig in got), None)
 
     def __exit__(self, *exc) -> None:

@@ -172,8 +172,23 @@ def test_a_stop_whose_exception_was_lost_still_stops_the_stage(tmp_path, caplog)
     try:
         with caplog.at_level(logging.WARNING, logger="slimline.dvc_runner"), pytest.raises(Stop):
             run_stage(tmp_path, "long", on_line=on_line)
-        with SignalWatch() as watch:  # the watch is gone with the run: a new one starts empty
-            assert watch.missed() is None
+        # A wakeup fd set before the watch hears what the watch read, and is back after it.
+        outer_r, outer_w = os.pipe()
+        os.set_blocking(outer_r, False)
+        os.set_blocking(outer_w, False)
+        signal.signal(signal.SIGTERM, lambda sig, frame: None)
+        before = signal.set_wakeup_fd(outer_w)
+        try:
+            with SignalWatch() as watch:  # the run's watch is gone: a new one starts empty
+                assert watch.missed() is None
+                signal.raise_signal(signal.SIGTERM)
+                assert watch.missed() == signal.SIGTERM
+            assert os.read(outer_r, 16) == bytes([signal.SIGTERM])
+            assert signal.set_wakeup_fd(outer_w) == outer_w
+        finally:
+            signal.set_wakeup_fd(before)
+            os.close(outer_r)
+            os.close(outer_w)
     finally:
         signal.signal(signal.SIGTERM, old)
     assert calls == [signal.SIGTERM, signal.SIGTERM]
