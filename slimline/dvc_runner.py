@@ -15,6 +15,7 @@ here imports Prefect. Log lines go to the logger the caller passes in.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -277,10 +278,8 @@ class SignalWatch:
         except BlockingIOError:
             return None
         if self._old is not None and self._old >= 0:  # whoever watched before still hears them
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self._old, got)
-            except OSError:
-                pass
         return next((sig for sig in self.STOPS if sig in got), None)
 
     def __exit__(self, *exc) -> None:

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.support.prefect_server import artifacts
-from tests.support.processes import descendants, processes_in
+from tests.support.processes import processes_in, signal_state
 from tests.support.project import run_env, sh, tree_digest, update_params
 
 
@@ -130,20 +129,6 @@ def as_in_a_terminal() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def signal_state(pid: int) -> dict:
-    """Each thread's blocked, ignored and caught signal masks, and the child processes."""
-    state = {}
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            lines = (task / "status").read_text().splitlines()
-        except OSError:
-            continue
-        state[task.name] = [line for line in lines if line.startswith(("Name", "Sig", "State"))]
-    state["children"] = [(Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ")[:120])
-                         for c in descendants(pid) if Path(f"/proc/{c}").exists()]
-    return state
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig):
     """The stage runs in its own process group; stopping the flow must not orphan it."""
@@ -174,11 +159,12 @@ def test_stopping_the_flow_kills_the_running_stage(prefect_server, toy_copy, sig
     out, _ = flow.communicate(timeout=60)
     # on a failure, where the stop went: the flow's signal masks and children when it was
     # sent, and any lost exception (Python prints "Exception ignored")
-    lost = [line for line in out.splitlines() if "Exception ignored" in line or "Signal" in line]
-    if "train_baseline: stopping the stage (process group" not in out:
+    stopped = "train_baseline: stopping the stage (process group" in out
+    if not stopped:
         print("signal state when sent:", seen)  # whole, in the captured output of the failure
         print(out)  # with each thread's stack, if it ignored the stop
-    assert "train_baseline: stopping the stage (process group" in out, (seen, lost, out[-3000:])
+    lost = [line for line in out.splitlines() if "Exception ignored" in line or "Signal" in line]
+    assert stopped, (seen, lost, out[-3000:])
     assert processes_in(toy_copy) == [], "a stage process outlived the flow"
     # the interrupted run can resume: its checkpoints are kept
     assert list(toy_copy.glob(".slimline/resume/train_baseline-*/epoch-*.pt"))

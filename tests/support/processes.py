@@ -58,3 +58,22 @@ def processes_in(folder: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def signal_state(pid: int) -> dict:
+    """Each thread's state and blocked, ignored and caught signal masks ({tid: lines}),
+    and the command lines of the processes under pid ("children")."""
+    state: dict = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        state[task.name] = [line for line in lines if line.startswith(("Name", "Sig", "State"))]
+    state["children"] = []
+    for child in descendants(pid):
+        try:
+            state["children"].append(Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")[:120])
+        except OSError:  # gone meanwhile
+            continue
+    return state

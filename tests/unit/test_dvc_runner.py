@@ -150,8 +150,6 @@ def test_a_stop_whose_exception_was_lost_still_stops_the_stage(tmp_path, caplog)
     import os
     import signal
 
-    from slimline.dvc_runner import SignalWatch
-
     code = ("import os, pathlib, time; pathlib.Path('pid').write_text(str(os.getpid())); "
             "[(print('line', i, flush=True), time.sleep(0.05)) for i in range(1200)]")
     dvc("init", "--no-scm", "-q", cwd=tmp_path)
@@ -172,23 +170,6 @@ def test_a_stop_whose_exception_was_lost_still_stops_the_stage(tmp_path, caplog)
     try:
         with caplog.at_level(logging.WARNING, logger="slimline.dvc_runner"), pytest.raises(Stop):
             run_stage(tmp_path, "long", on_line=on_line)
-        # A wakeup fd set before the watch hears what the watch read, and is back after it.
-        outer_r, outer_w = os.pipe()
-        os.set_blocking(outer_r, False)
-        os.set_blocking(outer_w, False)
-        signal.signal(signal.SIGTERM, lambda sig, frame: None)
-        before = signal.set_wakeup_fd(outer_w)
-        try:
-            with SignalWatch() as watch:  # the run's watch is gone: a new one starts empty
-                assert watch.missed() is None
-                signal.raise_signal(signal.SIGTERM)
-                assert watch.missed() == signal.SIGTERM
-            assert os.read(outer_r, 16) == bytes([signal.SIGTERM])
-            assert signal.set_wakeup_fd(outer_w) == outer_w
-        finally:
-            signal.set_wakeup_fd(before)
-            os.close(outer_r)
-            os.close(outer_w)
     finally:
         signal.signal(signal.SIGTERM, old)
     assert calls == [signal.SIGTERM, signal.SIGTERM]
@@ -196,3 +177,29 @@ def test_a_stop_whose_exception_was_lost_still_stops_the_stage(tmp_path, caplog)
     assert "long: stopping the stage (process group" in caplog.text
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_the_watch_passes_signals_on_to_the_wakeup_fd_set_before_it():
+    """A wakeup fd set before the watch hears what the watch read, and is back after it."""
+    import os
+    import signal
+
+    from slimline.dvc_runner import SignalWatch
+
+    outer_r, outer_w = os.pipe()
+    os.set_blocking(outer_r, False)
+    os.set_blocking(outer_w, False)
+    old = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    before = signal.set_wakeup_fd(outer_w)
+    try:
+        with SignalWatch() as watch:
+            assert watch.missed() is None  # a new watch starts empty
+            signal.raise_signal(signal.SIGTERM)
+            assert watch.missed() == signal.SIGTERM
+        assert os.read(outer_r, 16) == bytes([signal.SIGTERM])
+        assert signal.set_wakeup_fd(outer_w) == outer_w
+    finally:
+        signal.set_wakeup_fd(before)
+        signal.signal(signal.SIGTERM, old)
+        os.close(outer_r)
+        os.close(outer_w)
