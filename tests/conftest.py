@@ -109,8 +109,9 @@ def pytest_unconfigure(config):
 WAITS = {"tiny_pipeline": 1, "pipeline_copy": 1, "committed_repro": 2}
 LONGEST = ["e2e/test_orchestration.py", "e2e/test_search.py", "e2e/test_flow.py", "e2e/test_s3.py",
            "e2e/test_remote_flow.py", "e2e/test_own_model.py", "e2e/test_training_stages.py",
-           "unit/test_validate.py", "unit/test_numerics.py", "unit/test_zoo.py", "unit/test_pruning.py",
-           "unit/test_s3_parts.py", "unit/test_features.py", "unit/test_flow_parts.py"]
+           "unit/test_validate.py", "unit/test_numerics.py", "unit/test_qat.py", "unit/test_zoo.py",
+           "unit/test_pruning.py", "unit/test_s3_parts.py", "unit/test_features.py",
+           "unit/test_flow_parts.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):

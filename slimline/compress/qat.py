@@ -1,0 +1,280 @@
+"""Fake quantization for quantization-aware training: the quantize stage's static int8,
+simulated in torch, so that training sees the numbers the shipped ONNX file computes.
+
+The scheme is ORT's `quantize_static` as slimline/compress/quantization.py calls it:
+- weights: int8, symmetric, one scale per output channel, `reduce_range` (ORT 1.32 spans
+  [-64, 64]: scale = absmax / 64, zero point 0);
+- activations: uint8, one scale and zero point per tensor, from the min and max over the
+  calibration images, 0 always inside the range;
+- the logits stay float (quantize_static_int8 drops their QuantizeLinear).
+
+torchao's PT2E QAT (`prepare_qat_pt2e`) inserts the fake quantizers; where it puts them is
+this module's `OrtInt8Quantizer`, written to match where ORT puts its QuantizeLinear nodes,
+not where a library's backend would (docs/design.md, "Quantization-aware training"):
+- conv and linear: the input and the weights; the output after the BatchNorm and ReLU that
+  the ONNX export and ORT fold into them;
+- add and mul: every input and the output (ORT's QDQ Add and Mul);
+- hard-swish: x * hardsigmoid(x), the graph ORT quantizes after its pre-processing inlines
+  HardSwish;
+- max-pool, flatten, reshape: pass-through on the input's scale, as ORT requantizes them.
+
+The model is first brought to the structure of its fp32 ONNX file: each Linear ->
+BatchNorm1d pair fused (the export fuses them), and the input normalisation folded into
+the first conv where the export folds it. `python -m benchmarks.ptq_drop` measures how often
+the fake-quantized torch model and ORT's int8 file of the same weights agree.
+
+torchao is imported here only: nothing else in Slimline needs it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+# ORT's reduce_range int8 weights: quant_utils.ONNX_INT_TYPE_REDUCED_RANGE, [-64, 64].
+WEIGHT_QMIN, WEIGHT_QMAX = -64, 64
+ACT_QMIN, ACT_QMAX = 0, 255
+
+
+def _pt2e():
+    """torchao's PT2E package. Its import makes torch's pytree log a deprecation warning
+    (torchao registers an Enum as a pytree constant): not the user's to act on, so it is
+    kept out of the stage's log."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e as pt2e
+        import torchao.quantization.pt2e.quantize_pt2e
+        import torchao.quantization.pt2e.quantizer  # noqa: F401
+    finally:
+        pytree.setLevel(level)
+    return pt2e
+
+
+def _specs():
+    pt2e = _pt2e()
+    FakeQuantize, QuantizationSpec = pt2e.FakeQuantize, pt2e.quantizer.QuantizationSpec
+    MinMaxObserver, MovingAveragePerChannelMinMaxObserver = \
+        pt2e.MinMaxObserver, pt2e.MovingAveragePerChannelMinMaxObserver
+
+    # Activations: the min and max over every batch seen, as ORT's MinMax calibration.
+    act = QuantizationSpec(
+        dtype=torch.uint8, quant_min=ACT_QMIN, quant_max=ACT_QMAX, qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            observer=MinMaxObserver, quant_min=ACT_QMIN, quant_max=ACT_QMAX, dtype=torch.uint8,
+            qscheme=torch.per_tensor_affine))
+    # Weights: each step's scale from the current weights (averaging constant 1), as ORT's
+    # comes from the final ones.
+    weight = QuantizationSpec(
+        dtype=torch.int8, quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX, qscheme=torch.per_channel_symmetric,
+        ch_axis=0, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver.with_args(averaging_constant=1),
+            quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX, dtype=torch.int8,
+            qscheme=torch.per_channel_symmetric, ch_axis=0))
+    return act, weight
+
+
+def _ops():
+    aten = torch.ops.aten
+    return {
+        "conv": {aten.conv1d.default, aten.conv2d.default},
+        "linear": {aten.linear.default},
+        "bn": {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default},
+        "relu": {aten.relu.default, aten.relu_.default},
+        "add": {aten.add.Tensor, aten.add_.Tensor},
+        "mul": {aten.mul.Tensor, aten.mul_.Tensor},
+        "hardswish": {aten.hardswish.default, aten.hardswish_.default},
+        "passthrough": {aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default,
+                        aten.reshape.default, aten.dropout.default},
+    }
+
+
+def _is_tensor(arg) -> bool:
+    return isinstance(arg, torch.fx.Node) and isinstance(arg.meta.get("val"), torch.Tensor)
+
+
+def _quantizer_class():
+    quantizer = _pt2e().quantizer
+    QuantizationAnnotation, Quantizer, SharedQuantizationSpec = \
+        quantizer.QuantizationAnnotation, quantizer.Quantizer, quantizer.SharedQuantizationSpec
+
+    class OrtInt8Quantizer(Quantizer):
+        """Fake quantizers where ORT's static int8 puts QuantizeLinear (module doc)."""
+
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            # hardswish(x) -> x * hardsigmoid(x): ORT quantizes the product's two inputs
+            ops, graph = _ops(), model.graph
+            for node in list(graph.nodes):
+                if node.op == "call_function" and node.target in ops["hardswish"]:
+                    with graph.inserting_before(node):
+                        gate = graph.call_function(torch.ops.aten.hardsigmoid.default, (node.args[0],))
+                        gate.meta = dict(node.meta)
+                        prod = graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], gate))
+                        prod.meta = dict(node.meta)
+                    node.replace_all_uses_with(prod)
+                    graph.erase_node(node)
+            graph.lint()
+            model.recompile()
+            return model
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            act, weight = _specs()
+            ops = _ops()
+            output = next(n for n in model.graph.nodes if n.op == "output")
+            returned = set(output.all_input_nodes)
+
+            def only_user(node, kinds):
+                users = list(node.users)
+                return users[0] if len(users) == 1 and users[0].op == "call_function" \
+                    and users[0].target in kinds else None
+
+            def tail(node):
+                """The last node of node's fused group (conv/linear/add [-> bn] [-> relu])."""
+                nxt = only_user(node, ops["bn"])
+                if nxt is not None:
+                    node = nxt
+                nxt = only_user(node, ops["relu"])
+                return nxt if nxt is not None else node
+
+            def mark(node, inputs):
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=inputs, _annotated=True)
+                end = tail(node)
+                if end in returned:  # the logits stay float
+                    return
+                if end is node:
+                    node.meta["quantization_annotation"].output_qspec = act
+                else:
+                    end.meta["quantization_annotation"] = QuantizationAnnotation(
+                        output_qspec=act, _annotated=True)
+
+            for node in model.graph.nodes:
+                if node.op != "call_function":
+                    continue
+                if node.target in ops["conv"] | ops["linear"]:
+                    mark(node, {node.args[0]: act, node.args[1]: weight})
+                elif node.target in ops["add"] | ops["mul"]:
+                    inputs = {a: act for a in node.args[:2] if _is_tensor(a)}
+                    if len(inputs) == 2:
+                        mark(node, inputs)
+                elif node.target in ops["passthrough"] and _is_tensor(node.args[0]) \
+                        and "quantization_annotation" not in node.meta:
+                    src = node.args[0]
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={src: act}, output_qspec=SharedQuantizationSpec((src, node)),
+                        _annotated=True)
+            return model
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return OrtInt8Quantizer
+
+
+def folds_input(onnx_path: str | Path) -> bool:
+    """Whether the fp32 ONNX file's first conv reads the raw pixels (the export folded the
+    input normalisation into it, or the model has none)."""
+    from slimline.compress.onnx_files import INPUT, load
+
+    return any(n.op_type == "Conv" and n.input[0] == INPUT for n in load(onnx_path).graph.node)
+
+
+def _normalization_folded(conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """conv's weights and bias with (x - mean) / std folded in, by the export's own fold
+    (slimline/compress/export.py) run on a three-node graph: the same bits as the file."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimline.compress.export import _fold_input_normalization
+    from slimline.compress.onnx_files import INPUT, OUTPUT
+
+    w = conv.weight.detach().numpy()
+    b = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(w.shape[0], np.float32)
+    shape = (1, w.shape[1], 1, 1)
+    inits = [numpy_helper.from_array(np.broadcast_to(mean.numpy().reshape(-1), w.shape[1:2])
+                                     .reshape(shape).astype(np.float32), "mean"),
+             numpy_helper.from_array(np.broadcast_to(std.numpy().reshape(-1), w.shape[1:2])
+                                     .reshape(shape).astype(np.float32), "std"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    nodes = [helper.make_node("Sub", [INPUT, "mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "std"], ["scaled"]),
+             helper.make_node("Conv", ["scaled", "w", "b"], [OUTPUT], kernel_shape=list(w.shape[2:]),
+                              strides=list(conv.stride), dilations=list(conv.dilation))]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph)
+    _fold_input_normalization(proto)
+    (node,) = proto.graph.node
+    if node.op_type != "Conv" or node.input[0] != INPUT:
+        raise ValueError("the export's fold did not fold this conv")
+    folded = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return folded[node.input[1]], folded[node.input[2]]
+
+
+def as_exported(model: nn.Module, onnx_path: str | Path) -> nn.Module:
+    """A copy with the structure of the model's fp32 ONNX file: each Linear -> BatchNorm1d
+    fused, and the input normalisation folded into the first conv when the export folded
+    it, so that its weights are quantized as the file's are."""
+    from slimline.compress.export import _fuse_linear_bn
+    from slimline.model import Normalize
+
+    net = copy.deepcopy(model).cpu().eval()
+    _fuse_linear_bn(net)
+    leaves = [m for m in net.modules() if not list(m.children())]
+    at = next((i for i, m in enumerate(leaves) if isinstance(m, Normalize)), None)
+    if at is None or not folds_input(onnx_path):
+        return net
+    norm, conv = leaves[at], leaves[at + 1] if at + 1 < len(leaves) else None
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or any(conv.padding):
+        raise ValueError(f"{onnx_path} folds the input normalisation into a conv that does not follow "
+                         "the model's Normalize: the fake quantization would not match the file")
+    weight, bias = _normalization_folded(conv, norm.mean, norm.std)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(weight.copy()))
+        conv.bias = nn.Parameter(torch.from_numpy(bias.copy()))
+        norm.mean.zero_()
+        norm.std.fill_(1.0)
+    return net
+
+
+def prepare(model: nn.Module, example: torch.Tensor, onnx_path: str | Path) -> torch.fx.GraphModule:
+    """The model with ORT's int8 simulated (module doc), in train mode, for any batch size.
+    example: a batch of at least 2 raw-pixel inputs; onnx_path: the model's fp32 export."""
+    prepare_qat_pt2e = _pt2e().quantize_pt2e.prepare_qat_pt2e
+    net = as_exported(model, onnx_path).train()
+    batch = torch.export.Dim("batch", min=2)
+    graph = torch.export.export(net, (example,), dynamic_shapes=({0: batch},)).module()
+    return prepare_qat_pt2e(graph, _quantizer_class()())
+
+
+def fake_quantizers(qat: torch.fx.GraphModule) -> dict:
+    """{module name: FakeQuantize} of every fake quantizer, weights and activations."""
+    fake = _pt2e().FakeQuantize
+    return {name: m for name, m in qat.named_modules() if isinstance(m, fake)}
+
+
+def activation_quantizers(qat: torch.fx.GraphModule) -> dict:
+    """The uint8 ones: one per activation tensor that ORT quantizes on its own scale."""
+    return {name: m for name, m in fake_quantizers(qat).items() if m.dtype == torch.uint8}
+
+
+def calibrate(qat: torch.fx.GraphModule, batches: Iterable[np.ndarray]) -> None:
+    """Activation ranges from the min and max of the float values over `batches`, as ORT's
+    MinMax calibration sees them (no fake quantization upstream), then frozen. Leaves the
+    model in eval mode, fake quantization on."""
+    _pt2e().move_exported_model_to_eval(qat)
+    quantizers, acts = fake_quantizers(qat), activation_quantizers(qat)
+    for m in quantizers.values():
+        m.disable_fake_quant()
+    with torch.no_grad():
+        for batch in batches:
+            qat(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+    for m in quantizers.values():
+        m.enable_fake_quant()
+    for m in acts.values():
+        m.disable_observer()
