@@ -1,4 +1,5 @@
-"""How much test accuracy does static int8 (PTQ) lose, per model and seed?
+"""How much test accuracy does static int8 (PTQ) lose, per model and seed? And does the fake
+quantization that QAT trains with (slimline/compress/qat.py) predict what the int8 file does?
 
     python -m benchmarks.ptq_drop [--model timm:mobilenetv3_small_100] [--size 32]
                                   [--epochs 6] [--seeds 0 1 2] [--numerics fast] [--threads 1]
@@ -11,9 +12,12 @@ calibration images, no node kept in fp32), and prints fp32 vs int8 test accuracy
 in points and how many test predictions differ. --size 32 zero-pads the 28x28 digits (the
 zoo's MobileNets need it) and normalizes with the padded train split's mean and std.
 
-It answers the question quantization-aware training starts from (docs/design.md,
+It answers the questions quantization-aware training starts from (docs/design.md,
 "Quantization-aware training"): is there a model in reach whose PTQ drop is worth
-recovering? One 1,000-image test split has a 95% interval of about +/-0.8 pt.
+recovering? One 1,000-image test split has a 95% interval of about +/-0.8 pt. And: the same
+weights, fake-quantized in torch as QAT trains them (ORT's scheme and placement, calibrated
+on the same images), against the int8 file: the test predictions that differ and the largest
+logit difference. Training can only recover what the fake quantization simulates.
 """
 from __future__ import annotations
 
@@ -77,11 +81,29 @@ def one_seed(model_name: str, prep, cfg, qcfg, out: Path) -> dict:
     export_onnx(model, shape, fp32, opset=qcfg.opset)
     x_test, y_test = prep.splits["test"][0].astype(np.float32), np.asarray(prep.splits["test"][1])
     ref = checked_logits(model, fp32, x_test).argmax(1)  # the export agrees with torch
-    quantize_static_int8(fp32, int8, calibration_set(prep, qcfg), qcfg.calibration_batch_size)
-    q = predict(int8, x_test).argmax(1)
+    calib = calibration_set(prep, qcfg)
+    quantize_static_int8(fp32, int8, calib, qcfg.calibration_batch_size)
+    q_logits = predict(int8, x_test)
+    q = q_logits.argmax(1)
+    fq_logits = fake_quantized_logits(model, fp32, calib, qcfg.calibration_batch_size, x_test)
     return {"params": count_params(model), "train_s": seconds, "n": len(y_test),
             "fp32": float((ref == y_test).mean()), "int8": float((q == y_test).mean()),
-            "differ": int((ref != q).sum())}
+            "differ": int((ref != q).sum()), "fq_differ": int((fq_logits.argmax(1) != q).sum()),
+            "fq_max_diff": float(np.abs(fq_logits - q_logits).max()),
+            "logit_range": float(np.abs(q_logits).max())}
+
+
+def fake_quantized_logits(model, fp32: Path, calib: np.ndarray, batch_size: int, x: np.ndarray) -> np.ndarray:
+    """model's test logits with ORT's int8 simulated as QAT trains it, calibrated on the
+    images and batches the quantize stage calibrates on."""
+    import torch
+
+    from slimline.compress import qat
+
+    fake = qat.prepare(model, torch.from_numpy(calib[:2]), fp32)
+    qat.calibrate(fake, (calib[i:i + batch_size] for i in range(0, len(calib), batch_size)))
+    with torch.no_grad():
+        return np.concatenate([fake(torch.from_numpy(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
 
 
 def main() -> None:
@@ -116,11 +138,14 @@ def main() -> None:
             rows.append((seed, one_seed(args.model, prep, cfg, params.quantize, Path(tmp))))
     print(f"\n{args.model} at {args.size}x{args.size}, {args.epochs} epochs, "
           f"numerics {cfg.numerics}, {cfg.num_threads} thread(s), {rows[0][1]['params']:,} params")
-    print("| seed | train s | fp32 test | int8 test | drop pt | predictions differ |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | train s | fp32 test | int8 test | drop pt | predictions differ | "
+          "fake quant vs int8: predictions differ | largest logit difference |")
+    print("|---|---|---|---|---|---|---|---|")
     for seed, r in rows:
         print(f"| {seed} | {r['train_s']:.0f} | {r['fp32']:.3f} | {r['int8']:.3f} | "
-              f"{100 * (r['fp32'] - r['int8']):+.1f} | {r['differ']} of {r['n']} |")
+              f"{100 * (r['fp32'] - r['int8']):+.1f} | {r['differ']} of {r['n']} | "
+              f"{r['fq_differ']} of {r['n']} | {r['fq_max_diff']:.3f} "
+              f"(logits up to {r['logit_range']:.1f}) |")
     drops = [100 * (r["fp32"] - r["int8"]) for _, r in rows]
     spread = f" +/- {statistics.stdev(drops):.1f}" if len(drops) > 1 else ""
     print(f"mean drop {statistics.mean(drops):+.1f}{spread} pt; seeds at >= 2 pt: "
