@@ -23,6 +23,10 @@ BatchNorm1d pair fused (the export fuses them), and the input normalisation fold
 the first conv where the export folds it. `python -m benchmarks.ptq_drop` measures how often
 the fake-quantized torch model and ORT's int8 file of the same weights agree.
 
+The trained ranges go back to ORT as `TensorQuantOverrides` (`tensor_overrides`): each fake
+quantizer is matched to the ONNX tensor that holds the same values, so nothing depends on
+how torch and the ONNX export name things.
+
 torchao is imported here only: nothing else in Slimline needs it.
 """
 from __future__ import annotations
@@ -278,3 +282,67 @@ def calibrate(qat: torch.fx.GraphModule, batches: Iterable[np.ndarray]) -> None:
         m.enable_fake_quant()
     for m in acts.values():
         m.disable_observer()
+
+
+def _tensor_values(onnx_path: str | Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float tensor of the file as quantize_static sees it (after quant_pre_process,
+    which names the tensors it quantizes), computed on x."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from slimline.compress.onnx_files import INPUT, load
+
+    with tempfile.TemporaryDirectory(prefix="qat.") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(load(onnx_path), pre)
+        model = onnx.load(pre)
+    present = {o.name for o in model.graph.output}
+    floats = {v.name for v in model.graph.value_info
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    for name in sorted(floats - present):  # quant_pre_process's shape inference typed them
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, {INPUT: x}), strict=True))
+    return {INPUT: x, **values}
+
+
+def tensor_overrides(qat: torch.fx.GraphModule, onnx_path: str | Path, quantized: Iterable[str],
+                     x: np.ndarray) -> dict[str, list[dict]]:
+    """ORT `TensorQuantOverrides` for the file's tensors that static int8 quantizes
+    (`quantized`: their names, as quantize_static names them), each with the scale and zero
+    point of the fake quantizer that sees the same values: the ranges QAT trained with, for
+    the file it exports. Tensors are matched by value on one batch x (fake quantization off),
+    so the match needs no names shared between torch and ONNX. A tensor with no match is
+    left out: ORT calibrates it."""
+    quantized, acts = set(quantized), activation_quantizers(qat)
+    seen: list[tuple[str, np.ndarray]] = []  # a shared quantizer is called at each tensor it serves
+    hooks = [m.register_forward_pre_hook(lambda _, args, name=name: seen.append((name, args[0].numpy())))
+             for name, m in acts.items()]
+    fakes = fake_quantizers(qat)
+    on = {name: bool(m.fake_quant_enabled[0]) for name, m in fakes.items()}
+    try:
+        for m in fakes.values():
+            m.disable_fake_quant()
+        with torch.no_grad():
+            qat(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, m in fakes.items():
+            if on[name]:
+                m.enable_fake_quant()
+    tensors = {k: v for k, v in _tensor_values(onnx_path, x).items() if k in quantized}
+    overrides: dict[str, list[dict]] = {}
+    for name, value in seen:
+        tol = 1e-4 * max(1.0, float(np.abs(value).max()))
+        for tensor, other in tensors.items():
+            if other.shape == value.shape and np.allclose(other, value, rtol=1e-3, atol=tol):
+                m = acts[name]
+                # 0-d arrays of the file's types: what ORT's quantizer takes
+                overrides[tensor] = [{"scale": np.array(m.scale.item(), np.float32),
+                                      "zero_point": np.array(m.zero_point.item(), np.uint8)}]
+    return overrides

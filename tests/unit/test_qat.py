@@ -36,6 +36,16 @@ def fake_quantized(model, fp32):
     return fake
 
 
+def activation_qparams(int8_path) -> dict[str, tuple[float, int, str]]:
+    """{tensor: (scale, zero point, the op that makes it)} for each activation the int8 file
+    quantizes."""
+    model = onnx.load(int8_path)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]]), producer.get(n.input[0], "input"))
+            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
 def weight_scales(int8_path) -> list[np.ndarray]:
     """The per-channel scales of the int8 file's quantized weights (int8; biases are int32)."""
     model = onnx.load(int8_path)
@@ -88,6 +98,19 @@ def test_fake_quantization_computes_what_the_int8_file_does(case, tmp_path):
     for m in qat.fake_quantizers(fake).values():
         if m.dtype == torch.int8:
             assert (m.quant_min, m.quant_max) == (qat.WEIGHT_QMIN, qat.WEIGHT_QMAX) == (-64, 64)
+
+    # the ranges find their way back to the file by value: calibrated alike, each tensor the
+    # file quantizes on a scale of its own gets the fake quantizer's scale and zero point,
+    # which are the file's (max-pool, flatten and reshape reuse their input's)
+    qparams = activation_qparams(int8)
+    overrides = qat.tensor_overrides(fake, fp32, qparams, CALIB[:BATCH])
+    own = {t for t, (*_, op) in qparams.items() if op not in ("MaxPool", "Flatten", "Reshape")}
+    assert own and own <= set(overrides)
+    for tensor, [override] in overrides.items():
+        scale, zero_point, _ = qparams[tensor]
+        assert np.isclose(override["scale"], scale, rtol=1e-5) and int(override["zero_point"]) == zero_point
+        # ORT's quantizer takes numpy arrays only, of the file's types
+        assert (override["scale"].dtype, override["zero_point"].dtype) == (np.float32, np.uint8)
 
 
 class HardSwishNet(torch.nn.Module):
