@@ -23,9 +23,10 @@ BatchNorm1d pair fused (the export fuses them), and the input normalisation fold
 the first conv where the export folds it. `python -m benchmarks.ptq_drop` measures how often
 the fake-quantized torch model and ORT's int8 file of the same weights agree.
 
-The trained ranges go back to ORT as `TensorQuantOverrides` (`tensor_overrides`): each fake
-quantizer is matched to the ONNX tensor that holds the same values, so nothing depends on
-how torch and the ONNX export name things.
+`export_int8` writes the QAT model as the quantize stage's static int8 file: the trained
+weights exported as the fp32 model was, the trained ranges passed to ORT as
+`TensorQuantOverrides` (`tensor_overrides`: each fake quantizer matched to the ONNX tensor
+that holds the same values, so nothing depends on how torch and the exporter name things).
 
 torchao is imported here only: nothing else in Slimline needs it.
 """
@@ -346,3 +347,43 @@ def tensor_overrides(qat: torch.fx.GraphModule, onnx_path: str | Path, quantized
                 overrides[tensor] = [{"scale": np.array(m.scale.item(), np.float32),
                                       "zero_point": np.array(m.zero_point.item(), np.uint8)}]
     return overrides
+
+
+def trained_copy(qat: torch.fx.GraphModule, model: nn.Module, onnx_path: str | Path) -> nn.Module:
+    """The model as exported (`as_exported`) with the QAT model's weights and BatchNorm
+    statistics: torch.export keeps the module's state-dict keys."""
+    net = as_exported(model, onnx_path)
+    state = qat.state_dict()
+    net.load_state_dict({key: state[key] for key in net.state_dict()})
+    return net.eval()
+
+
+def quantized_tensors(int8_path: str | Path) -> list[str]:
+    """The activations a static int8 (QDQ) file quantizes: the inputs of its QuantizeLinear
+    nodes that are not weights."""
+    from slimline.compress.onnx_files import load
+
+    model = load(int8_path)
+    weights = {t.name for t in model.graph.initializer}
+    return [n.input[0] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+
+
+def export_int8(qat: torch.fx.GraphModule, model: nn.Module, onnx_path: str | Path, dst: str | Path,
+                calib: np.ndarray, batch_size: int) -> None:
+    """The QAT model as the quantize stage's static int8 file: its weights exported as the
+    fp32 model was (onnx_path: that export), then quantize_static_int8 with the trained
+    activation ranges as overrides, so the file differs from a PTQ one only in its numbers.
+    A plain quantization first names the tensors ORT quantizes."""
+    import tempfile
+
+    from slimline.compress.export import export_onnx
+    from slimline.compress.quantization import quantize_static_int8
+
+    shape = tuple(calib.shape[1:])
+    with tempfile.TemporaryDirectory(prefix="qat.") as tmp:
+        fp32, plain = Path(tmp) / "fp32.onnx", Path(tmp) / "plain.onnx"
+        export_onnx(trained_copy(qat, model, onnx_path), shape, fp32)
+        quantize_static_int8(fp32, plain, calib, batch_size)
+        overrides = tensor_overrides(qat, fp32, quantized_tensors(plain), calib[:batch_size])
+        quantize_static_int8(fp32, dst, calib, batch_size, overrides=overrides)

@@ -79,7 +79,7 @@ def _float_logits(model: onnx.ModelProto) -> None:
 
 
 def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, batch_size: int,
-                         fp32_nodes: list[str] | tuple = ()) -> None:
+                         fp32_nodes: list[str] | tuple = (), overrides: dict | None = None) -> None:
     """QDQ int8 with activation ranges from min/max calibration on `calib`.
 
     Weights: int8, symmetric, one scale per output channel (small filters keep
@@ -96,6 +96,9 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, ba
     fp32_nodes: names of nodes (as quant_pre_process names them, the names
     static_int8_nodes returns) that stay in fp32: the accuracy-aware loop keeps the
     ones that hurt accuracy most out of int8.
+
+    overrides: ORT's TensorQuantOverrides ({tensor: [{"scale", "zero_point"}]}), ranges that
+    replace the calibrated ones: quantization-aware training's (slimline/compress/qat.py).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -120,7 +123,8 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, ba
         quant_pre_process(model, pre)  # shape inference + basic graph optimisation
         quantize_static(pre, out, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
-                        nodes_to_exclude=list(fp32_nodes))
+                        nodes_to_exclude=list(fp32_nodes),
+                        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
         result = onnx.load(out)
         _float_logits(result)
     save(result, dst)

@@ -112,6 +112,27 @@ def test_fake_quantization_computes_what_the_int8_file_does(case, tmp_path):
         # ORT's quantizer takes numpy arrays only, of the file's types
         assert (override["scale"].dtype, override["zero_point"].dtype) == (np.float32, np.uint8)
 
+    # The export: calibrated alike and not trained, the QAT file is the PTQ file, but for
+    # scales one ulp apart
+    exported = tmp_path / "qat.onnx"
+    qat.export_int8(fake, model, fp32, exported, CALIB, BATCH)
+    assert np.abs(predict(exported, x) - want).max() <= 0.01 * np.abs(want).max()
+    assert qat.quantized_tensors(exported) == qat.quantized_tensors(int8)  # the same Q/DQ placement
+    # what training changes reaches the file: a range, and the weights
+    name, quantizer = next(iter(qat.activation_quantizers(fake).items()))
+    state = fake.state_dict()
+    head = [k for k in state if k.endswith(".weight") and state[k].ndim == 2][-1]
+    with torch.no_grad():
+        quantizer.scale.mul_(1.25)
+        state[head].mul_(2.0)
+    qat.export_int8(fake, model, fp32, tmp_path / "changed.onnx", CALIB, BATCH)
+    before, after = activation_qparams(int8), activation_qparams(tmp_path / "changed.onnx")
+    ratios = [after[t][0] / before[t][0] for t in before]
+    assert any(np.isclose(r, 1.25) for r in ratios), ratios
+    pairs = zip(weight_scales(int8), weight_scales(tmp_path / "changed.onnx"), strict=True)
+    changed = [(a, b) for a, b in pairs if not np.allclose(a, b, rtol=1e-5)]
+    assert len(changed) == 1 and np.allclose(changed[0][1], 2 * changed[0][0], rtol=1e-5)  # the head's
+
 
 class HardSwishNet(torch.nn.Module):
     def __init__(self):
