@@ -3,6 +3,9 @@ give the numbers of the static int8 file that ORT runs, because the fake quantiz
 where ORT puts its QuantizeLinear nodes and use ORT's scheme."""
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -66,44 +69,57 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_fake_quantization_computes_what_the_int8_file_does(case, tmp_path):
-    model = CASES[case]()
-    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    """One model of CASES, its fp32 export, the quantize stage's static int8 of it, and the
+    fake-quantized model, calibrated on the same images: made once for the module."""
+    model = CASES[request.param]()
+    folder = tmp_path_factory.mktemp(request.param)
+    fp32, int8 = folder / "fp32.onnx", folder / "int8.onnx"
     export_onnx(model, SHAPE, fp32)
-    assert qat.folds_input(fp32) == (case == "cnn")
     quantize_static_int8(fp32, int8, CALIB, BATCH)
-    fake = fake_quantized(model, fp32)
+    return SimpleNamespace(name=request.param, model=model, fp32=fp32, int8=int8,
+                           fake=fake_quantized(model, fp32), folder=folder)
 
-    x = make_data(500, seed=4)[0]
-    want = predict(int8, x)
+
+X = make_data(500, seed=4)[0]
+
+
+def test_fake_quantization_computes_what_the_int8_file_does(case):
+    assert qat.folds_input(case.fp32) == (case.name == "cnn")
+    want = predict(case.int8, X)
     with torch.no_grad():
-        got = fake(torch.from_numpy(x)).numpy()
-    # One rounding step apart at most here and there (ORT adds in int32, torch in float):
-    # a misplaced or missing quantizer, or 8-bit weights, shows as 10-20% of the logits' range.
+        got = case.fake(torch.from_numpy(X)).numpy()
+    # One rounding step apart here and there (ORT adds in int32, torch in float); a
+    # misplaced or missing quantizer shows as a tenth of the logits' range or more.
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
 
-    # the logits stay float: quantize_static_int8 drops their QuantizeLinear
-    (last,) = next(n for n in fake.graph.nodes if n.op == "output").all_input_nodes
+
+def test_the_logits_stay_float(case):
+    """quantize_static_int8 drops the QuantizeLinear on the logits; so does the fake model."""
+    (last,) = next(n for n in case.fake.graph.nodes if n.op == "output").all_input_nodes
     assert last.op == "call_function" and last.target == torch.ops.aten.linear.default
 
-    # the weights: ORT's reduce_range scale, absmax / 64 per output channel, on the weights
-    # the file holds (BatchNorm folded in)
-    ours = [m.scale.detach().numpy() for m in qat.fake_quantizers(fake).values() if m.dtype == torch.int8]
-    theirs = weight_scales(int8)
-    assert len(ours) == len(theirs)
-    for scale in theirs:
-        assert any(s.shape == scale.shape and np.allclose(s, scale, rtol=1e-5) for s in ours)
-    for m in qat.fake_quantizers(fake).values():
-        if m.dtype == torch.int8:
-            assert (m.quant_min, m.quant_max) == (qat.WEIGHT_QMIN, qat.WEIGHT_QMAX) == (-64, 64)
 
-    # the ranges find their way back to the file by value: calibrated alike, each tensor the
-    # file quantizes on a scale of its own gets the fake quantizer's scale and zero point,
-    # which are the file's (max-pool, flatten and reshape reuse their input's)
-    qparams = activation_qparams(int8)
-    overrides = qat.tensor_overrides(fake, fp32, qparams, CALIB[:BATCH])
+def test_weights_get_the_scales_of_the_file(case):
+    """ORT's reduce_range scale, absmax / 64 per output channel, on the weights the file holds
+    (BatchNorm folded in)."""
+    weights = [m for m in qat.fake_quantizers(case.fake).values() if m.dtype == torch.int8]
+    theirs = weight_scales(case.int8)
+    assert len(weights) == len(theirs)
+    for scale in theirs:
+        assert any(m.scale.shape == scale.shape and np.allclose(m.scale.numpy(), scale, rtol=1e-5)
+                   for m in weights)
+    assert {(m.quant_min, m.quant_max) for m in weights} == {(-64, 64)}  # ORT's reduce_range int8
+
+
+def test_each_range_maps_by_value_to_the_tensor_the_file_quantizes(case):
+    """Calibrated alike, each tensor the file quantizes on a scale of its own gets the fake
+    quantizer's scale and zero point, which are the file's (max-pool, flatten and reshape
+    reuse their input's)."""
+    qparams = activation_qparams(case.int8)
+    overrides = qat.tensor_overrides(case.fake, case.fp32, qparams, CALIB[:BATCH])
     own = {t for t, (*_, op) in qparams.items() if op not in ("MaxPool", "Flatten", "Reshape")}
     assert own and own <= set(overrides)
     for tensor, [override] in overrides.items():
@@ -112,26 +128,30 @@ def test_fake_quantization_computes_what_the_int8_file_does(case, tmp_path):
         # ORT's quantizer takes numpy arrays only, of the file's types
         assert (override["scale"].dtype, override["zero_point"].dtype) == (np.float32, np.uint8)
 
-    # The export: calibrated alike and not trained, the QAT file is the PTQ file, but for
-    # scales one ulp apart
-    exported = tmp_path / "qat.onnx"
-    qat.export_int8(fake, model, fp32, exported, CALIB, BATCH)
-    assert np.abs(predict(exported, x) - want).max() <= 0.01 * np.abs(want).max()
-    assert qat.quantized_tensors(exported) == qat.quantized_tensors(int8)  # the same Q/DQ placement
+
+def test_the_export_is_the_ptq_file_until_training_changes_it(case):
+    exported = case.folder / "qat.onnx"
+    qat.export_int8(case.fake, case.model, case.fp32, exported, CALIB, BATCH)
+    # calibrated alike and not trained: the PTQ file, but for scales one ulp apart
+    want = predict(case.int8, X)
+    assert np.abs(predict(exported, X) - want).max() <= 0.01 * np.abs(want).max()
+    assert qat.quantized_tensors(exported) == qat.quantized_tensors(case.int8)  # the same Q/DQ placement
     # what training changes reaches the file: a range, and the weights
-    name, quantizer = next(iter(qat.activation_quantizers(fake).items()))
-    state = fake.state_dict()
+    trained = copy.deepcopy(case.fake)
+    quantizer = next(iter(qat.activation_quantizers(trained).values()))
+    state = trained.state_dict()
     head = [k for k in state if k.endswith(".weight") and state[k].ndim == 2][-1]
     with torch.no_grad():
         quantizer.scale.mul_(1.25)
         state[head].mul_(2.0)
-    qat.export_int8(fake, model, fp32, tmp_path / "changed.onnx", CALIB, BATCH)
-    before, after = activation_qparams(int8), activation_qparams(tmp_path / "changed.onnx")
+    changed = case.folder / "changed.onnx"
+    qat.export_int8(trained, case.model, case.fp32, changed, CALIB, BATCH)
+    before, after = activation_qparams(case.int8), activation_qparams(changed)
     ratios = [after[t][0] / before[t][0] for t in before]
     assert any(np.isclose(r, 1.25) for r in ratios), ratios
-    pairs = zip(weight_scales(int8), weight_scales(tmp_path / "changed.onnx"), strict=True)
-    changed = [(a, b) for a, b in pairs if not np.allclose(a, b, rtol=1e-5)]
-    assert len(changed) == 1 and np.allclose(changed[0][1], 2 * changed[0][0], rtol=1e-5)  # the head's
+    pairs = zip(weight_scales(case.int8), weight_scales(changed), strict=True)
+    moved = [(a, b) for a, b in pairs if not np.allclose(a, b, rtol=1e-5)]
+    assert len(moved) == 1 and np.allclose(moved[0][1], 2 * moved[0][0], rtol=1e-5)  # the head's
 
 
 class HardSwishNet(torch.nn.Module):
