@@ -254,7 +254,44 @@ def prepare(model: nn.Module, example: torch.Tensor, onnx_path: str | Path) -> t
     net = as_exported(model, onnx_path).train()
     batch = torch.export.Dim("batch", min=2)
     graph = torch.export.export(net, (example,), dynamic_shapes=({0: batch},)).module()
-    return prepare_qat_pt2e(graph, _quantizer_class()())
+    qat = prepare_qat_pt2e(graph, _quantizer_class()())
+    _restore_batchnorm_constants(qat, net)
+    return qat
+
+
+def _batchnorms(qat: torch.fx.GraphModule):
+    aten = torch.ops.aten
+    return [n for n in qat.graph.nodes if n.op == "call_function" and n.target == aten.batch_norm.default]
+
+
+def _restore_batchnorm_constants(qat: torch.fx.GraphModule, net: nn.Module) -> None:
+    """Give each BatchNorm back its own eps and momentum. torchao 0.18's conv-BN fusion
+    rewrites the pattern with eps 1e-5 and momentum 0.1 whatever the module had ("TODO:
+    allow setting eps", quantization/pt2e/qat_utils.py): torchvision's MobileNets use 1e-3
+    and 0.01, and the export folds with the module's own eps."""
+    for bn in _batchnorms(qat):
+        var = bn.args[4]
+        module = net.get_submodule(var.target.rsplit(".", 1)[0])
+        momentum = 0.1 if module.momentum is None else module.momentum
+        bn.args = (*bn.args[:6], momentum, module.eps, *bn.args[8:])
+        for user in list(var.users):  # the simulated fold's sqrt(running_var + eps)
+            if user.target == torch.ops.aten.add.Tensor and isinstance(user.args[1], float):
+                user.args = (user.args[0], module.eps)
+    qat.recompile()
+
+
+def set_training(qat: torch.fx.GraphModule, mode: bool) -> None:
+    """train() / eval() for the fake-quantized graph (torch.export graphs refuse the nn.Module
+    ones): the training flag of each BatchNorm and dropout, set in place. torchao's
+    move_exported_model_to_train/eval would rewrite them from traced patterns, which takes
+    about half a second a switch and puts the default eps and momentum back."""
+    aten = torch.ops.aten
+    for node in qat.graph.nodes:
+        if node.op == "call_function" and node.target == aten.batch_norm.default:
+            node.args = (*node.args[:5], mode, *node.args[6:])
+        elif node.op == "call_function" and node.target == aten.dropout.default:
+            node.args = (node.args[0], node.args[1], mode)
+    qat.recompile()
 
 
 def fake_quantizers(qat: torch.fx.GraphModule) -> dict:
@@ -272,7 +309,7 @@ def calibrate(qat: torch.fx.GraphModule, batches: Iterable[np.ndarray]) -> None:
     """Activation ranges from the min and max of the float values over `batches`, as ORT's
     MinMax calibration sees them (no fake quantization upstream), then frozen. Leaves the
     model in eval mode, fake quantization on."""
-    _pt2e().move_exported_model_to_eval(qat)
+    set_training(qat, False)
     quantizers, acts = fake_quantizers(qat), activation_quantizers(qat)
     for m in quantizers.values():
         m.disable_fake_quant()
@@ -387,3 +424,34 @@ def export_int8(qat: torch.fx.GraphModule, model: nn.Module, onnx_path: str | Pa
         quantize_static_int8(fp32, plain, calib, batch_size)
         overrides = tensor_overrides(qat, fp32, quantized_tensors(plain), calib[:batch_size])
         quantize_static_int8(fp32, dst, calib, batch_size, overrides=overrides)
+
+
+class Trainable(nn.Module):
+    """The fake-quantized graph as a module `training.fit` can train: its train() and eval()
+    switch BatchNorm and dropout with `set_training`."""
+
+    def __init__(self, graph: torch.fx.GraphModule):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+    def train(self, mode: bool = True) -> Trainable:
+        set_training(self.graph, mode)
+        self.training = mode
+        return self
+
+
+def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg, distill, store,
+              on_epoch=None):
+    """Quantization-aware training: the calibrated fake-quantized model trained in place on
+    data["train"] (validated on data["val"]) with the KD loss from `teacher` (distill's
+    temperature and alpha), checkpointed in `store` after each epoch and resumed from it
+    bit for bit, as every training is (slimline/training/loop.py). The activation ranges
+    stay as calibrated; the weights' scales follow the weights."""
+    from slimline.compress.kd import make_kd_loss
+    from slimline.training.loop import fit
+
+    return fit(Trainable(qat), data["train"], data["val"], cfg, store,
+               loss_fn=make_kd_loss(teacher, distill), on_epoch=on_epoch, desc="qat")

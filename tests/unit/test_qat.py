@@ -57,11 +57,20 @@ def weight_scales(int8_path) -> list[np.ndarray]:
             and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
 
 
+def custom_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm as torchvision's MobileNets have it: eps 1e-3, momentum 0.01."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eps, m.momentum = 1e-3, 0.01
+    return model
+
+
 CASES = {
     # conv -> BatchNorm2d (a simulated fold) and Linear -> BatchNorm1d (fused first, as the
-    # export fuses it); the first conv pads nothing, so the export folds the input
-    # normalisation into it and the fake quantizer sees raw pixels, as ORT does
-    "cnn": lambda: warmed(tiny_model(batch_norm=True)),
+    # export fuses it), with an eps and momentum of their own; the first conv pads nothing,
+    # so the export folds the input normalisation into it and the fake quantizer sees raw
+    # pixels, as ORT does
+    "cnn": lambda: warmed(custom_batchnorm(tiny_model(batch_norm=True))),
     # a padded first conv, a depthwise conv and skip connections (adds)
     "residual": lambda: warmed(build_model(ModelSpec(
         structure={}, input_shape=SHAPE, num_classes=3, mean=(100.0,), std=(60.0,),
@@ -180,3 +189,54 @@ def test_hard_swish_is_quantized_as_ort_quantizes_it(tmp_path):
     x = torch.from_numpy(CALIB[:8])
     with torch.no_grad():
         assert torch.allclose(fake(x), net(x), atol=1e-5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_fine_tuning_with_the_teacher_resumes_bit_for_bit(case, tmp_path):
+    """Trained twice from the same calibrated model, once straight through and once stopped
+    after its first epoch's checkpoint and resumed in a fresh model: the same bits."""
+    from slimline.params import DistillParams, TrainParams
+    from slimline.training.checkpoint import CheckpointStore
+
+    train, val = make_data(192, seed=5), make_data(64, seed=6)
+    data = {"train": tuple(map(torch.from_numpy, train)), "val": tuple(map(torch.from_numpy, val))}
+    cfg = TrainParams(epochs=2, batch_size=32, lr=0.01, num_threads=1)
+    teacher, distill = copy.deepcopy(case.model), DistillParams()
+
+    straight = copy.deepcopy(case.fake)
+    history = qat.fine_tune(straight, teacher, data, cfg, distill, CheckpointStore(tmp_path / "a")).history
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    def stop(metrics):
+        if metrics["epoch"] == 1:
+            raise Interrupted
+
+    store = CheckpointStore(tmp_path / "b")
+    with pytest.raises(Interrupted):
+        qat.fine_tune(copy.deepcopy(case.fake), teacher, data, cfg, distill, store, stop)
+    resumed = copy.deepcopy(case.fake)  # as a new process builds it
+    result = qat.fine_tune(resumed, teacher, data, cfg, distill, store)
+    assert result.resumed_from == 1
+
+    before, a, b = case.fake.state_dict(), straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    weights = [k for k in a if k.endswith(".weight")]
+    assert any(not torch.equal(a[k], before[k]) for k in weights)  # it trained
+    for name, m in qat.activation_quantizers(straight).items():  # the ranges stayed as calibrated
+        assert torch.equal(m.scale, qat.activation_quantizers(case.fake)[name].scale)
+
+
+def test_batchnorm_keeps_its_own_eps_and_momentum(case):
+    """torchao's conv-BN fusion writes eps 1e-5 and momentum 0.1 into the graph; the cnn
+    case's BatchNorms have torchvision MobileNet's 1e-3 and 0.01, which the export folds with."""
+    batchnorms = [m for m in case.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    own = {(m.momentum, m.eps) for m in batchnorms}
+    assert own == ({(0.01, 1e-3)} if case.name == "cnn" else {(0.1, 1e-5)})
+    fake = copy.deepcopy(case.fake)
+    for mode in (True, False):
+        qat.set_training(fake, mode)
+        bns = [n for n in fake.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+        assert bns and {n.args[5:8] for n in bns} == {(mode, *pair) for pair in own}
