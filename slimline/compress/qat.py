@@ -28,6 +28,8 @@ weights exported as the fp32 model was, the trained ranges passed to ORT as
 `TensorQuantOverrides` (`tensor_overrides`: each fake quantizer matched to the ONNX tensor
 that holds the same values, so nothing depends on how torch and the exporter name things).
 
+`fine_tune` trains it with the teacher through training.fit (checkpoints, bit-exact resume).
+
 torchao is imported here only: nothing else in Slimline needs it.
 """
 from __future__ import annotations
