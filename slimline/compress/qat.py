@@ -38,10 +38,16 @@ import copy
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from slimline.params import DistillParams, TrainParams
+    from slimline.training.checkpoint import CheckpointStore
+    from slimline.training.loop import FitResult
 
 # ORT's reduce_range int8 weights: quant_utils.ONNX_INT_TYPE_REDUCED_RANGE, [-64, 64].
 WEIGHT_QMIN, WEIGHT_QMAX = -64, 64
@@ -274,6 +280,7 @@ def _restore_batchnorm_constants(qat: torch.fx.GraphModule, net: nn.Module) -> N
     for bn in _batchnorms(qat):
         var = bn.args[4]
         module = net.get_submodule(var.target.rsplit(".", 1)[0])
+        # momentum None (a cumulative mean) has no form in the aten op: torch's default
         momentum = 0.1 if module.momentum is None else module.momentum
         bn.args = (*bn.args[:6], momentum, module.eps, *bn.args[8:])
         for user in list(var.users):  # the simulated fold's sqrt(running_var + eps)
@@ -287,11 +294,10 @@ def set_training(qat: torch.fx.GraphModule, mode: bool) -> None:
     ones): the training flag of each BatchNorm and dropout, set in place. torchao's
     move_exported_model_to_train/eval would rewrite them from traced patterns, which takes
     about half a second a switch and puts the default eps and momentum back."""
-    aten = torch.ops.aten
+    for bn in _batchnorms(qat):
+        bn.args = (*bn.args[:5], mode, *bn.args[6:])
     for node in qat.graph.nodes:
-        if node.op == "call_function" and node.target == aten.batch_norm.default:
-            node.args = (*node.args[:5], mode, *node.args[6:])
-        elif node.op == "call_function" and node.target == aten.dropout.default:
+        if node.op == "call_function" and node.target == torch.ops.aten.dropout.default:
             node.args = (node.args[0], node.args[1], mode)
     qat.recompile()
 
@@ -445,8 +451,8 @@ class Trainable(nn.Module):
         return self
 
 
-def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg, distill, store,
-              on_epoch=None):
+def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg: TrainParams,
+              distill: DistillParams, store: CheckpointStore, on_epoch=None) -> FitResult:
     """Quantization-aware training: the calibrated fake-quantized model trained in place on
     data["train"] (validated on data["val"]) with the KD loss from `teacher` (distill's
     temperature and alpha), checkpointed in `store` after each epoch and resumed from it
