@@ -363,7 +363,9 @@ def tensor_overrides(qat: torch.fx.GraphModule, onnx_path: str | Path, quantized
     point of the fake quantizer that sees the same values: the ranges QAT trained with, for
     the file it exports. Tensors are matched by value on one batch x (fake quantization off),
     so the match needs no names shared between torch and ONNX. A tensor with no match is
-    left out: ORT calibrates it."""
+    left out: ORT calibrates it. Leaves the model in eval mode (the file's BatchNorm uses its
+    running statistics, and a training-mode pass would move them)."""
+    set_training(qat, False)
     quantized, acts = set(quantized), activation_quantizers(qat)
     seen: list[tuple[str, np.ndarray]] = []  # a shared quantizer is called at each tensor it serves
     hooks = [m.register_forward_pre_hook(lambda _, args, name=name: seen.append((name, args[0].numpy())))

@@ -128,7 +128,9 @@ def test_each_range_maps_by_value_to_the_tensor_the_file_quantizes(case):
     quantizer's scale and zero point, which are the file's (max-pool, flatten and reshape
     reuse their input's)."""
     qparams = activation_qparams(case.int8)
-    overrides = qat.tensor_overrides(case.fake, case.fp32, qparams, CALIB[:BATCH])
+    training = copy.deepcopy(case.fake)
+    qat.set_training(training, True)  # matched in eval mode whatever mode training left it in
+    overrides = qat.tensor_overrides(training, case.fp32, qparams, CALIB[:BATCH])
     own = {t for t, (*_, op) in qparams.items() if op not in ("MaxPool", "Flatten", "Reshape")}
     assert own and own <= set(overrides)
     for tensor, [override] in overrides.items():
