@@ -106,16 +106,18 @@ def fake_quantized_logits(model, fp32: Path, calib: np.ndarray, batch_size: int,
         return np.concatenate([fake(torch.from_numpy(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags every benchmark that trains on the prepared digits takes (qat_gain.py too)."""
     p.add_argument("--model", default="timm:mobilenetv3_small_100")
     p.add_argument("--size", type=int, default=32, help="input side: 28 as prepared, or zero-padded")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--numerics", default=None, help="train.numerics (default: params.yaml's)")
     p.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params.yaml's)")
-    args = p.parse_args()
-    if args.numerics:  # the CPU math is pinned through the environment, before torch loads
+
+
+def setup(args) -> tuple:
+    """(params, prepared data at --size, train-recipe update) for add_model_args' flags and
+    --epochs. The CPU math is pinned through the environment first, before torch loads."""
+    if args.numerics:
         from slimline.numerics import pin_env
 
         assert "torch" not in sys.modules, "torch loaded before the numerics were pinned"
@@ -131,6 +133,16 @@ def main() -> None:
     update = {"epochs": args.epochs, "device": "cpu"}
     update |= {"numerics": args.numerics} if args.numerics else {}
     update |= {"num_threads": args.threads} if args.threads else {}
+    return params, prep, update
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(p)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args()
+    params, prep, update = setup(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ptq_drop.") as tmp:
         for seed in args.seeds:

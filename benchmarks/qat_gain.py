@@ -24,15 +24,13 @@ import tasks  # noqa: F401  (first: pins the CPU math before torch loads)
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.ptq_drop import padded
-from tests.support.project import ROOT
+from benchmarks.ptq_drop import add_model_args, setup
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -43,20 +41,14 @@ def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="timm:mobilenetv3_small_100")
-    p.add_argument("--size", type=int, default=32, help="input side: 28 as prepared, or zero-padded")
+    add_model_args(p)
     p.add_argument("--epochs", type=int, default=6, help="fp32 training epochs before PTQ")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--qat-epochs", type=int, default=2, help="fine-tuning epochs, control and QAT alike")
     p.add_argument("--qat-lr", type=float, default=0.005)
-    p.add_argument("--numerics", default=None, help="train.numerics (default: params.yaml's)")
-    p.add_argument("--threads", type=int, default=None, help="train.num_threads (default: params.yaml's)")
     args = p.parse_args()
-    if args.numerics:  # the CPU math is pinned through the environment, before torch loads
-        from slimline.numerics import pin_env
-
-        assert "torch" not in sys.modules, "torch loaded before the numerics were pinned"
-        pin_env(args.numerics)
+    params, prep, update = setup(args)
+    update |= {"seed": args.seed}
 
     import torch
 
@@ -65,19 +57,10 @@ def main() -> None:
     from slimline.compress.kd import make_kd_loss
     from slimline.compress.quantization import quantize_static_int8
     from slimline.compress.variants import calibration_set
-    from slimline.data.dataset import load_prepared
     from slimline.model import ModelSpec, build_model
-    from slimline.params import load_params
     from slimline.training.checkpoint import CheckpointStore
     from slimline.training.loop import fit, seed_everything
 
-    params = load_params(ROOT / "params.yaml")
-    prep = load_prepared(ROOT / "data" / "prepared")
-    if args.size != prep.splits["train"][0].shape[-1]:
-        prep = padded(prep, args.size)
-    update = {"epochs": args.epochs, "device": "cpu", "seed": args.seed}
-    update |= {"numerics": args.numerics} if args.numerics else {}
-    update |= {"num_threads": args.threads} if args.threads else {}
     cfg = params.train.model_copy(update=update)
     tune = cfg.model_copy(update={"epochs": args.qat_epochs, "lr": args.qat_lr, "schedule": "cosine"})
     qcfg = params.quantize
