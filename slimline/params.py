@@ -436,6 +436,37 @@ class QuantizeParams(Section):
     opset: int = Field(17, ge=17, le=21, description="ONNX opset of the export.")
 
 
+class QatParams(Section):
+    """`qat`: quantization-aware training, a static int8 variant `<model>.int8_qat` fine-tuned with
+    fake int8 under KD from the baseline (stages qat@<model> and qat_prune@<method>). A section of its
+    own: turning it on does not rerun quantize's variants."""
+
+    enabled: bool = Field(False, description="Make the QAT variants; false: each QAT stage writes "
+                                             "only a marker, and evaluate has no QAT variant.")
+    models: list[Literal["baseline", "student"]] = Field(
+        default_factory=lambda: ["student"],
+        description="Trained models that get a QAT variant, each a stage qat@<model>.")
+    pruned: list[PruneMethod] = Field(
+        default_factory=list, description="Pruned models (prune.methods) that get a QAT variant "
+                                          "`prune_<method>.int8_qat`, each a stage qat_prune@<method>.")
+    epochs: int = Field(2, ge=1, description="Fine-tuning epochs with fake quantization; the epoch with "
+                                             "the best val accuracy is exported.")
+    lr: float = Field(0.005, gt=0, le=10, description="Starting learning rate, decayed by cosine to 0; "
+                                                      "the rest of the recipe is train's.")
+
+    @model_validator(mode="after")
+    def _some_model(self):
+        for key in ("models", "pruned"):
+            items = getattr(self, key)
+            if len(set(items)) != len(items):
+                raise ValueError(f"qat.{key} lists a model twice: {items}")
+        if not self.models and not self.pruned:
+            # evaluate reads models/qat: at least one stage must make it (enabled: false for none)
+            raise ValueError("qat.models and qat.pruned are both empty: list at least one model "
+                             "(qat.enabled: false turns QAT off)")
+        return self
+
+
 # Where a variant can run (slimline/runtime/registry.py): ONNX Runtime's CPU provider;
 # OpenVINO on the CPU at f32, or at bf16 by name; ONNX Runtime's GPU providers (onnxruntime-gpu).
 Runtime = Literal["onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"]
@@ -607,6 +638,7 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
     quantize: QuantizeParams = QuantizeParams()
+    qat: QatParams = QatParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     search: SearchParams = SearchParams()
@@ -667,11 +699,27 @@ def _search_choices(p) -> None:
                 raise ValueError(f"search.space.{key}[{i}] = {value!r}: {msg}") from None
 
 
+def _qat_static(p) -> None:
+    if p.qat.enabled and "static" not in p.quantize.variants:
+        raise ValueError(f"qat.enabled is true but quantize.variants ({p.quantize.variants}) lacks static: "
+                         f"QAT exports static int8 and evaluate compares it with the static variant; "
+                         f"add static to quantize.variants or set qat.enabled: false")
+
+
+def _qat_pruned(p) -> None:
+    missing = [m for m in p.qat.pruned if m not in p.prune.methods]
+    if missing:
+        raise ValueError(f"qat.pruned names {missing}, which prune.methods ({p.prune.methods}) does "
+                         f"not make: add them to prune.methods or drop them from qat.pruned")
+
+
 CROSS_CHECKS = [
     (("distill", "train"), _distill_epochs),
     (("distill", "baseline", "student"), _student_smaller),
     (("data", "quantize"), _calibration_fits),
     (("search", "baseline", "student"), _search_choices),
+    (("qat", "quantize"), _qat_static),
+    (("qat", "prune"), _qat_pruned),
 ]
 
 

@@ -222,6 +222,24 @@ def test_a_runtime_listed_twice_or_none_is_refused():
     assert "evaluate.runtimes" in _err({"evaluate": {"runtimes": []}})
 
 
+def test_qat_params_errors_name_the_key_and_the_fix():
+    assert Params().qat.enabled is False and Params().qat.models == ["student"]  # off by default
+    msg = _err({"qat": {"models": ["resnet"]}})  # a model no stage makes
+    assert "qat.models" in msg and "'resnet'" in msg and "'baseline'" in msg and "'student'" in msg
+    msg = _err({"qat": {"enabled": True}, "quantize": {"variants": ["dynamic", "fp16"]}})
+    assert "quantize.variants" in msg and "lacks static" in msg and "qat.enabled: false" in msg
+    assert not parse_params({"qat": {"enabled": False}, "quantize": {"variants": ["dynamic"]}}).qat.enabled
+    msg = _err({"qat": {"pruned": ["layer"]}, "prune": {"methods": ["structured"]}})
+    assert "qat.pruned" in msg and "['layer']" in msg and "prune.methods" in msg
+    assert "qat.pruned" in _err({"qat": {"pruned": ["magnitude"]}})
+    assert "both empty" in _err({"qat": {"models": [], "pruned": []}})
+    assert "twice" in _err({"qat": {"models": ["student", "student"]}})
+    # the quantize check runs in the QAT stage, which reads both sections
+    with pytest.raises(ParamsError, match="lacks static"):
+        parse_params({"qat": {"enabled": True}, "quantize": {"variants": []}},
+                     sections=("qat", "train", "distill", "quantize"))
+
+
 # --- the model a section builds ----------------------------------------------------------
 
 @pytest.mark.parametrize("section, needles", [
