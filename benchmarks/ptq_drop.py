@@ -57,8 +57,7 @@ def one_seed(model_name: str, prep, cfg, qcfg, out: Path) -> dict:
     import torch
 
     from slimline.compress.export import checked_logits, export_onnx
-    from slimline.compress.quantization import quantize_static_int8
-    from slimline.compress.variants import calibration_set
+    from slimline.compress.quantization import calibration_set, quantize_static_int8
     from slimline.model import ModelSpec, build_model, count_params
     from slimline.runtime.onnxruntime import predict
     from slimline.training.checkpoint import CheckpointStore

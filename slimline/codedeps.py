@@ -113,6 +113,7 @@ def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
 # them) and those whose weights it imports.
 BUILDS = {"train_baseline": ("baseline",), "distill": ("baseline", "student"),
           "prune": ("baseline", "student"), "quantize": ("baseline", "student"),
+          "qat": ("baseline", "student"), "qat_prune": ("baseline", "student"),
           "evaluate": ("baseline", "student")}
 IMPORTS_WEIGHTS = {"train_baseline": ("baseline",), "distill": ("student",)}
 MARK = "# generated (code, user files): python -m slimline.codedeps --write"

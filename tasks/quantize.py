@@ -30,7 +30,8 @@ import torch
 
 from slimline import numerics
 from slimline.compress import sensitivity_report
-from slimline.compress.variants import calibration_set, find_models, make_variants
+from slimline.compress.quantization import calibration_set
+from slimline.compress.variants import find_models, make_variants
 from slimline.data.dataset import load_prepared
 from slimline.io import atomic_dir, write_json, write_text
 from slimline.params import Params

@@ -465,3 +465,28 @@ def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg: Tr
 
     return fit(Trainable(qat), data["train"], data["val"], cfg, store,
                loss_fn=make_kd_loss(teacher, distill), on_epoch=on_epoch, desc="qat")
+
+
+def keep_zeros(qat: torch.fx.GraphModule) -> int:
+    """Keep every weight that is exactly zero at zero through training (an unstructured-pruned
+    model stays as sparse as it was): its gradient is masked, so neither SGD's nor AdamW's
+    step, momentum or weight decay can move it. Returns how many weights are held."""
+    held = 0
+    for p in qat.parameters():
+        if p.dim() < 2:
+            continue  # biases and BatchNorm affine: never pruned
+        mask = (p.detach() != 0).to(p.dtype)
+        zeros = int(mask.numel() - mask.sum().item())
+        if zeros:
+            p.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+            held += zeros
+    return held
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The epoch to export: the best val accuracy of the fake-quantized model, the earliest
+    among equals (fewer steps away from the calibrated model; epoch 0 is that model)."""
+    if not history:
+        raise ValueError("no epoch trained")
+    best = max(m["val_acc"] for m in history)
+    return next(m["epoch"] for m in history if m["val_acc"] == best)

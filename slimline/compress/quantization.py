@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from slimline.compress.onnx_files import INPUT, OUTPUT, drop_unused_initializers, failing_step, load, save
+from slimline.errors import StageError
 
 
 def _gemm_to_matmul(model: onnx.ModelProto) -> None:
@@ -76,6 +77,18 @@ def _float_logits(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
     model.graph.value_info.extend(infos)
     drop_unused_initializers(model)
+
+
+def calibration_set(prep, cfg) -> np.ndarray:
+    """The images that calibrate static int8 (and QAT's ranges): a fixed, spread-out sample of the
+    train split, quantize.calibration_batches x calibration_batch_size of them, as float32."""
+    x = prep.splits["train"][0]
+    need = cfg.calibration_batches * cfg.calibration_batch_size
+    if need > len(x):
+        raise StageError(f"quantize.calibration_batches x calibration_batch_size = {need} images, but "
+                         f"the train split has {len(x)}; lower them")
+    order = np.random.default_rng(0).permutation(len(x))[:need]  # a fixed, spread-out sample
+    return x[np.sort(order)].astype(np.float32)
 
 
 def quantize_static_int8(src: str | Path, dst: str | Path, calib: np.ndarray, batch_size: int,

@@ -42,16 +42,6 @@ def find_models(models: Path, prune_methods: list[str]) -> dict[str, Path]:
     return found
 
 
-def calibration_set(prep, cfg) -> np.ndarray:
-    x = prep.splits["train"][0]
-    need = cfg.calibration_batches * cfg.calibration_batch_size
-    if need > len(x):
-        raise StageError(f"quantize.calibration_batches x calibration_batch_size = {need} images, but "
-                         f"the train split has {len(x)}; lower them")
-    order = np.random.default_rng(0).permutation(len(x))[:need]  # a fixed, spread-out sample
-    return x[np.sort(order)].astype(np.float32)
-
-
 def make_variants(name: str, folder: Path, out: Path, x_test: np.ndarray, calib: np.ndarray,
                   val: tuple[np.ndarray, np.ndarray], cfg: QuantizeParams) -> list[dict]:
     """Write every one of `name`'s ONNX files into `out`, the fp32 export first. Per file:

@@ -82,5 +82,16 @@ class CheckpointStore:
                 return state
         return None
 
+    def at(self, epoch: int) -> dict | None:
+        """The checkpoint saved after `epoch`, if the store still keeps it and it loads."""
+        path = self.folder / f"epoch-{epoch:04d}.pt"
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - damaged: as if it were not kept
+            return None
+        return state if state.get("epoch") == epoch else None
+
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -207,6 +207,7 @@ def test_fine_tuning_with_the_teacher_resumes_bit_for_bit(case, tmp_path):
     data = {"train": tuple(map(torch.from_numpy, train)), "val": tuple(map(torch.from_numpy, val))}
     cfg = TrainParams(epochs=2, batch_size=32, lr=0.01, num_threads=1)
     teacher, distill = copy.deepcopy(case.model), DistillParams()
+    teacher_before = copy.deepcopy(teacher.state_dict())
 
     straight = copy.deepcopy(case.fake)
     history = qat.fine_tune(straight, teacher, data, cfg, distill, CheckpointStore(tmp_path / "a")).history
@@ -229,6 +230,37 @@ def test_fine_tuning_with_the_teacher_resumes_bit_for_bit(case, tmp_path):
     assert any(not torch.equal(a[k], before[k]) for k in weights)  # it trained
     for name, m in qat.activation_quantizers(straight).items():  # the ranges stayed as calibrated
         assert torch.equal(m.scale, qat.activation_quantizers(case.fake)[name].scale)
+    # the teacher's weights never move
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+
+
+def test_pruned_weights_stay_zero_through_fine_tuning(case, tmp_path):
+    """An unstructured-pruned model's zeros are held (keep_zeros), under SGD with momentum and
+    weight decay; every other weight trains."""
+    from slimline.params import DistillParams, TrainParams
+    from slimline.training.checkpoint import CheckpointStore
+
+    fake = copy.deepcopy(case.fake)
+    weights = [p for p in fake.parameters() if p.dim() >= 2]
+    with torch.no_grad():
+        for p in weights:
+            p.view(-1)[::2] = 0  # half of every weight tensor pruned
+    zero = [p.detach() == 0 for p in weights]
+    assert qat.keep_zeros(fake) == sum(int(z.sum()) for z in zero)
+    before = [p.detach().clone() for p in weights]
+    data = {"train": tuple(map(torch.from_numpy, make_data(96, seed=5))),
+            "val": tuple(map(torch.from_numpy, make_data(32, seed=6)))}
+    cfg = TrainParams(epochs=1, batch_size=32, lr=0.05, num_threads=1)
+    qat.fine_tune(fake, copy.deepcopy(case.model), data, cfg, DistillParams(), CheckpointStore(tmp_path))
+    for p, z, b in zip(weights, zero, before, strict=True):
+        assert torch.all(p[z] == 0)
+        assert not torch.equal(p[~z], b[~z])
+
+
+def test_the_best_val_epoch_is_exported_the_earliest_among_equals():
+    history = [{"epoch": 0, "val_acc": 0.9}, {"epoch": 1, "val_acc": 0.95}, {"epoch": 2, "val_acc": 0.95}]
+    assert qat.best_epoch(history) == 1
+    assert qat.best_epoch(history[:1]) == 0
 
 
 def test_batchnorm_keeps_its_own_eps_and_momentum(case):
