@@ -29,6 +29,7 @@ sys.path.insert(0, sys.argv[2])  # this checkout's code, not the --root copy's
 from pathlib import Path
 import torch
 from slimline.data.dataset import load_prepared
+from slimline.evaluation.manifests import read_variants
 from slimline.evaluation.measure import measure
 from slimline.evaluation import incumbent
 from slimline.evaluation.selection import candidate, select
@@ -37,8 +38,8 @@ from slimline.params import load_params
 params = load_params("params.yaml")
 cfg = params.evaluate.model_copy(update={"objective": sys.argv[1]})
 torch.set_num_threads(cfg.threads)
-manifest = json.loads(Path("models/onnx/manifest.json").read_text())
-variants, _, _ = measure(manifest["variants"], Path("models/onnx"), load_prepared(Path("data/prepared")), cfg)
+entries, _ = read_variants(Path("models/onnx"), Path("models/qat"), params.qat)
+variants, _, _ = measure(entries, load_prepared(Path("data/prepared")), cfg)
 held = incumbent.read(Path(sys.argv[3])) if sys.argv[3] else None
 base = candidate("baseline", cfg.runtimes[0])  # the budgets are against the reference runtime's
 sel = select(variants, base, cfg, gate=params.quantize, incumbent=held)

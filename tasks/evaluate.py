@@ -2,7 +2,11 @@
 (variant, runtime) pair to ship.
 
     python -m tasks.evaluate --data data/prepared --onnx models/onnx --ship models/ship
-                             [--params params.yaml]
+                             [--qat models/qat] [--params params.yaml]
+
+The variants: every file in models/onnx/manifest.json (quantize's) and, for each model
+in qat.models and qat.pruned, models/qat/<model>/manifest.json (QAT's `<model>.int8_qat`;
+none while qat.enabled is false).
 
 Writes reports/evaluate.json ({"baseline", "selected", "variants": one record per
 pair, named `variant@runtime`, "runtimes", "skipped", "hardware", "selection",
@@ -20,7 +24,6 @@ Each record says which it misses (`budget_misses`, each reason naming its param;
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ from slimline.data.dataset import load_prepared
 from slimline.errors import StageError
 from slimline.evaluation import incumbent
 from slimline.evaluation.card import lineage, render
+from slimline.evaluation.manifests import read_variants
 from slimline.evaluation.measure import hardware, measure, runtime_records
 from slimline.evaluation.plots import pareto_plot
 from slimline.evaluation.report import markdown, summary
@@ -43,18 +47,15 @@ BASELINE = "baseline"
 
 # The params it reads (dvc.yaml's `params` for this stage): its own, and those of every
 # stage before it, which the model card cites as the params that made the shipped model.
-SECTIONS = ("evaluate", "data", "baseline", "train", "student", "distill", "prune", "quantize")
+SECTIONS = ("evaluate", "data", "baseline", "train", "student", "distill", "prune", "quantize", "qat")
 
 
 def evaluate(params: Params, args: argparse.Namespace) -> None:
     cfg = params.evaluate
-    manifest_path = args.onnx / "manifest.json"
-    if not manifest_path.exists():
-        raise StageError(f"{manifest_path} is missing: run the `quantize` stage first")
-    quant_manifest = json.loads(manifest_path.read_text())
+    entries, calibration = read_variants(args.onnx, args.qat, params.qat)
     torch.set_num_threads(cfg.threads)
     prep = load_prepared(args.data)
-    variants, floors, skipped = measure(quant_manifest["variants"], args.onnx, prep, cfg)
+    variants, floors, skipped = measure(entries, prep, cfg)
     baseline = candidate(BASELINE, cfg.runtimes[0])  # the reference: budgets and ratios are against it
     if not any(v["name"] == baseline for v in variants):
         raise StageError(f"the baseline could not run on {cfg.runtimes[0]}, the reference runtime "
@@ -75,15 +76,15 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
               "selection": summ | {"objective": cfg.objective, "latency_margin": cfg.latency_margin,
                                    "rounds": cfg.rounds, "wins_needed": wins_needed(cfg.rounds)}}
     if chosen:
-        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["variant"])
+        entry = next(e for e in entries if e["name"] == chosen["variant"])
         # models/: the folders this stage's dvc.yaml deps name (models/baseline, models/student, ...)
-        report["lineage"] = lineage(chosen, entry, params, args.data, args.onnx, Path("models"), prep.meta,
-                                    git_commit(), quant_manifest.get("calibration"))
+        report["lineage"] = lineage(chosen, entry, params, args.data, Path("models"), prep.meta,
+                                    git_commit(), calibration)
     reports = Path("reports")
     pareto_plot(variants, "p50_ms_b1", "batch-1 p50 latency (ms), each on its runtime",
                 reports / "pareto_latency.png", sel.name)
     pareto_plot(variants, "bytes", "ONNX file size (bytes)", reports / "pareto_bytes.png", sel.name)
-    write_ship(args.ship, chosen, args.onnx, quant_manifest, prep, hw, why, card=render(report),
+    write_ship(args.ship, chosen, entries, calibration, prep, hw, why, card=render(report),
                runtime=runtimes[chosen["runtime"]] if chosen else None)
     write_json(reports / "evaluate_summary.json", summ)
     md = markdown(cfg, report, why, params.quantize)
@@ -96,6 +97,7 @@ def evaluate(params: Params, args: argparse.Namespace) -> None:
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--onnx", required=True, type=Path)
+    p.add_argument("--qat", type=Path, default=Path("models/qat"), help="the QAT stages' folders")
     p.add_argument("--ship", required=True, type=Path)
     p.add_argument("--incumbent", type=Path, default=incumbent.PATH,
                    help="the variant last shipped and accepted (slimline/evaluation/incumbent.py)")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from slimline.errors import StageError
+from slimline.evaluation.manifests import CALIBRATED
 from slimline.evaluation.report import change
 
 # The params sections each kind of source was made with, in pipeline order.
@@ -76,13 +77,27 @@ def path_of(source: str, params) -> tuple[list[str], list[str], list[str]]:
     raise ValueError(f"unknown source {source!r}: no lineage rule for it")
 
 
-def lineage(chosen: dict, entry: dict, params, data_dir: Path, onnx_dir: Path, models_dir: Path,
+def _qat_step(entry: dict, params) -> str:
+    q, d = entry["qat"], params.distill
+    return (f"quantization-aware training: {q['epochs']} epoch(s) of fine-tuning with fake int8 under KD "
+            f"from the baseline (temperature {d.temperature:g}, alpha {d.alpha:g}) at lr {q['lr']:g}, "
+            f"epoch {q['best_epoch']} chosen on val; then int8 static quantization (ONNX Runtime, QDQ, "
+            f"per-channel weights) with the trained activation ranges")
+
+
+def lineage(chosen: dict, entry: dict, params, data_dir: Path, models_dir: Path,
             meta: dict, commit: str | None, calibration: dict | None) -> dict:
     """What the card cites about how the chosen variant came to be, hashed from the
-    folders evaluate reads (dvc.lock is not one of its deps)."""
+    folders evaluate reads (dvc.lock is not one of its deps). entry: its manifest entry
+    (manifests.read_variants')."""
     models, sections, steps = path_of(chosen["source"], params)
     quant = chosen["quantization"]
-    if quant != "fp32":
+    if quant == "qat":
+        teacher = [] if "baseline" in models else ["baseline"]
+        models = teacher + models + [f"qat/{chosen['source']}"]
+        sections = sections + ["distill", "quantize", "qat"]
+        steps = steps + [_qat_step(entry, params)]
+    elif quant != "fp32":
         sections = sections + ["quantize"]
         steps = steps + [{"dynamic": "int8 dynamic quantization (ONNX Runtime): int8 weights, "
                                      "activations quantized per call",
@@ -100,10 +115,10 @@ def lineage(chosen: dict, entry: dict, params, data_dir: Path, onnx_dir: Path, m
                     if commit else "dvc repro evaluate"),
         "data": {"path": data_dir.as_posix(), "md5": dir_md5(data_dir)},
         "models": [{"path": (models_dir / m).as_posix(), "md5": dir_md5(models_dir / m)} for m in models],
-        "onnx": {"path": (onnx_dir / entry["file"]).as_posix(), "md5": file_md5(onnx_dir / entry["file"])},
+        "onnx": {"path": entry["path"], "md5": file_md5(Path(entry["path"]))},
         "params": {s: dumped[s] for s in dict.fromkeys(sections)},
         "compression": steps or ["none: the fp32 baseline itself"],
-        "calibration": calibration if quant == "static" else None,
+        "calibration": calibration if quant in CALIBRATED else None,
         "classes": meta.get("classes") or [str(i) for i in range(int(meta["num_classes"]))],
         "sizes": meta["sizes"],
         "checks": meta.get("checks", []),

@@ -122,7 +122,7 @@ def against_fp32(variants: list[dict], test_top1: dict[str, np.ndarray], referen
         v["val_drop_vs_fp32"] = src["val_accuracy"] - v["val_accuracy"]
 
 
-def load_runners(entries, onnx_dir: Path, shape, cfg) -> tuple[dict, list[dict]]:
+def load_runners(entries, shape, cfg) -> tuple[dict, list[dict]]:
     """({candidate: (entry, runtime, runner)}, skipped pairs). A runtime that is not
     installed stops the stage (with the install command); one that cannot load a file
     (an op it lacks) skips that pair, with its message, and every other pair runs."""
@@ -134,7 +134,7 @@ def load_runners(entries, onnx_dir: Path, shape, cfg) -> tuple[dict, list[dict]]
     for r in cfg.runtimes:
         for e in entries:
             try:
-                runner = registry.load(r, onnx_dir / e["file"], shape, cfg.threads)
+                runner = registry.load(r, Path(e["path"]), shape, cfg.threads)
             except (OnnxFileError, ValueError) as err:  # OnnxFileError: the runtime's message
                 skipped.append({"variant": e["name"], "runtime": r, "reason": str(err)})
                 print(f"evaluate: skipped {e['name']} on {r}: {err}", flush=True)
@@ -143,13 +143,14 @@ def load_runners(entries, onnx_dir: Path, shape, cfg) -> tuple[dict, list[dict]]
     return runners, skipped
 
 
-def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict, list[dict]]:
-    """(one record per (variant, runtime) pair, {runtime: its floor {"p50_ms",
-    "p50_ms_rounds"}}, the pairs skipped [{"variant", "runtime", "reason"}])."""
+def measure(entries, prep, cfg) -> tuple[list[dict], dict, list[dict]]:
+    """(one record per (variant, runtime) pair, {runtime: its floor {"p50_ms", "p50_ms_rounds"}},
+    the pairs skipped [{"variant", "runtime", "reason"}]), for entries as
+    manifests.read_variants gives them."""
     (x_val, y_val), (x_test, y_test) = prep.splits["val"], prep.splits["test"]
     x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
     shape = prep.input_shape
-    runners, skipped = load_runners(entries, onnx_dir, shape, cfg)
+    runners, skipped = load_runners(entries, shape, cfg)
     floors = {r: registry.floor(r, shape, cfg.threads) for r in cfg.runtimes}
     # Latency first, before any torch model is loaded and run.
     timed = time_rounds({candidate(FLOOR, r): f.caller(1) for r, f in floors.items()}
@@ -161,7 +162,7 @@ def measure(entries, onnx_dir: Path, prep, cfg) -> tuple[list[dict], dict, list[
         val_correct = int((runner.predict(x_val).argmax(1) == y_val).sum())
         test_top1[name] = runner.predict(x_test).argmax(1)
         test_correct = int((test_top1[name] == y_test).sum())
-        data = (onnx_dir / e["file"]).read_bytes()
+        data = Path(e["path"]).read_bytes()
         t = timed[name]
         variants.append({
             "name": name, "variant": e["name"], "runtime": r, "precision": runner.precision,

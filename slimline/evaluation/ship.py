@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimline.compress.onnx_files import INPUT
+from slimline.evaluation.manifests import CALIBRATED
 from slimline.io import atomic_dir, write_json
 from slimline.repo import GitError, git
 
@@ -23,18 +24,18 @@ def git_commit() -> str | None:
         return None
 
 
-def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: dict, prep, hw: dict,
+def write_ship(ship: Path, chosen: dict | None, entries: list[dict], calibration: dict, prep, hw: dict,
                why: str, card: str | None = None, runtime: dict | None = None) -> None:
-    """`runtime`: the chosen pair's runtime as reports/evaluate.json's "runtimes" has it
-    ({"version", "settings", ...})."""
+    """entries, calibration: manifests.read_variants'. `runtime`: the chosen pair's runtime as
+    reports/evaluate.json's "runtimes" has it ({"version", "settings", ...})."""
     with atomic_dir(ship) as tmp:
         if card is not None:  # also when nothing ships: the card then says why
             (tmp / "MODEL_CARD.md").write_text(card)
         if chosen is None:
             write_json(tmp / "manifest.json", {"selected": None, "reason": why})
             return
-        entry = next(e for e in quant_manifest["variants"] if e["name"] == chosen["variant"])
-        (tmp / "model.onnx").write_bytes((onnx_dir / entry["file"]).read_bytes())
+        entry = next(e for e in entries if e["name"] == chosen["variant"])
+        (tmp / "model.onnx").write_bytes(Path(entry["path"]).read_bytes())
         files = {"onnx": "model.onnx"}
         if chosen["runtime"].startswith("openvino"):
             from slimline.runtime.openvino import save_ir
@@ -54,9 +55,9 @@ def write_ship(ship: Path, chosen: dict | None, onnx_dir: Path, quant_manifest: 
                       **({"resize": True} if prep.meta.get("resized") else {}),
                       # data.normalize for imported weights (inside the model too), for the record
                       **({"normalize": prep.meta["normalize"]} if prep.meta.get("normalize") else {})},
-            "quantization": {"kind": entry["quantization"],  # calibration applies to static int8 only
-                             **(quant_manifest.get("calibration", {})
-                                if entry["quantization"] == "static" else {})},
+            "quantization": {"kind": entry["quantization"],  # calibration: static int8's ranges, QAT's start
+                             **(calibration if entry["quantization"] in CALIBRATED else {}),
+                             **({"qat": entry["qat"]} if "qat" in entry else {})},
             # measured on the runtime above
             "metrics": {k: chosen[k] for k in ("accuracy", "accuracy_ci95", "val_accuracy", "bytes",
                                                "p50_ms_b1", "p95_ms_b1", "p99_ms_b1", "throughput_b256")},

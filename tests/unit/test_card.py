@@ -127,14 +127,37 @@ def test_lineage_names_the_nodes_static_int8_kept_in_fp32(tmp_path):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "x.bin").write_bytes(b"x")
     chosen = {"source": "baseline", "quantization": "static"}
-    entry = {"file": "x.bin", "fp32_nodes": ["/0/0.3/Conv"]}
+    entry = {"path": str(tmp_path / "models/onnx/x.bin"), "fp32_nodes": ["/0/0.3/Conv"]}
     meta = {"num_classes": 2, "sizes": {"train": 4}}
-    lin = lineage(chosen, entry, Params(), tmp_path / "data/prepared", tmp_path / "models/onnx",
-                  tmp_path / "models", meta, "abc", {"batches": 1, "batch_size": 2})
+    lin = lineage(chosen, entry, Params(), tmp_path / "data/prepared", tmp_path / "models", meta, "abc",
+                  {"batches": 1, "batch_size": 2})
     assert lin["compression"][-1].endswith("1 node(s) kept in fp32 to stay within "
                                            "quantize.max_accuracy_drop: `/0/0.3/Conv`")
     assert lin["calibration"] == {"batches": 1, "batch_size": 2} and lin["classes"] == ["0", "1"]
     assert set(lin["params"]) == {"data", "baseline", "train", "quantize"}
+
+
+def test_qat_lineage_cites_the_teacher_the_qat_folder_and_its_recipe(tmp_path):
+    from slimline.evaluation.card import lineage
+
+    folders = ("data/prepared", "models/baseline", "models/pruned/structured", "models/qat/prune_structured")
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.bin").write_bytes(folder.encode())
+    chosen = {"source": "prune_structured", "quantization": "qat"}
+    entry = {"path": str(tmp_path / "models/qat/prune_structured/x.bin"),
+             "qat": {"epochs": 2, "lr": 0.005, "best_epoch": 1}}
+    lin = lineage(chosen, entry, Params(), tmp_path / "data/prepared", tmp_path / "models",
+                  {"num_classes": 2, "sizes": {"train": 4}}, "abc", {"batches": 1, "batch_size": 2})
+    assert [m["path"].removeprefix(f"{tmp_path}/") for m in lin["models"]] == [
+        "models/baseline", "models/pruned/structured", "models/qat/prune_structured"]
+    assert lin["compression"][-1].startswith(
+        "quantization-aware training: 2 epoch(s) of fine-tuning with fake int8 under KD from the baseline "
+        "(temperature 4, alpha 0.5)")
+    assert "epoch 1 chosen on val" in lin["compression"][-1]
+    assert {"qat", "quantize", "distill", "prune"} <= set(lin["params"])
+    assert lin["calibration"] == {"batches": 1, "batch_size": 2}
+    assert lin["onnx"]["path"] == entry["path"]
 
 
 def test_student_lineage_names_feature_hints_when_on():

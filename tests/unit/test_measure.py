@@ -38,7 +38,9 @@ def test_rounds_give_every_variant_repeats_calls_in_turns(monkeypatch):
     assert out["a"]["p50"] == [0.02] * 5 and out["b"]["p99"] == [0.04] * 5  # ms, one per round
 
 
-ENTRIES = [{"name": "baseline", "file": "baseline.onnx"}, {"name": "student.int8_static", "file": "s.onnx"}]
+def entries(folder):
+    return [{"name": "baseline", "path": str(folder / "baseline.onnx")},
+            {"name": "student.int8_static", "path": str(folder / "s.onnx")}]
 
 
 def test_a_pair_its_runtime_cannot_load_is_skipped_and_the_others_run(monkeypatch, tmp_path, capsys):
@@ -50,11 +52,11 @@ def test_a_pair_its_runtime_cannot_load_is_skipped_and_the_others_run(monkeypatc
     monkeypatch.setattr(measure.registry, "missing", lambda name: None)
     monkeypatch.setattr(measure.registry, "load", load)
     cfg = SimpleNamespace(runtimes=["onnxruntime", "openvino"], threads=2)
-    runners, skipped = measure.load_runners(ENTRIES, tmp_path, (1, 12, 12), cfg)
+    runners, skipped = measure.load_runners(entries(tmp_path), (1, 12, 12), cfg)
 
     assert list(runners) == ["baseline@onnxruntime", "student.int8_static@onnxruntime", "baseline@openvino"]
     entry, runtime, runner = runners["baseline@openvino"]
-    assert (entry, runtime, runner.path) == (ENTRIES[0], "openvino", tmp_path / "baseline.onnx")
+    assert (entry, runtime, runner.path) == (entries(tmp_path)[0], "openvino", tmp_path / "baseline.onnx")
     assert runner.threads == 2  # evaluate.threads
     assert skipped == [{"variant": "student.int8_static", "runtime": "openvino",
                         "reason": f"OpenVINO cannot compile {tmp_path / 's.onnx'}: no kernel for "
@@ -71,7 +73,7 @@ def test_a_runtime_that_is_not_installed_stops_evaluate_naming_the_fix(monkeypat
     cfg = SimpleNamespace(runtimes=["onnxruntime", "openvino"], threads=1)
     with pytest.raises(StageError, match=r"evaluate\.runtimes: runtime openvino needs OpenVINO, which is not "
                                          r"installed: pip install -c constraints.txt openvino"):
-        measure.load_runners(ENTRIES, tmp_path, (1, 12, 12), cfg)
+        measure.load_runners(entries(tmp_path), (1, 12, 12), cfg)
     assert loaded == []  # before any work
 
 

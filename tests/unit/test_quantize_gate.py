@@ -102,7 +102,8 @@ def test_evaluate_gate_marks_the_variant_and_never_selects_it(project):
     root, _ = project
     params = parse_params(PARAMS)
     evaluate(params, argparse.Namespace(data=root / "data/prepared", onnx=root / "models/onnx",
-                                        ship=root / "models/ship", incumbent=root / "no-incumbent.json"))
+                                        qat=root / "models/qat", ship=root / "models/ship",
+                                        incumbent=root / "no-incumbent.json"))
     report = json.loads((root / "reports/evaluate.json").read_text())
     by = {v["name"]: v for v in report["variants"]}
     runtimes = params.evaluate.runtimes  # every variant on each: onnxruntime and OpenVINO

@@ -15,7 +15,8 @@ SHAPE = (1, 8, 8)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny seeded model exported to ONNX: (torch model, onnx dir, quant manifest, prep)."""
+    """A tiny seeded model exported to ONNX: (torch model, onnx dir, (its manifest entries,
+    calibration) as evaluate reads them, prep)."""
     from slimline.compress.export import export_onnx
     from slimline.data.dataset import Prepared
     from slimline.model import ModelSpec, build_model
@@ -26,15 +27,15 @@ def exported(tmp_path_factory):
     model = build_model(spec).eval()
     onnx_dir = tmp_path_factory.mktemp("exp") / "onnx"
     export_onnx(model, SHAPE, onnx_dir / "m.onnx")
-    manifest = {"variants": [{"name": "m", "file": "m.onnx", "source": "baseline", "source_dir": "unused",
-                              "quantization": "fp32", "opset": 17}],
-                "calibration": {"batches": 2, "batch_size": 4}}
+    entry = {"name": "m", "file": "m.onnx", "path": (onnx_dir / "m.onnx").as_posix(), "source": "baseline",
+             "source_dir": "unused", "quantization": "fp32", "opset": 17}
+    variants = ([entry], {"batches": 2, "batch_size": 4})
     rng = np.random.default_rng(0)
     splits = {k: (rng.uniform(0, 255, (n, *SHAPE)).astype(np.float32), rng.integers(0, 3, n))
               for k, n in (("train", 12), ("val", 6), ("test", 6))}
     prep = Prepared(splits=splits, meta={"input_shape": list(SHAPE), "num_classes": 3,
                                          "mean": [0.0], "std": [1.0]})
-    return model, onnx_dir, manifest, prep
+    return model, onnx_dir, variants, prep
 
 
 CHOSEN = {"name": "m@onnxruntime", "variant": "m", "runtime": "onnxruntime", "precision": "as stored",
@@ -52,9 +53,9 @@ HW = {"cpu": "test cpu", "cores": 1, "threads": 1, "onnxruntime": "x.y.z", "torc
 def ship(exported, tmp_path_factory):
     from slimline.evaluation.ship import write_ship
 
-    _, onnx_dir, manifest, prep = exported
+    _, _, variants, prep = exported
     out = tmp_path_factory.mktemp("ship") / "ship"
-    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="", card="# Model card: `m`\n",
+    write_ship(out, dict(CHOSEN), *variants, prep, HW, why="", card="# Model card: `m`\n",
                runtime=RUNTIME)
     return out
 
@@ -160,12 +161,25 @@ def test_predict_cli_npz_without_x_exits_2(ship, tmp_path, capsys):
     assert "'x'" in capsys.readouterr().err
 
 
+def test_a_qat_bundle_records_its_calibration_and_recipe(exported, tmp_path):
+    from slimline.evaluation.ship import write_ship
+
+    _, _, (entries, calibration), prep = exported
+    qat = {**entries[0], "name": "m.int8_qat", "quantization": "qat",
+           "qat": {"epochs": 2, "lr": 0.005, "best_epoch": 1}}
+    write_ship(tmp_path / "ship", CHOSEN | {"variant": "m.int8_qat"}, [*entries, qat], calibration, prep, HW,
+               why="")
+    m = json.loads((tmp_path / "ship" / "manifest.json").read_text())
+    assert m["variant"] == "m.int8_qat" and m["quantization"] == {
+        "kind": "qat", "batches": 2, "batch_size": 4, "qat": {"epochs": 2, "lr": 0.005, "best_epoch": 1}}
+
+
 def test_write_ship_without_choice(exported, tmp_path):
     from slimline.evaluation.ship import write_ship
 
-    _, onnx_dir, manifest, prep = exported
+    _, _, variants, prep = exported
     out = tmp_path / "ship"
-    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: too big",
+    write_ship(out, None, *variants, prep, HW, why="no variant meets every budget: m: too big",
                card="# Model card\n\nNo model shipped: no variant meets every budget.\n")
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "manifest.json"]
     assert "No model shipped" in (out / "MODEL_CARD.md").read_text()
@@ -176,11 +190,11 @@ def test_write_ship_without_choice(exported, tmp_path):
 def test_write_ship_without_choice_replaces_previous_bundle(exported, tmp_path):
     from slimline.evaluation.ship import write_ship
 
-    _, onnx_dir, manifest, prep = exported
+    _, _, variants, prep = exported
     out = tmp_path / "ship"
-    write_ship(out, dict(CHOSEN), onnx_dir, manifest, prep, HW, why="")
+    write_ship(out, dict(CHOSEN), *variants, prep, HW, why="")
     assert (out / "model.onnx").exists()
-    write_ship(out, None, onnx_dir, manifest, prep, HW, why="nothing fits")
+    write_ship(out, None, *variants, prep, HW, why="nothing fits")
     assert [p.name for p in out.iterdir()] == ["manifest.json"]  # no stale model left behind
     assert [p.name for p in tmp_path.iterdir()] == ["ship"]  # no temp folders left behind
 
@@ -189,9 +203,9 @@ def test_predict_cli_unselected_bundle_exits_2_with_reason(exported, tmp_path, c
     from slimline.evaluation.ship import write_ship
     from slimline.predict import Bundle, main
 
-    _, onnx_dir, manifest, prep = exported
+    _, _, variants, prep = exported
     out = tmp_path / "ship"
-    write_ship(out, None, onnx_dir, manifest, prep, HW, why="no variant meets every budget: m: slow")
+    write_ship(out, None, *variants, prep, HW, why="no variant meets every budget: m: slow")
     img = tmp_path / "x.npz"
     np.savez(img, x=np.zeros((1, 8, 8), np.float32))
     assert main([str(img), "--bundle", str(out)]) == 2
@@ -225,10 +239,10 @@ def ov_ship(exported, ov_runtime, tmp_path_factory):
     """The same file, chosen on OpenVINO and timed with 2 threads."""
     from slimline.evaluation.ship import write_ship
 
-    _, onnx_dir, manifest, prep = exported
+    _, _, variants, prep = exported
     out = tmp_path_factory.mktemp("ship_ov") / "ship"
     chosen = CHOSEN | {"name": "m@openvino", "runtime": "openvino", "precision": "f32"}
-    write_ship(out, chosen, onnx_dir, manifest, prep, HW, why="", card="# Model card: `m` on openvino\n",
+    write_ship(out, chosen, *variants, prep, HW, why="", card="# Model card: `m` on openvino\n",
                runtime=ov_runtime)
     return out
 

@@ -1,0 +1,36 @@
+"""evaluate's list of variants: quantize's manifest and each QAT stage's, as the params name them."""
+import json
+
+import pytest
+
+from slimline.errors import StageError
+from slimline.evaluation.manifests import read_variants
+from slimline.params import QatParams
+
+
+def write(folder, manifest):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_quantize_and_qat_variants_come_with_their_files_paths(tmp_path):
+    onnx, qat = tmp_path / "onnx", tmp_path / "qat"
+    write(onnx, {"variants": [{"name": "student", "file": "student.onnx"}], "calibration": {"batches": 2}})
+    write(qat / "student", {"variants": [{"name": "student.int8_qat", "file": "student.int8_qat.onnx"}]})
+    write(qat / "baseline", {"variants": [{"name": "stale", "file": "stale.onnx"}]})  # no longer listed
+    entries, calibration = read_variants(onnx, qat, QatParams(enabled=True, models=["student"]))
+    assert [(e["name"], e["path"]) for e in entries] == [
+        ("student", f"{onnx}/student.onnx"), ("student.int8_qat", f"{qat}/student/student.int8_qat.onnx")]
+    assert calibration == {"batches": 2}
+    # QAT off: its stages' folders hold no variant, and evaluate does not need them
+    entries, _ = read_variants(onnx, tmp_path / "nowhere", QatParams(models=["student"], pruned=["layer"]))
+    assert [e["name"] for e in entries] == ["student"]
+
+
+def test_a_missing_manifest_names_the_stage_to_run(tmp_path):
+    with pytest.raises(StageError, match="run the `quantize` stage first"):
+        read_variants(tmp_path / "onnx", tmp_path / "qat", QatParams())
+    write(tmp_path / "onnx", {"variants": []})
+    with pytest.raises(StageError, match="run the `qat_prune@structured` stage first"):
+        read_variants(tmp_path / "onnx", tmp_path / "qat",
+                      QatParams(enabled=True, models=[], pruned=["structured"]))
