@@ -2,7 +2,9 @@
 
 For the baseline and the student (derived or not): build it for the data's shape, run one
 forward pass, export it to ONNX (a dry run, in memory), and build Torch-Pruning's
-dependency graph, each long step within prune.graph_timeout_s. A failure names the
+dependency graph, each long step within prune.graph_timeout_s; with qat.enabled, for each
+model in qat.models, QAT's preparation too (torch.export and torchao's fake int8, as the
+qat@<model> stage prepares it). A failure names the
 section, the spec, the step and what to change. A model whose graph Torch-Pruning cannot
 build is no failure: only structured pruning and student.derive need the graph, so it gets
 a note that they do not apply, and everything else runs. A graph past its budget is a
@@ -44,12 +46,13 @@ def _key(raw: dict, shape, root: Path) -> str:
 
     h = hashlib.sha256(json.dumps({"baseline": raw.get("baseline"), "student": raw.get("student"),
                                    "budget": (raw.get("prune") or {}).get("graph_timeout_s"),
-                                   "shape": shape}, sort_keys=True, default=str).encode())
+                                   "qat": sorted(_qat_sections(raw)), "shape": shape},
+                                  sort_keys=True, default=str).encode())
     # The ONNX dry run is export_onnx and the file helpers it calls: export.py and onnx_files.py
     # (it opens no session, so runtime.py and the quantizers are no part of its outcome).
     for name in ("model.py", "zoo.py", "compress/pruning.py", "compress/pruning_ratios.py",
                  "compress/student.py", "compress/export.py", "compress/onnx_files.py", "timebudget.py",
-                 "preflight.py"):
+                 "compress/qat.py", "preflight.py"):
         h.update((ROOT / "slimline" / name).read_bytes())
     for section in ("baseline", "student"):
         model = str((raw.get(section) or {}).get("model", "cnn"))
@@ -98,6 +101,12 @@ def preflight(raw: dict, root: Path = Path(".")) -> Outcome:
     return outcome
 
 
+def _qat_sections(raw: dict) -> set[str]:
+    """The sections whose models get a QAT stage in this run (qat.models, when enabled)."""
+    qat = raw.get("qat") or {}
+    return set(qat.get("models", ["student"])) if qat.get("enabled") else set()
+
+
 def _structured_needs(raw: dict, section: str) -> bool:
     """Whether this run prunes `section`'s model with structured pruning."""
     from slimline.params import parse_params
@@ -141,6 +150,7 @@ class _Plan:
     spec: object  # a ModelSpec
     init: object  # derive's init hook, or None
     kwargs_in: str  # the section whose kwargs build it
+    qat: bool = False  # qat@<section> runs: check its preparation too
 
 
 def _say(plan: _Plan, step: str) -> None:
@@ -167,6 +177,8 @@ def _run(raw: dict, shape, classes) -> Outcome:
                 else student.model)
         plans.append(_Plan("student", what, s, init if student.derive else None,
                            "baseline" if student.derive else "student"))
+    for plan in plans:
+        plan.qat = plan.section in _qat_sections(raw)
     outcome, graphs = Outcome(), {}
     example = torch.zeros(2, *shape)
     for plan in plans:
@@ -216,9 +228,24 @@ def _check(plan: _Plan, example, classes: int, budget: float):
             raise StageError(f"it returns shape {tuple(out.shape)}, not (batch, {classes}) logits")
         step = "ONNX export"
         _say(plan, step)
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp, time_budget(budget, step):
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
-            export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
+            with time_budget(budget, step):
+                export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
+            if plan.qat:
+                step = "QAT preparation (torch.export, fake int8)"
+                _say(plan, step)
+                from slimline.compress.qat import prepare
+
+                try:
+                    with time_budget(budget, step):
+                        prepare(model, torch.rand(example.shape) * 255, Path(tmp) / "model.onnx")
+                except OutOfTime:
+                    raise
+                except Exception as err:  # noqa: BLE001 - named below, with the way out
+                    fix = (f"{_user_code(err)}Take {plan.section} out of qat.models (or set qat.enabled: "
+                           f"false), or change the model")
+                    return _failed(plan, step, err, fix=fix), None
     except StageError as err:
         if step == "derive":
             return f"{plan.section} ({plan.what}): {err}", None
@@ -248,11 +275,26 @@ def _graph(plan: _Plan, model, example, budget: float):
     return None
 
 
-def _failed(plan: _Plan, step: str, err: Exception) -> str:
+def _user_code(err: Exception) -> str:
+    """Where in the model's own code torch.export stopped ("At file:line in fn: `code`. "), from
+    the traced frames its message lists; "" when it lists none outside torch."""
+    import re
+
+    # torch.export names the user's frame in its message, as a traceback line or a graph comment
+    frames = [m for pattern in (r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)',
+                                r"# File: (\S+):(\d+) in (\w+), code: (.*)")
+              for m in re.finditer(pattern, str(err)) if "site-packages" not in m.group(1)]
+    if not frames:
+        return ""
+    path, line, fn, code = frames[-1].groups()
+    return f"At {Path(path).name}:{line} in {fn}: `{code.strip()}`. "
+
+
+def _failed(plan: _Plan, step: str, err: Exception,
+            fix: str = "Change the model (see docs/own-model.md) or its kwargs") -> str:
     from slimline.compress.pruning import error_text
 
-    return (f"{plan.section} ({plan.what}): {step} failed: {error_text(err)}. "
-            f"Change the model (see docs/own-model.md) or its kwargs")
+    return f"{plan.section} ({plan.what}): {step} failed: {error_text(err)}. {fix}"
 
 
 def _size_hint(plan: _Plan, model, example) -> str:

@@ -196,3 +196,35 @@ def test_a_timm_model_of_one_input_size_is_told_the_kwarg(tmp_path):
     assert "takes 224x224 images only" in failure and "baseline.kwargs: {img_size: [16, 16]}" in failure
     raw["baseline"]["kwargs"] = {**kwargs, "img_size": [16, 16]}
     assert preflight.check_models(raw, tmp_path) == []
+
+
+class Branchy(nn.Module):
+    """Exports to ONNX by tracing (one branch), but its branch on the data stops torch.export,
+    which QAT's fake quantization needs."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if h.mean() > 0:
+            h = h.relu()
+        return self.fc(h.mean((2, 3)))
+
+
+def branchy(num_classes: int, in_channels: int) -> nn.Module:
+    return Branchy(num_classes)
+
+
+def test_a_model_qat_cannot_prepare_is_named_only_when_qat_asks_for_it(tmp_path):
+    model = "python:test_preflight:branchy"
+    raw = {"data": DATA, "baseline": {"model": model}}
+    assert preflight.check_models(raw, tmp_path) == []  # QAT off: nothing to refuse
+    (problem,) = preflight.check_models({**raw, "qat": {"enabled": True, "models": ["baseline"]}}, tmp_path)
+    assert problem.startswith(f"baseline ({model}): QAT preparation (torch.export, fake int8) failed: ")
+    line = Branchy.forward.__code__.co_firstlineno + 2  # the branch on the data
+    assert (f"At test_preflight.py:{line} in forward: `if h.mean() > 0:`. Take baseline out of qat.models "
+            f"(or set qat.enabled: false), or change the model") in problem
+    assert preflight.check_models({**raw, "qat": {"enabled": True, "models": ["baseline"]},
+                                   "baseline": {"model": TINY}}, tmp_path) == []  # a model it prepares
