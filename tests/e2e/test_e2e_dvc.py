@@ -15,7 +15,8 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
                  "models/student/model.safetensors", "models/student_scratch/structure.json",
                  "models/pruned/unstructured/model.safetensors", "models/pruned/structured/structure.json",
                  "models/pruned/layer/structure.json", "models/onnx/manifest.json",
-                 "models/onnx/baseline.onnx",
+                 "models/onnx/baseline.onnx", "models/qat/student/student.int8_qat.onnx",
+                 "models/qat/prune_structured/prune_structured.int8_qat.onnx", "reports/qat_student.json",
                  "models/ship/manifest.json", "reports/prepare.md", "reports/train_baseline.md",
                  "reports/distill.json", "reports/prune_layer.json", "reports/quantize.json",
                  "reports/evaluate.json", "reports/evaluate.md", "reports/pareto_latency.png",
@@ -35,7 +36,8 @@ def test_tiny_repro_produces_every_output(tiny_pipeline):
     assert "| logit KD only |" in (tiny_pipeline / "reports/distill.md").read_text()
     # the logit-KD ablation leaves neither a model nor curves behind
     assert sorted(p.name for p in (tiny_pipeline / "models").iterdir()) == [
-        ".gitignore", "baseline", "incumbent.json", "onnx", "pruned", "ship", "student", "student_scratch"]
+        ".gitignore", "baseline", "incumbent.json", "onnx", "pruned", "qat", "ship", "student",
+        "student_scratch"]
     assert sorted(p.name for p in (tiny_pipeline / "dvclive").iterdir()) == [
         "distill", "distill_scratch", "train_baseline"]
 
@@ -44,7 +46,7 @@ def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):
     from slimline.numerics import PROMISE, cpu_info
 
     cpu = cpu_info()
-    for stage in ("train_baseline", "distill", "prune_structured", "quantize"):
+    for stage in ("train_baseline", "distill", "prune_structured", "quantize", "qat_prune_structured"):
         run = json.loads((tiny_pipeline / f"reports/{stage}.run.json").read_text())
         assert run["cpu"] == cpu["model"] and run["cpu_isa"] == " ".join(cpu["isa"]), stage
         assert run["numerics"] == "portable" and run["numerics_bit_identical_across_cpus"] is True, stage
@@ -66,7 +68,8 @@ def test_evaluate_json_schema(tiny_pipeline):
     # every model of the DAG, and each shipped-able one in every quantized form, on both runtimes
     assert set(report["runtimes"]) == {"onnxruntime", "openvino"} and report["skipped"] == []
     for name in ["baseline", "student", "student_scratch", "prune_unstructured", "prune_structured",
-                 "prune_layer", "baseline.int8_dynamic", "baseline.int8_static", "baseline.fp16"]:
+                 "prune_layer", "baseline.int8_dynamic", "baseline.int8_static", "baseline.fp16",
+                 "student.int8_qat", "prune_structured.int8_qat"]:
         assert {f"{name}@onnxruntime", f"{name}@openvino"} <= set(names)
     assert report["selected"] is None or report["selected"] in names
     for v in report["variants"]:
@@ -74,7 +77,8 @@ def test_evaluate_json_schema(tiny_pipeline):
         assert v["name"] == f"{v['variant']}@{v['runtime']}"
         assert v["precision"] == ("f32" if v["runtime"] == "openvino" else "as stored")
         assert 0 <= v["accuracy"] <= 1 and v["accuracy_ci95"][0] <= v["accuracy"] <= v["accuracy_ci95"][1]
-        assert v["bytes"] == (tiny_pipeline / "models/onnx" / f"{v['variant']}.onnx").stat().st_size
+        folder = f"models/qat/{v['source']}" if v["quantization"] == "qat" else "models/onnx"
+        assert v["bytes"] == (tiny_pipeline / folder / f"{v['variant']}.onnx").stat().st_size
         assert v["p50_ms_b1"] > 0 and v["p99_ms_b1"] >= v["p95_ms_b1"] >= v["p50_ms_b1"]
         rounds = v["p50_ms_b1_rounds"]  # every round kept; the p50 is their median
         assert len(rounds) == 5 and v["p50_ms_b1"] == sorted(rounds)[2]

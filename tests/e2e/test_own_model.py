@@ -46,8 +46,9 @@ def test_own_data_python_model_and_derived_student_through_the_flow(prefect_api,
     raw["student"] = {"derive": {"from": "baseline", "width": 0.5}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # structured pruning and the zoo models are covered in tests/unit/test_zoo.py
+    # QAT (on in the tiny build) runs on tiny_resnet in tests/unit/test_qat.py
     update_params(root, {"train": {"epochs": 1}, "prune": {"methods": ["layer"]},
-                         "quantize": {"variants": ["dynamic"]}})
+                         "quantize": {"variants": ["dynamic"]}, "qat": {"enabled": False, "pruned": []}})
     check = sh([sys.executable, "-m", "slimline.check"], root, check=False)
     assert check.returncode == 2 and "slimline/examples/tiny_resnet.py" in check.stderr  # not deps yet
     assert "prepare: images" in check.stderr
@@ -79,7 +80,7 @@ def test_own_data_python_model_and_derived_student_through_the_flow(prefect_api,
     src = root / "slimline/examples/tiny_resnet.py"
     src.write_text(src.read_text() + "\n# an edit\n")
     status = yaml.safe_load(dvc("status", "--json", cwd=root).stdout)
-    assert set(status) == {"train_baseline", "distill", "prune@layer", "quantize", "evaluate"}
+    assert set(status) == {"train_baseline", "distill", "prune@layer", "quantize", "qat@student", "evaluate"}
 
 
 def test_installed_console_script_imports_a_model_module_from_the_project_root(tmp_path):

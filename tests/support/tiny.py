@@ -28,6 +28,8 @@ TINY = {
     # fp32 source would send static int8 into its sensitivity scan on every run, for nothing.
     "quantize": {"calibration_batches": 2, "calibration_batch_size": 16, "min_agreement": 0.9,
                  "max_accuracy_drop": 0.5},
+    # QAT on, for the distilled student (with its feature KD) and a structured-pruned model.
+    "qat": {"enabled": True, "models": ["student"], "pruned": ["structured"], "epochs": 1},
     "evaluate": {"warmup": 2, "repeats": 20},
     # Tiny models (~40% accurate, ~20 us) swap places on timing noise alone, which the
     # gate would rightly call a regression; its rules are tested on fixed reports

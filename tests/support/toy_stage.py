@@ -217,6 +217,16 @@ def quantize(p: dict) -> None:
         shutil.copy(SNAPSHOT / "reports" / name, Path("reports") / name)
 
 
+def qat(p: dict, model: str) -> None:
+    """As the real stage with qat.enabled false (the toy's params): an empty manifest."""
+    if (p.get("qat") or {}).get("enabled"):
+        raise ToyError("the toy has no QAT; the tiny build runs it")
+    with atomic_dir(Path(f"models/qat/{model}")) as tmp:
+        write_json(tmp / "manifest.json", {"variants": [], "disabled": "qat.enabled is false"})
+    write_report(f"qat_{model}", {"model": model, "enabled": False}, f"## qat_{model}\n\nQAT is off.\n",
+                 {"toy_stage": True})
+
+
 def evaluate(p: dict) -> None:
     cfg = p.get("evaluate") or {}
     results = snapshot("reports/evaluate.json")
@@ -243,7 +253,8 @@ class ToyError(Exception):
 
 
 STAGES = {"prepare": prepare, "train_baseline": train_baseline, "distill": distill, "prune": prune,
-          "quantize": quantize, "evaluate": evaluate}
+          "quantize": quantize, "qat": qat, "qat_prune": lambda p, method: qat(p, f"prune_{method}"),
+          "evaluate": evaluate}
 
 
 def main(argv: list[str]) -> int:
