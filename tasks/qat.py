@@ -22,6 +22,7 @@ from pathlib import Path
 
 from slimline.io import atomic_dir, write_json
 from slimline.params import Params
+from slimline.paths import NOT_APPLICABLE
 from slimline.report import markdown_table, write_report
 from slimline.stage import main
 
@@ -40,17 +41,20 @@ def source_dir(models: Path, name: str) -> Path:
 def qat(params: Params, args: argparse.Namespace) -> None:
     name, cfg = args.model, params.qat
     stem = f"qat_{name}"
-    if not cfg.enabled:
+    src = source_dir(args.models, name)
+    why = ("qat.enabled is false" if not cfg.enabled
+           else f"{src} is not applicable: reports/{name}.json says why" if (src / NOT_APPLICABLE).exists()
+           else "")
+    if why:  # no variant: an empty manifest (evaluate lists nothing from it) and a report saying why
         with atomic_dir(args.out) as tmp:
-            write_json(tmp / "manifest.json", {"variants": [], "disabled": "qat.enabled is false"})
-        write_report(stem, {"model": name, "enabled": False},
-                     f"## {stem}\n\nQuantization-aware training is off (`qat.enabled: false`): no variant.\n")
-        print(f"{stem}: qat.enabled is false; no variant", flush=True)
+            write_json(tmp / "manifest.json", {"variants": [], "disabled": why})
+        write_report(stem, {"model": name, "enabled": cfg.enabled, "disabled": why},
+                     f"## {stem}\n\nNo QAT variant: {why}.\n")
+        print(f"{stem}: {why}; no variant", flush=True)
         return
     from slimline.compress.qat_run import train_and_export
 
-    got = train_and_export(params, name, args.data, args.models / "baseline", source_dir(args.models, name),
-                           args.out, VARIANT)
+    got = train_and_export(params, name, args.data, args.models / "baseline", src, args.out, VARIANT)
     write_report(stem, got.results, render(stem, got.results), run=got.run)
     r = got.results
     print(f"{stem}: {r['variant']}: val {r['val_accuracy']:.4f} (fp32 {r['fp32_val_accuracy']:.4f}), "

@@ -223,8 +223,8 @@ def qat(p: dict, model: str) -> None:
         raise ToyError("the toy has no QAT; the tiny build runs it")
     with atomic_dir(Path(f"models/qat/{model}")) as tmp:
         write_json(tmp / "manifest.json", {"variants": [], "disabled": "qat.enabled is false"})
-    write_report(f"qat_{model}", {"model": model, "enabled": False}, f"## qat_{model}\n\nQAT is off.\n",
-                 {"toy_stage": True})
+    write_report(f"qat_{model}", {"model": model, "enabled": False, "disabled": "qat.enabled is false"},
+                 f"## qat_{model}\n\nNo QAT variant: qat.enabled is false.\n", {"toy_stage": True})
 
 
 def evaluate(p: dict) -> None:

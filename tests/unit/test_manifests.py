@@ -1,5 +1,6 @@
 """evaluate's list of variants: quantize's manifest and each QAT stage's, as the params name them."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,33 @@ def test_a_missing_manifest_names_the_stage_to_run(tmp_path):
     with pytest.raises(StageError, match="run the `qat_prune@structured` stage first"):
         read_variants(tmp_path / "onnx", tmp_path / "qat",
                       QatParams(enabled=True, models=[], pruned=["structured"]))
+
+
+def test_a_qat_stage_with_nothing_to_train_writes_an_empty_manifest_saying_why(tmp_path, monkeypatch):
+    """QAT off, or its pruned model not applicable: no variant, no torch, a report that says why."""
+    import argparse
+
+    from slimline.params import parse_params
+    from slimline.paths import NOT_APPLICABLE
+    from tasks.qat import qat
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/pruned/structured").mkdir(parents=True)
+    (tmp_path / "models/pruned/structured" / NOT_APPLICABLE).write_text("{}")
+    cases = [({"qat": {"enabled": False}}, "student", "qat.enabled is false"),
+             ({"qat": {"enabled": True, "pruned": ["structured"]}}, "prune_structured",
+              "models/pruned/structured is not applicable: reports/prune_structured.json says why")]
+    for raw, name, why in cases:
+        out = tmp_path / "models/qat" / name
+        qat(parse_params(raw), argparse.Namespace(model=name, data=tmp_path / "data", models=Path("models"),
+                                                  out=out))
+        assert json.loads((out / "manifest.json").read_text()) == {"variants": [], "disabled": why}
+        assert json.loads((tmp_path / f"reports/qat_{name}.json").read_text())["disabled"] == why
+    entries, _ = read_variants(write_onnx(tmp_path), tmp_path / "models/qat",
+                               QatParams(enabled=True, models=["student"], pruned=["structured"]))
+    assert [e["name"] for e in entries] == []
+
+
+def write_onnx(root):
+    write(root / "models/onnx", {"variants": []})
+    return root / "models/onnx"
