@@ -40,12 +40,6 @@ import numpy as np
 from benchmarks.ptq_drop import add_model_args, setup
 
 
-def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    from slimline.runtime.onnxruntime import predict
-
-    return float((predict(path, x).argmax(1) == y).mean())
-
-
 def p50s(files: dict[str, Path], shape: tuple) -> dict[str, float]:
     """ORT batch-1 p50 (ms) of each file, 1 thread, all timed in the same interleaved rounds
     (evaluate's time_rounds), the median over rounds."""
@@ -67,7 +61,7 @@ def one_seed(args, params, prep, update: dict) -> tuple[dict, dict]:
     from slimline.compress.export import export_onnx
     from slimline.compress.kd import make_kd_loss
     from slimline.compress.quantization import calibration_set, quantize_static_int8
-    from slimline.compress.sensitivity import static_int8_within_budget
+    from slimline.compress.sensitivity import accuracy, static_int8_within_budget
     from slimline.model import ModelSpec, build_model
     from slimline.training.checkpoint import CheckpointStore
     from slimline.training.loop import fit, seed_everything
