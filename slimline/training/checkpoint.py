@@ -70,28 +70,28 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
+    @staticmethod
+    def _load(epoch: int, path: Path) -> dict | None:
+        """The checkpoint in `path` if it loads and is epoch `epoch`'s; None otherwise."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated or foreign file: never fatal, just older
+            print(f"warning: ignoring unreadable checkpoint {path}: {err}")
+            return None
+        return state if state.get("epoch") == epoch else None
+
     def latest(self) -> dict | None:
         """The newest checkpoint that loads; a damaged one falls back to the one before."""
         for epoch, path in reversed(self._files()):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - truncated or foreign file: never fatal, just older
-                print(f"warning: ignoring unreadable checkpoint {path}: {err}")
-                continue
-            if state.get("epoch") == epoch:
+            state = self._load(epoch, path)
+            if state is not None:
                 return state
         return None
 
     def at(self, epoch: int) -> dict | None:
         """The checkpoint saved after `epoch`, if the store still keeps it and it loads."""
         path = self.folder / f"epoch-{epoch:04d}.pt"
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - damaged: as if it were not kept
-            return None
-        return state if state.get("epoch") == epoch else None
+        return self._load(epoch, path) if path.exists() else None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
