@@ -76,7 +76,17 @@ def render(stem: str, r: dict) -> str:
             f"| QAT int8 file (ONNX Runtime) | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |\n\n"
             f"Top-1 agreement with the fp32 source on test: {r['agreement']:.4f}. `evaluate` measures the "
             f"variant again and gates it as every other (quantize.min_agreement, "
-            f"quantize.max_accuracy_drop).\n\n{markdown_table(rows)}\n")
+            f"quantize.max_accuracy_drop).\n\n{markdown_table(rows)}\n" + _blind(r.get("unsimulated") or []))
+
+
+def _blind(ops: list[str]) -> str:
+    """The tensors the int8 file quantizes that the fake quantization did not simulate."""
+    if not ops:
+        return ""
+    return (f"\n**Not simulated in training:** {len(ops)} tensor(s) the int8 file quantizes, by ops the fake "
+            f"quantization does not model; their ranges come from calibration alone: "
+            + ", ".join(f"`{op}`" for op in ops[:10])
+            + (f" and {len(ops) - 10} more" if len(ops) > 10 else "") + ".\n")
 
 
 def _args(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ not where a library's backend would (docs/design.md, "Quantization-aware trainin
   the ONNX export and ORT fold into them;
 - add and mul: every input and the output (ORT's QDQ Add and Mul);
 - hard-swish: x * hardsigmoid(x), the graph ORT quantizes after its pre-processing inlines
-  HardSwish;
+  HardSwish; SiLU (swish): x * sigmoid(x), as the ONNX export writes it;
 - max-pool, flatten, reshape: pass-through on the input's scale, as ORT requantizes them.
 
 The model is first brought to the structure of its fp32 ONNX file: each Linear ->
@@ -103,6 +103,7 @@ def _ops():
         "add": {aten.add.Tensor, aten.add_.Tensor},
         "mul": {aten.mul.Tensor, aten.mul_.Tensor},
         "hardswish": {aten.hardswish.default, aten.hardswish_.default},
+        "silu": {aten.silu.default, aten.silu_.default},
         "passthrough": {aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default,
                         aten.reshape.default, aten.dropout.default},
     }
@@ -121,12 +122,16 @@ def _quantizer_class():
         """Fake quantizers where ORT's static int8 puts QuantizeLinear (module doc)."""
 
         def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            # hardswish(x) -> x * hardsigmoid(x): ORT quantizes the product's two inputs
+            # hardswish(x) -> x * hardsigmoid(x), silu(x) -> x * sigmoid(x): the graphs ORT
+            # quantizes (its pre-processing inlines HardSwish; the export writes SiLU so), with
+            # a quantizer on each factor of the product
             ops, graph = _ops(), model.graph
+            gates = {**dict.fromkeys(ops["hardswish"], torch.ops.aten.hardsigmoid.default),
+                     **dict.fromkeys(ops["silu"], torch.ops.aten.sigmoid.default)}
             for node in list(graph.nodes):
-                if node.op == "call_function" and node.target in ops["hardswish"]:
+                if node.op == "call_function" and node.target in gates:
                     with graph.inserting_before(node):
-                        gate = graph.call_function(torch.ops.aten.hardsigmoid.default, (node.args[0],))
+                        gate = graph.call_function(gates[node.target], (node.args[0],))
                         gate.meta = dict(node.meta)
                         prod = graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], gate))
                         prod.meta = dict(node.meta)
@@ -346,8 +351,11 @@ def _tensor_values(onnx_path: str | Path, x: np.ndarray) -> dict[str, np.ndarray
         quant_pre_process(load(onnx_path), pre)
         model = onnx.load(pre)
     present = {o.name for o in model.graph.output}
+    # value_info can outlive the nodes the pre-processing optimised away (an identity
+    # normalisation's Sub and Div): only tensors a node still makes can be outputs
+    made = {name for node in model.graph.node for name in node.output}
     floats = {v.name for v in model.graph.value_info
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and v.name in made}
     for name in sorted(floats - present):  # quant_pre_process's shape inference typed them
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -368,8 +376,12 @@ def tensor_overrides(qat: torch.fx.GraphModule, onnx_path: str | Path, quantized
     set_training(qat, False)
     quantized, acts = set(quantized), activation_quantizers(qat)
     seen: list[tuple[str, np.ndarray]] = []  # a shared quantizer is called at each tensor it serves
-    hooks = [m.register_forward_pre_hook(lambda _, args, name=name: seen.append((name, args[0].numpy())))
-             for name, m in acts.items()]
+
+    def record(name: str):
+        # a copy: a residual's in-place add (`out += identity`) rewrites the quantizer's tensor
+        return lambda _, args: seen.append((name, args[0].clone().numpy()))
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in acts.items()]
     fakes = fake_quantizers(qat)
     on = {name: bool(m.fake_quant_enabled[0]) for name, m in fakes.items()}
     try:
@@ -416,12 +428,40 @@ def quantized_tensors(int8_path: str | Path) -> list[str]:
             if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
 
 
+def unsimulated(int8_path: str | Path, quantized: Iterable[str], overrides: dict) -> list[str]:
+    """The tensors static int8 quantizes (`quantized`, in int8_path) that no fake quantizer
+    simulates (no entry in `overrides`), as "<op> <node>" of the node that makes each: ORT
+    calibrates their ranges, and QAT trains blind to their rounding. An op the
+    OrtInt8Quantizer does not model (a GELU, a softmax, an average pool on its own scale)."""
+    from slimline.compress.onnx_files import load
+
+    made = {name: node for node in load(int8_path).graph.node for name in node.output}
+    return [f"{made[t].op_type} {made[t].name}" if t in made else f"input {t}"
+            for t in quantized if t not in overrides]
+
+
+def simulation_gaps(qat: torch.fx.GraphModule, onnx_path: str | Path, x: np.ndarray) -> tuple[list[str], int]:
+    """(unsimulated(), how many tensors static int8 quantizes) for a freshly prepared model and
+    its fp32 export, both calibrated on x: what `slimline check` reports before training."""
+    import tempfile
+
+    from slimline.compress.quantization import quantize_static_int8
+
+    with tempfile.TemporaryDirectory(prefix="qat.") as tmp:
+        plain = Path(tmp) / "plain.onnx"
+        quantize_static_int8(onnx_path, plain, x, len(x))
+        calibrate(qat, [x])
+        quantized = quantized_tensors(plain)
+        return unsimulated(plain, quantized, tensor_overrides(qat, onnx_path, quantized, x)), len(quantized)
+
+
 def export_int8(qat: torch.fx.GraphModule, model: nn.Module, onnx_path: str | Path, dst: str | Path,
-                calib: np.ndarray, batch_size: int) -> None:
+                calib: np.ndarray, batch_size: int) -> list[str]:
     """The QAT model as the quantize stage's static int8 file: its weights exported as the
     fp32 model was (onnx_path: that export), then quantize_static_int8 with the trained
     activation ranges as overrides, so the file differs from a PTQ one only in its numbers.
-    A plain quantization first names the tensors ORT quantizes."""
+    A plain quantization first names the tensors ORT quantizes. Returns the ones QAT did not
+    simulate (`unsimulated`)."""
     import tempfile
 
     from slimline.compress.export import export_onnx
@@ -432,8 +472,10 @@ def export_int8(qat: torch.fx.GraphModule, model: nn.Module, onnx_path: str | Pa
         fp32, plain = Path(tmp) / "fp32.onnx", Path(tmp) / "plain.onnx"
         export_onnx(trained_copy(qat, model, onnx_path), shape, fp32)
         quantize_static_int8(fp32, plain, calib, batch_size)
-        overrides = tensor_overrides(qat, fp32, quantized_tensors(plain), calib[:batch_size])
+        quantized = quantized_tensors(plain)
+        overrides = tensor_overrides(qat, fp32, quantized, calib[:batch_size])
         quantize_static_int8(fp32, dst, calib, batch_size, overrides=overrides)
+        return unsimulated(plain, quantized, overrides)
 
 
 class Trainable(nn.Module):

@@ -102,7 +102,7 @@ def train_and_export(params: Params, name: str, data_dir: Path, teacher_dir: Pat
         fake = fake.cpu()
         file = f"{name}.{variant}.onnx"
         with atomic_dir(out) as dst:
-            qat_mod.export_int8(fake, model, fp32, dst / file, calib, bs)
+            blind = qat_mod.export_int8(fake, model, fp32, dst / file, calib, bs)
             logits_val, logits_test = predict(dst / file, x_val), predict(dst / file, x_test)
             write_json(dst / "manifest.json", {
                 "variants": [{"name": f"{name}.{variant}", "file": file, "source": name,
@@ -114,6 +114,7 @@ def train_and_export(params: Params, name: str, data_dir: Path, teacher_dir: Pat
     results = {"model": name, "variant": f"{name}.{variant}", "source": name, "enabled": True,
                "epochs": cfg.epochs, "lr": cfg.lr, "best_epoch": best, "zeros_held": zeros,
                "bytes": size, "val_acc_calibrated": epoch0["val_acc"], "history": fit.history,
+               "unsimulated": blind,
                "val_accuracy": _accuracy(logits_val, y_val),
                "test_accuracy": _accuracy(logits_test, y_test),
                "fp32_val_accuracy": _accuracy(ref_val, y_val),

@@ -165,24 +165,31 @@ def test_the_export_is_the_ptq_file_until_training_changes_it(case):
     assert len(moved) == 1 and np.allclose(moved[0][1], 2 * moved[0][0], rtol=1e-5)  # the head's
 
 
-class HardSwishNet(torch.nn.Module):
-    def __init__(self):
+class GatedNet(torch.nn.Module):
+    """conv, then an activation, then a linear head."""
+
+    def __init__(self, act):
         super().__init__()
+        self.act = act
         self.conv, self.head = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4 * 10 * 10, 3)
 
     def forward(self, x):
-        return self.head(torch.nn.functional.hardswish(self.conv(x)).flatten(1))
+        return self.head(self.act(self.conv(x)).flatten(1))
 
 
-def test_hard_swish_is_quantized_as_ort_quantizes_it(tmp_path):
-    """ORT's pre-processing inlines HardSwish as x * HardSigmoid(x) and quantizes both factors:
-    the fake model computes it that way, with a quantizer on each factor."""
+@pytest.mark.parametrize("act, op", [(torch.nn.functional.hardswish, torch.ops.aten.hardswish.default),
+                                     (torch.nn.functional.silu, torch.ops.aten.silu.default)],
+                         ids=["hardswish", "silu"])
+def test_gated_activations_are_quantized_as_ort_quantizes_them(tmp_path, act, op):
+    """ORT's pre-processing inlines HardSwish as x * HardSigmoid(x), the export writes SiLU
+    as x * Sigmoid(x), and ORT quantizes both factors: the fake model computes them that way,
+    with a quantizer on each factor, and simulates every tensor the file quantizes."""
     torch.manual_seed(0)
-    net = HardSwishNet().eval()
+    net = GatedNet(act).eval()
     export_onnx(net, SHAPE, tmp_path / "fp32.onnx")
     fake = qat.prepare(net, torch.from_numpy(CALIB[:2]), tmp_path / "fp32.onnx")
     targets = [n.target for n in fake.graph.nodes if n.op == "call_function"]
-    assert torch.ops.aten.hardswish.default not in targets
+    assert op not in targets
     (mul,) = [n for n in fake.graph.nodes if n.target == torch.ops.aten.mul.Tensor]
     assert {a.op for a in mul.args} == {"call_module"}  # both factors through a fake quantizer
     # with the quantizers off it is the same function
@@ -191,6 +198,40 @@ def test_hard_swish_is_quantized_as_ort_quantizes_it(tmp_path):
     x = torch.from_numpy(CALIB[:8])
     with torch.no_grad():
         assert torch.allclose(fake(x), net(x), atol=1e-5)
+    for m in qat.fake_quantizers(fake).values():
+        m.enable_fake_quant()
+    assert qat.simulation_gaps(fake, tmp_path / "fp32.onnx", CALIB[:BATCH])[0] == []
+
+
+class InPlaceResidual(torch.nn.Module):
+    """torchvision's BasicBlock: conv -> BatchNorm, the input added in place, then ReLU."""
+
+    def __init__(self, tail=None):
+        super().__init__()
+        self.tail = tail or torch.nn.Identity()
+        self.stem, self.conv = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.bn, self.head = torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        identity = torch.relu(self.stem(x))
+        out = self.bn(self.conv(identity))
+        out += identity
+        return self.head(self.tail(torch.relu(out)).mean((2, 3)))
+
+
+def test_simulation_gaps_name_the_ops_the_fake_quantization_does_not_model(tmp_path):
+    """Every tensor of a residual block with an in-place add is simulated (its values are
+    matched before the add rewrites them); a sigmoid on its own is not, and is named."""
+    gaps = {}
+    for name, tail in (("residual", None), ("sigmoid", torch.nn.Sigmoid())):
+        torch.manual_seed(0)
+        net = warmed(InPlaceResidual(tail))
+        export_onnx(net, SHAPE, tmp_path / f"{name}.onnx")
+        fake = qat.prepare(net, torch.from_numpy(CALIB[:2]), tmp_path / f"{name}.onnx")
+        gaps[name] = qat.simulation_gaps(fake, tmp_path / f"{name}.onnx", CALIB[:BATCH])
+    assert gaps["residual"] == ([], 5), gaps
+    (sigmoid,), of = gaps["sigmoid"]
+    assert sigmoid.startswith("Sigmoid /") and of == 6, gaps
 
 
 class Interrupted(Exception):
