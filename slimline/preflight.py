@@ -70,6 +70,9 @@ class Outcome:
     failures: list[str] = dataclasses.field(default_factory=list)  # one line each, naming what to change
     # Each model whose Torch-Pruning graph failed or ran out of time: {section, model, reason, timed_out}
     untraceable: list[dict] = dataclasses.field(default_factory=list)
+    # Each QAT model with tensors static int8 quantizes that the fake quantization does not
+    # simulate: {section, model, ops: ["<op> <node>", ...], of: how many it quantizes}
+    unsimulated: list[dict] = dataclasses.field(default_factory=list)
 
 
 def check_models(raw: dict, root: Path = Path(".")) -> list[str]:
@@ -93,11 +96,11 @@ def preflight(raw: dict, root: Path = Path(".")) -> Outcome:
         return Outcome()  # the built-in cnn: the params schema already checked its shapes
     done = root / CACHE / f"{_key(raw, [shape, classes], root.resolve())}.ok"
     if done.exists():
-        return Outcome(untraceable=json.loads(done.read_text() or "[]"))
+        return Outcome(**json.loads(done.read_text()))
     outcome = _run(raw, shape, classes)
     if not outcome.failures:
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(outcome.untraceable))
+        done.write_text(json.dumps({"untraceable": outcome.untraceable, "unsimulated": outcome.unsimulated}))
     return outcome
 
 
@@ -124,8 +127,16 @@ def too_slow(raw: dict, outcome: Outcome) -> list[str]:
 
 
 def notes(raw: dict, outcome: Outcome) -> list[str]:
-    """What the outcome means for this run: which graph-based steps will not apply."""
+    """What the outcome means for this run: which graph-based steps will not apply, and what
+    QAT will not simulate."""
     lines = []
+    for u in outcome.unsimulated:
+        ops = ", ".join(u["ops"][:5]) + (f" and {len(u['ops']) - 5} more" if len(u["ops"]) > 5 else "")
+        done = u["of"] - len(u["ops"])
+        lines.append(f"{u['section']} ({u['model']}): qat@{u['section']} simulates {done} of "
+                     f"the {u['of']} tensors static int8 quantizes; not those of {ops}. Their int8 ranges "
+                     f"come from calibration alone and training cannot adapt to their rounding, so expect "
+                     f"less of QAT on this model (docs/compression.md, QAT)")
     for u in outcome.untraceable:
         marked = _structured_needs(raw, u["section"])
         if u["timed_out"] and marked:
@@ -186,9 +197,11 @@ def _run(raw: dict, shape, classes) -> Outcome:
             outcome.failures.append(
                 f"{plan.section} ({plan.what}): {cannot_derive(base.model, graphs['baseline'])}")
             continue
-        failure, no_graph = _check(plan, example, classes, budget)
+        failure, no_graph, blind = _check(plan, example, classes, budget)
         if failure:
             outcome.failures.append(failure)
+        if blind:
+            outcome.unsimulated.append({"section": plan.section, "model": plan.what, **blind})
         if no_graph is not None:
             graphs[plan.section] = no_graph
             outcome.untraceable.append({"section": plan.section, "model": plan.what, "reason": str(no_graph),
@@ -197,8 +210,9 @@ def _run(raw: dict, shape, classes) -> Outcome:
 
 
 def _check(plan: _Plan, example, classes: int, budget: float):
-    """(failure line or None, GraphUnavailable or None) of one model: build, derive, forward,
-    ONNX export, then Torch-Pruning's graph, whose failure is no failure of the model."""
+    """(failure line or None, GraphUnavailable or None, QAT's simulation gaps or None) of one
+    model: build, derive, forward, ONNX export, QAT's preparation, then Torch-Pruning's graph,
+    whose failure is no failure of the model."""
     import tempfile
     import warnings
 
@@ -223,11 +237,12 @@ def _check(plan: _Plan, example, classes: int, budget: float):
             with torch.no_grad():
                 out = model(example)
         except Exception as err:  # noqa: BLE001 - named below, with a hint when the size is the cause
-            return _failed(plan, step, err) + _size_hint(plan, model, example), None
+            return _failed(plan, step, err) + _size_hint(plan, model, example), None, None
         if tuple(out.shape) != (2, classes):
             raise StageError(f"it returns shape {tuple(out.shape)}, not (batch, {classes}) logits")
         step = "ONNX export"
         _say(plan, step)
+        blind = None
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
             with time_budget(budget, step):
@@ -237,25 +252,53 @@ def _check(plan: _Plan, example, classes: int, budget: float):
                 _say(plan, step)
                 from slimline.compress.qat import prepare
 
+                x = torch.rand(example.shape, generator=torch.Generator().manual_seed(0)) * 255
                 try:
                     with time_budget(budget, step):
-                        prepare(model, torch.rand(example.shape) * 255, Path(tmp) / "model.onnx")
+                        fake = prepare(_live_batchnorm(model), x, Path(tmp) / "model.onnx")
                 except OutOfTime:
                     raise
                 except Exception as err:  # noqa: BLE001 - named below, with the way out
                     fix = (f"{_user_code(err)}Take {plan.section} out of qat.models (or set qat.enabled: "
                            f"false), or change the model")
-                    return _failed(plan, step, err, fix=fix), None
+                    return _failed(plan, step, err, fix=fix), None, None
+                step = "QAT's simulation against static int8"
+                _say(plan, step)
+                with time_budget(budget, step):
+                    blind = _simulation_gaps(fake, Path(tmp) / "model.onnx", x.numpy())
     except StageError as err:
         if step == "derive":
-            return f"{plan.section} ({plan.what}): {err}", None
-        return _failed(plan, step, err), None
+            return f"{plan.section} ({plan.what}): {err}", None, None
+        return _failed(plan, step, err), None, None
     except OutOfTime as err:
         return (f"{plan.section} ({plan.what}): {err} (prune.graph_timeout_s): raise it if the model is only "
-                f"slow to export, or change the model (see docs/own-model.md)"), None
+                f"slow to export, or change the model (see docs/own-model.md)"), None, None
     except Exception as err:  # noqa: BLE001 - every failure becomes one line for the user
-        return _failed(plan, step, err), None
-    return None, _graph(plan, model, example, budget)
+        return _failed(plan, step, err), None, None
+    return None, _graph(plan, model, example, budget), blind
+
+
+def _live_batchnorm(model):
+    """A copy of the model whose BatchNorm scales are never exactly 0 (timm's ResNets start
+    their last BatchNorm of each block at 0): torchao's QAT divides by them, and the untrained
+    model's outputs would be NaN where a trained one's are not. Only the structure matters here."""
+    import copy
+
+    from torch import nn
+
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            m.weight.data[m.weight.data == 0] = 1.0
+    return model
+
+
+def _simulation_gaps(fake, onnx_path: Path, x) -> dict | None:
+    """{ops, of} when static int8 quantizes tensors the fake quantization does not simulate."""
+    from slimline.compress.qat import simulation_gaps
+
+    ops, of = simulation_gaps(fake, onnx_path, x)
+    return {"ops": ops, "of": of} if ops else None
 
 
 def _graph(plan: _Plan, model, example, budget: float):

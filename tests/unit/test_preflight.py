@@ -228,3 +228,25 @@ def test_a_model_qat_cannot_prepare_is_named_only_when_qat_asks_for_it(tmp_path)
             f"(or set qat.enabled: false), or change the model") in problem
     assert preflight.check_models({**raw, "qat": {"enabled": True, "models": ["baseline"]},
                                    "baseline": {"model": TINY}}, tmp_path) == []  # a model it prepares
+
+
+def sigmoid_pooled(num_classes: int, in_channels: int) -> nn.Module:
+    """A sigmoid whose output only an average pool reads: static int8 quantizes it, QAT's
+    fake quantization does not."""
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+
+def test_what_qat_would_not_simulate_is_a_note_naming_the_op(tmp_path, capsys):
+    qat = {"enabled": True, "models": ["baseline"]}
+    model = "python:test_preflight:sigmoid_pooled"
+    assert preflight.check_models({"data": DATA, "baseline": {"model": model}, "qat": qat}, tmp_path) == []
+    err = capsys.readouterr().err
+    assert (f"note: baseline ({model}): qat@baseline simulates 4 of the 5 tensors static int8 quantizes; "
+            f"not those of Sigmoid /1/1.1/Sigmoid. Their int8 ranges come from calibration alone") in err
+    # from the cache, the same note
+    assert preflight.check_models({"data": DATA, "baseline": {"model": model}, "qat": qat}, tmp_path) == []
+    assert "not those of Sigmoid /1/1.1/Sigmoid" in capsys.readouterr().err
+    # a model it simulates whole: no note
+    assert preflight.check_models({"data": DATA, "baseline": {"model": TINY}, "qat": qat}, tmp_path) == []
+    assert "simulates" not in capsys.readouterr().err
