@@ -5,6 +5,7 @@ quantization.
     python -m benchmarks.qat_gain [--model timm:mobilenetv3_small_100] [--size 32] [--epochs 6]
                                   [--seeds 0 1 2] [--qat-epochs 2] [--qat-lr 0.005]
                                   [--numerics fast] [--threads 1]
+                                  [--teacher self|baseline] [--teacher-epochs 15]
 
 Per seed: trains the model on the prepared digits (data/prepared; `dvc repro prepare`
 first) with params.yaml's `train:` recipe, as benchmarks/ptq_drop.py does, and quantizes it
@@ -13,12 +14,16 @@ as the quantize stage does:
 - accuracy-aware PTQ: static int8 keeping up to quantize.max_excluded nodes in fp32 to stay
   within quantize.max_accuracy_drop on val (the quantize stage's static variant).
 Then, from that model, for --qat-epochs at --qat-lr (cosine):
-- control: fp32 fine-tuning with the KD loss from the model (distill.temperature and alpha),
-  then PTQ: what the extra epochs alone do;
+- control: fp32 fine-tuning with the KD loss from the teacher (distill.temperature and
+  alpha), then PTQ: what the extra epochs alone do;
 - QAT without KD: the fake-quantized model (slimline/compress/qat.py), calibrated on the
   stage's calibration images, fine-tuned on the labels alone, exported through
   quantize_static with its ranges;
 - QAT with KD: the same with the KD loss, as the qat@<model> stage trains.
+The teacher: `self` (the fp32 model itself, as it was before fine-tuning) or `baseline`
+(params.yaml's baseline network, trained once for --teacher-epochs at seed 0 on the same
+images, as the pipeline's qat@student stage learns from models/baseline). A teacher that is
+no better than its student can only hold it to its own mistakes.
 Prints each ONNX file's test accuracy (the same 1,000 images for every file), bytes and
 ORT batch-1 p50 (1 thread, timed side by side in interleaved rounds), and the share of the
 PTQ drop each recovers. One 1,000-image split has a 95% interval of about +/-0.8 pt.
@@ -53,7 +58,33 @@ def p50s(files: dict[str, Path], shape: tuple) -> dict[str, float]:
     return {name: float(np.median(t["p50"])) for name, t in timed.items()}
 
 
-def one_seed(args, params, prep, update: dict) -> tuple[dict, dict]:
+def train_teacher(args, params, prep, update: dict):
+    """params.yaml's baseline network trained on the benchmark's images (seed 0), in eval
+    mode, and its test accuracy."""
+    import torch
+
+    from slimline.model import build_model
+    from slimline.training.checkpoint import CheckpointStore
+    from slimline.training.loop import fit, seed_everything
+    from slimline.training.trainer import network_spec
+
+    cfg = params.train.model_copy(update=update | {"epochs": args.teacher_epochs, "seed": 0})
+    spec = network_spec(params.baseline, tuple(prep.splits["train"][0].shape[1:]), prep.meta["num_classes"],
+                        prep.meta["mean"], prep.meta["std"])
+    data = {k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y)).long())
+            for k, (x, y) in prep.splits.items()}
+    seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
+    teacher = build_model(spec)
+    with tempfile.TemporaryDirectory(prefix="qat_gain.teacher.") as tmp:
+        fit(teacher, data["train"], data["val"], cfg, CheckpointStore(tmp), desc=f"teacher {spec.model}")
+    teacher.eval()
+    with torch.no_grad():
+        x, y = data["test"]
+        acc = float((teacher(x.float()).argmax(1) == y).float().mean())
+    return teacher, acc
+
+
+def one_seed(args, params, prep, update: dict, teacher=None) -> tuple[dict, dict]:
     """({row: (test accuracy, bytes, p50 ms)}, {"control"/"QAT": fine-tuning seconds}) of one seed."""
     import torch
 
@@ -90,7 +121,7 @@ def one_seed(args, params, prep, update: dict) -> tuple[dict, dict]:
                                           qcfg.max_accuracy_drop, qcfg.max_excluded)
         files |= {"fp32": out / "fp32.onnx", "PTQ, all int8": out / "ptq.onnx",
                   f"accuracy-aware PTQ ({len(aware.fp32_nodes)} node(s) in fp32)": out / "aware.onnx"}
-        teacher = copy.deepcopy(model)
+        teacher = copy.deepcopy(model) if teacher is None else teacher
 
         seed_everything(tune.seed, tune.num_threads, tune.numerics)
         control = copy.deepcopy(model)
@@ -127,11 +158,19 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--qat-epochs", type=int, default=2, help="fine-tuning epochs, control and QAT alike")
     p.add_argument("--qat-lr", type=float, default=0.005)
+    p.add_argument("--teacher", choices=["self", "baseline"], default="self",
+                   help="KD teacher: the fp32 model itself, or params.yaml's baseline trained here")
+    p.add_argument("--teacher-epochs", type=int, default=15, help="--teacher baseline's training epochs")
     args = p.parse_args()
     params, prep, update = setup(args)
+    teacher = None
+    if args.teacher == "baseline":
+        teacher, acc = train_teacher(args, params, prep, update)
+        print(f"teacher: params.yaml's baseline ({params.baseline.model}), {args.teacher_epochs} epochs, "
+              f"test accuracy {acc:.3f}")
     recovered = {}
     for seed in args.seeds:
-        rows, seconds = one_seed(args, params, prep, update | {"seed": seed})
+        rows, seconds = one_seed(args, params, prep, update | {"seed": seed}, teacher)
         fp32, ptq = rows["fp32"][0], rows["PTQ, all int8"][0]
         print(f"\n{args.model} at {args.size}x{args.size}, seed {seed}: {args.epochs} epochs fp32, then "
               f"{args.qat_epochs} epochs at lr {args.qat_lr} (cosine); numerics "
