@@ -243,10 +243,13 @@ def _check(plan: _Plan, example, classes: int, budget: float):
         step = "ONNX export"
         _say(plan, step)
         blind = None
+        # QAT's check compares the fake-quantized model with static int8 of this export, by value:
+        # both come from the copy whose BatchNorm scales torchao can divide by
+        exported = _live_batchnorm(model) if plan.qat else model
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
             with time_budget(budget, step):
-                export_onnx(model, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
+                export_onnx(exported, tuple(example.shape[1:]), Path(tmp) / "model.onnx")
             if plan.qat:
                 step = "QAT preparation (torch.export, fake int8)"
                 _say(plan, step)
@@ -255,7 +258,7 @@ def _check(plan: _Plan, example, classes: int, budget: float):
                 x = torch.rand(example.shape, generator=torch.Generator().manual_seed(0)) * 255
                 try:
                     with time_budget(budget, step):
-                        fake = prepare(_live_batchnorm(model), x, Path(tmp) / "model.onnx")
+                        fake = prepare(exported, x, Path(tmp) / "model.onnx")
                 except OutOfTime:
                     raise
                 except Exception as err:  # noqa: BLE001 - named below, with the way out
