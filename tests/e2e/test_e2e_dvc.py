@@ -55,6 +55,14 @@ def test_run_records_name_the_cpu_and_the_numerics(tiny_pipeline):
         assert PROMISE in (tiny_pipeline / f"reports/{stage}.md").read_text(), stage
 
 
+def test_qat_reports_say_which_tensors_training_did_not_simulate(tiny_pipeline):
+    """The built-in CNN's QAT simulates every tensor its int8 file quantizes: the reports say so."""
+    for name in ("student", "prune_structured"):
+        report = json.loads((tiny_pipeline / f"reports/qat_{name}.json").read_text())
+        assert report["variant"] == f"{name}.int8_qat" and report["unsimulated"] == [], report
+        assert "Not simulated in training" not in (tiny_pipeline / f"reports/qat_{name}.md").read_text()
+
+
 REQUIRED = {"name", "variant", "runtime", "precision", "accuracy", "params", "nonzero_params", "bytes",
             "gzip_bytes", "flops", "p50_ms_b1", "p95_ms_b1", "throughput_b256", "torch_p50_ms_b1"}
 

@@ -65,3 +65,17 @@ def test_a_qat_stage_with_nothing_to_train_writes_an_empty_manifest_saying_why(t
 def write_onnx(root):
     write(root / "models/onnx", {"variants": []})
     return root / "models/onnx"
+
+
+def test_a_qat_report_names_the_tensors_training_did_not_simulate():
+    from tasks.qat import render
+
+    r = {"variant": "student.int8_qat", "source": "student", "epochs": 2, "lr": 0.005, "best_epoch": 1,
+         "bytes": 1000, "zeros_held": 0, "fp32_val_accuracy": 0.9, "fp32_test_accuracy": 0.9,
+         "val_accuracy": 0.9, "test_accuracy": 0.9, "agreement": 1.0, "val_acc_calibrated": 0.9,
+         "history": [{"epoch": 1, "val_acc": 0.9, "train_loss": 0.1}]}
+    assert "Not simulated" not in render("qat_student", {**r, "unsimulated": []})
+    text = render("qat_student", {**r, "unsimulated": [f"Sigmoid /s{i}" for i in range(12)]})
+    assert ("**Not simulated in training:** 12 tensor(s) the int8 file quantizes, by ops the fake "
+            "quantization does not model; their ranges come from calibration alone: `Sigmoid /s0`") in text
+    assert "`Sigmoid /s9` and 2 more." in text and "/s10" not in text
