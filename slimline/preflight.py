@@ -131,7 +131,8 @@ def notes(raw: dict, outcome: Outcome) -> list[str]:
     QAT will not simulate."""
     lines = []
     for u in outcome.unsimulated:
-        ops = ", ".join(u["ops"][:5]) + (f" and {len(u['ops']) - 5} more" if len(u["ops"]) > 5 else "")
+        nodes = list(dict.fromkeys(u["ops"]))  # a node with several outputs, named once
+        ops = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
         done = u["of"] - len(u["ops"])
         lines.append(f"{u['section']} ({u['model']}): qat@{u['section']} simulates {done} of "
                      f"the {u['of']} tensors static int8 quantizes; not those of {ops}. Their int8 ranges "
@@ -298,9 +299,19 @@ def _live_batchnorm(model):
 
 def _simulation_gaps(fake, onnx_path: Path, x) -> dict | None:
     """{ops, of} when static int8 quantizes tensors the fake quantization does not simulate."""
+    import logging
+
     from slimline.compress.qat import simulation_gaps
 
-    ops, of = simulation_gaps(fake, onnx_path, x)
+    # ORT's quantizer warns on the root logger for each weight it quantizes per tensor (a
+    # LayerNorm's, say): the quantize stage's log has that, the check's summary has no use for it
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        ops, of = simulation_gaps(fake, onnx_path, x)
+    finally:
+        root.setLevel(level)
     return {"ops": ops, "of": of} if ops else None
 
 

@@ -83,10 +83,11 @@ def _blind(ops: list[str]) -> str:
     """The tensors the int8 file quantizes that the fake quantization did not simulate."""
     if not ops:
         return ""
+    nodes = list(dict.fromkeys(ops))  # a node with several outputs, named once
     return (f"\n**Not simulated in training:** {len(ops)} tensor(s) the int8 file quantizes, by ops the fake "
             f"quantization does not model; their ranges come from calibration alone: "
-            + ", ".join(f"`{op}`" for op in ops[:10])
-            + (f" and {len(ops) - 10} more" if len(ops) > 10 else "") + ".\n")
+            + ", ".join(f"`{op}`" for op in nodes[:10])
+            + (f" and {len(nodes) - 10} more" if len(nodes) > 10 else "") + ".\n")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
