@@ -87,6 +87,9 @@ def build_splits(cfg: DataParams):
     return raw, splits, dropped, source_meta
 
 
+STATS_CHUNK = 1024  # images per chunk of the normalisation statistics (any size gives the same bits)
+
+
 def normalization(cfg: DataParams, x_train: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) in raw pixel units for the model's first layer: the train
     split's (val/test must not leak into them), or data.normalize's for imported weights,
@@ -94,8 +97,14 @@ def normalization(cfg: DataParams, x_train: np.ndarray) -> tuple[list[float], li
     channels = x_train.shape[1]
     n = cfg.normalize
     if n is None:
-        x = x_train.astype(np.float64)
-        mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+        if x_train.dtype == np.uint8:  # in chunks: never a float64 copy of the split (8x its bytes)
+            from slimline.data.stats import mean_std
+
+            starts = range(0, len(x_train), STATS_CHUNK)
+            mean, std = mean_std(lambda: (x_train[i:i + STATS_CHUNK] for i in starts), len(x_train))
+        else:  # a float source (npz)
+            x = x_train.astype(np.float64)
+            mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
         return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
     if len(n.mean) not in (1, channels):
         from slimline.data.raw import DataError
