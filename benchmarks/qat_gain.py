@@ -66,13 +66,12 @@ def train_teacher(args, params, prep, update: dict):
     from slimline.model import build_model
     from slimline.training.checkpoint import CheckpointStore
     from slimline.training.loop import fit, seed_everything
-    from slimline.training.trainer import network_spec
+    from slimline.training.trainer import network_spec, to_tensors
 
     cfg = params.train.model_copy(update=update | {"epochs": args.teacher_epochs, "seed": 0})
     spec = network_spec(params.baseline, tuple(prep.splits["train"][0].shape[1:]), prep.meta["num_classes"],
                         prep.meta["mean"], prep.meta["std"])
-    data = {k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y)).long())
-            for k, (x, y) in prep.splits.items()}
+    data = to_tensors(prep, torch.device("cpu"))
     seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     teacher = build_model(spec)
     with tempfile.TemporaryDirectory(prefix="qat_gain.teacher.") as tmp:
