@@ -1,20 +1,25 @@
-"""Stage `prepare`: load the source, split it, validate it, write data/prepared.
+"""Stage `prepare`: load the source, split it, write the splits, validate them, publish data/prepared.
 
-    python -m tasks.prepare --out data/prepared [--params params.yaml]
+    python -m tasks.prepare --out data/prepared [--params params.yaml] [--chunk N]
 
-Validation (Great Expectations) runs on the split in memory, before anything is
-written: a failed check exits non-zero and leaves the previous output untouched.
+Each split is written a chunk of images at a time and validated (Great Expectations)
+from its memory-mapped file, so no split is ever whole in memory. All of it happens in
+a temporary folder beside the output: a failed check exits non-zero and leaves the
+previous output untouched.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from slimline.data.dataset import Prepared, save_prepared
+from slimline.data.dataset import Split, write_split
 from slimline.data.split import build_splits, normalization
 from slimline.errors import StageError
+from slimline.io import atomic_dir, write_json
 from slimline.params import Params
 from slimline.report import markdown_table, write_report
 from slimline.stage import main
@@ -22,11 +27,35 @@ from slimline.stage import main
 SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
 
 
+CHUNK_BYTES = 64 << 20  # pixels read and written at a time, unless --chunk says how many images
+
+
 def prepare(params: Params, args: argparse.Namespace) -> None:
-    cfg = params.data
-    raw, splits, dropped, source_meta = build_splits(cfg)
-    all_y = np.concatenate([y for _, y in splits.values()])
-    num_classes = cfg.num_classes or int(all_y.max()) + 1
+    out = Path(args.out)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Decoded image folders go to a scratch folder beside the output, on its disk (a /tmp
+        # in memory would defeat the point); it is removed however the stage ends.
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch, \
+                atomic_dir(out) as tmp:
+            _prepare(params.data, Path(scratch), tmp, getattr(args, "chunk", None), out)
+    except BaseException:
+        for folder in made:  # a failed first run leaves no trace, not even an empty data/
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> None:
+    raw, plans, dropped, source_meta = build_splits(cfg, scratch)
+    labels = {name: plan.labels for name, plan in plans.items()}
+    num_classes = cfg.num_classes or int(np.concatenate(list(labels.values())).max()) + 1
+    for name, plan in plans.items():
+        image_bytes = int(np.prod(plan.x.shape[1:])) * plan.dtype.itemsize
+        write_split(tmp / f"{name}.safetensors", plan.x, plan.y, plan.rows,
+                    chunk=chunk or max(1, CHUNK_BYTES // image_bytes), dtype=plan.dtype)
+    splits = {name: Split(tmp / f"{name}.safetensors") for name in plans}
 
     from slimline.data.validate import validate_splits
 
@@ -34,26 +63,25 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
                              pixel_min=0.0, pixel_max=cfg.pixel_max,
                              min_rows=num_classes * cfg.min_per_class)
     print(report.summary(), flush=True)
-    if not report.success:
-        raise StageError(f"data validation failed; {args.out} was not changed.\n{report.summary()}")
+    if not report.success:  # the temporary folder goes; the previous output stays
+        raise StageError(f"data validation failed; {out} was not changed.\n{report.summary()}")
 
-    mean, std = normalization(cfg, splits["train"][0])
+    mean, std = normalization(cfg, splits["train"].x)
     counts = {name: {str(c): int((y == c).sum()) for c in range(num_classes)}
-              for name, (_, y) in splits.items()}
+              for name, y in labels.items()}
     # File names only: absolute paths (a venv, a checkout) would make identical data hash differently.
     meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files],
-            "input_shape": list(splits["train"][0].shape[1:]),
+            "input_shape": list(splits["train"].x.shape[1:]),
             "num_classes": num_classes, "mean": mean, "std": std, "counts": counts,
-            "sizes": {k: len(v[1]) for k, v in splits.items()}, "duplicates_dropped": dropped,
+            "sizes": {k: len(y) for k, y in labels.items()}, "duplicates_dropped": dropped,
             **source_meta,  # image folders: class names, channels, size (predict applies them)
             **({"normalize": cfg.normalize.model_dump()} if cfg.normalize else {}),
             # the checks this data passed, kept with it: the model card cites them
             "checks": [{"name": c.name, "message": c.message} for c in report.checks]}
-    save_prepared(Prepared(splits=splits, meta=meta), args.out)
+    write_json(tmp / "meta.json", meta)
 
-    rows = [{"split": k, "images": len(v[1]), **{f"class {c}": counts[k][str(c)]
-                                                 for c in range(num_classes)}}
-            for k, v in splits.items()]
+    rows = [{"split": k, "images": len(y), **{f"class {c}": counts[k][str(c)] for c in range(num_classes)}}
+            for k, y in labels.items()]
     checks = [{"check": c.name, "passed": c.success, "detail": c.message} for c in report.checks]
     md = (f"## prepare\n\nSource `{cfg.source}` ({', '.join(raw.files) or 'packaged'}), "
           f"input {meta['input_shape']}, {num_classes} classes, {dropped} exact duplicates "
@@ -67,11 +95,14 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
                                                       "mean", "std", "sizes", "counts",
                                                       "duplicates_dropped")},
                              "validation": report.to_dict()}, md)
-    print(f"prepare: wrote {args.out} ({meta['sizes']})", flush=True)
+    print(f"prepare: wrote {out} ({meta['sizes']})", flush=True)
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="images read and written at a time (default: 64 MiB of them); bounds "
+                        "the stage's memory and never changes its output")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Image folders: `path/<class>/*`, or `path/{train,val,test}/<class>/*` when those exist.
 
 Images are decoded with Pillow, converted to `channels` and resized to `image_size`, and
-kept as uint8 (N, C, H, W) arrays: 20,000 64x64 RGB images take 234 MiB. Class names are
-the sorted folder names; the label of class k is k.
+kept as uint8 (N, C, H, W) arrays: 20,000 64x64 RGB images take 234 MiB. Given a scratch
+folder, the arrays are memory maps of files there, filled one image at a time, so a set
+larger than memory is decoded once and never held whole. Class names are the sorted
+folder names; the label of class k is k.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +53,10 @@ def _list(folder: Path, classes: list[str], split: str | None) -> tuple[list[Pat
     return files, labels, skipped
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 (N, C, H, W), filled one image at a time (memory: the array, plus one image)."""
+def _decode(files: list[Path], channels: int, size: tuple[int, int] | None,
+            scratch: Path | None = None) -> np.ndarray:
+    """uint8 (N, C, H, W), filled one image at a time: in memory, or with `scratch` a memory
+    map of a file there (memory: one image; the kernel writes filled pages back to disk)."""
     from PIL import Image, UnidentifiedImageError
 
     out = None
@@ -66,13 +72,24 @@ def _decode(files: list[Path], channels: int, size: tuple[int, int] | None) -> n
             raise DataError(f"{path}: not a readable image ({err}); fix or delete the file") from None
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if out is None:
-            out, first = np.empty((len(files), *arr.shape), dtype=np.uint8), path
+            shape, first = (len(files), *arr.shape), path
+            out = (np.empty(shape, dtype=np.uint8) if scratch is None else
+                   np.memmap(_scratch_file(scratch), dtype=np.uint8, mode="w+", shape=shape))
         elif arr.shape != out.shape[1:]:
             raise DataError(f"{path} is {arr.shape[2]}x{arr.shape[1]} but {first} is "
                             f"{out.shape[3]}x{out.shape[2]}: set data.image_size: [H, W] to resize "
                             f"every image to one size")
         out[i] = arr
+    if isinstance(out, np.memmap):
+        out.flush()
+        out = np.memmap(out.filename, dtype=np.uint8, mode="r", shape=out.shape)  # read-only from here on
     return out
+
+
+def _scratch_file(scratch: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".u8")
+    os.close(fd)
+    return Path(name)
 
 
 def _channels(files: list[Path]) -> int:
@@ -87,9 +104,10 @@ def _channels(files: list[Path]) -> int:
 
 
 def load_imagefolder(path: str | Path, image_size: list[int] | None = None,
-                     channels: int | None = None) -> tuple[RawDataset, dict]:
+                     channels: int | None = None, scratch: Path | None = None) -> tuple[RawDataset, dict]:
     """The dataset, and what prepare records for predict: the class names, the channels and
-    the size every image was converted to, and the files skipped for their extension."""
+    the size every image was converted to, and the files skipped for their extension.
+    scratch: a folder for the decoded images (memory maps), which the caller removes."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; data.path must be the image folder")
@@ -100,7 +118,7 @@ def load_imagefolder(path: str | Path, image_size: list[int] | None = None,
     size = tuple(image_size) if image_size else None
     listed = {s: _list(d, classes, s) for s, d in (split_dirs or {"train": root}).items()}
     ch = channels or _channels(listed["train"][0])
-    arrays = {s: (_decode(files, ch, size), np.asarray(labels, dtype=np.int64))
+    arrays = {s: (_decode(files, ch, size, scratch), np.asarray(labels, dtype=np.int64))
               for s, (files, labels, _) in listed.items()}
     raw = RawDataset(*arrays["train"], *arrays.get("test", (None, None)), "imagefolder",
                      [str(root)], *arrays.get("val", (None, None)))

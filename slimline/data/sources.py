@@ -220,10 +220,11 @@ def load_npz(path: str | Path) -> RawDataset:
     return RawDataset(x, y, x_test, y_test, "npz", [str(path)])
 
 
-def load_source(source: str, path: str | Path | None, image_size=None, channels=None
-                ) -> tuple[RawDataset, dict]:
+def load_source(source: str, path: str | Path | None, image_size=None, channels=None,
+                scratch: Path | None = None) -> tuple[RawDataset, dict]:
     """The raw dataset, and what the source adds to the prepared meta (image folders:
-    class names, channels and size; nothing for the other sources)."""
+    class names, channels and size; nothing for the other sources). scratch: where an image
+    folder's decoded images go (memory maps); None keeps them in memory."""
     if source == "mnist5k":
         if path is not None:
             raise DataError(f"{path}: source 'mnist5k' is bundled and takes no path; "
@@ -237,5 +238,5 @@ def load_source(source: str, path: str | Path | None, image_size=None, channels=
     if source == "imagefolder":
         from slimline.data.imagefolder import load_imagefolder
 
-        return load_imagefolder(path, image_size, channels)
+        return load_imagefolder(path, image_size, channels, scratch)
     return (load_idx(path) if source == "idx" else load_npz(path)), {}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,59 +34,79 @@ def split_indices(y: np.ndarray, fractions: dict[str, float], seed: int) -> dict
     return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 
 
+HASH_CHUNK = 1024  # images hashed per read: a memory-mapped source is read a chunk at a time
+
+
 def image_hashes(x: np.ndarray) -> list[str]:
-    flat = np.ascontiguousarray(x).reshape(len(x), -1)
-    return [hashlib.sha1(row.tobytes()).hexdigest() for row in flat]
+    hashes = []
+    for i in range(0, len(x), HASH_CHUNK):
+        flat = np.ascontiguousarray(x[i:i + HASH_CHUNK]).reshape(-1, int(np.prod(x.shape[1:])))
+        hashes += [hashlib.sha1(row.tobytes()).hexdigest() for row in flat]
+    return hashes
 
 
-def drop_duplicates(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Keep the first of exact-duplicate images, so a random split cannot create
-    train/test leakage by itself. (Leakage in a source's own test split is
-    still caught by validation.)"""
+def unique_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of x to keep: the first of each set of exact-duplicate images, so a random
+    split cannot create train/test leakage by itself. (Leakage in a source's own test split
+    is still caught by validation.)"""
     _, first = np.unique(np.array(image_hashes(x)), return_index=True)
-    keep = np.sort(first)
-    return x[keep], y[keep], len(x) - len(keep)
+    return np.sort(first)
 
 
-def build_splits(cfg: DataParams):
-    """(raw dataset, {split: (x, y)}, exact duplicates dropped, the source's meta)."""
+@dataclass
+class SplitPlan:
+    """A split still to be written: rows `rows` of the source's x and y, in that order.
+    Nothing is copied until the writer reads it a chunk at a time."""
+
+    x: np.ndarray  # the source's images (an array, or a memory map of decoded images)
+    y: np.ndarray  # the source's labels, int64
+    rows: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y[self.rows]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.x.dtype.kind == "f" else self.x.dtype
+
+
+def build_splits(cfg: DataParams, scratch: Path | None = None):
+    """(raw dataset, {split: SplitPlan}, exact duplicates dropped, the source's meta).
+    scratch: a folder for the decoded images of sources that are not arrays already."""
     from slimline.data.sources import load_source
 
-    raw, source_meta = load_source(cfg.source, cfg.path, cfg.image_size, cfg.channels)
+    raw, source_meta = load_source(cfg.source, cfg.path, cfg.image_size, cfg.channels, scratch)
     rng = np.random.default_rng(cfg.seed)
-    x, y = raw.x, raw.y.astype(np.int64)
-    x, y, dropped = drop_duplicates(x, y)
+    y = raw.y.astype(np.int64)
+    pool = unique_rows(raw.x)
+    dropped = len(y) - len(pool)
     has_test, has_val = raw.x_test is not None, raw.x_val is not None
     if cfg.limit is not None:
         pool_share = 1.0 - (cfg.test_fraction if has_test else 0.0) - (cfg.val_fraction if has_val else 0.0)
-        keep = stratified_take(y, min(1.0, cfg.limit * pool_share / len(y)), rng)
-        x, y = x[keep], y[keep]
+        pool = pool[stratified_take(y[pool], min(1.0, cfg.limit * pool_share / len(pool)), rng)]
 
     def given(xs, ys, fraction):  # a split the source defines, capped like the rest under `limit`
         ys = ys.astype(np.int64)
+        rows = np.arange(len(ys))
         if cfg.limit is not None:
-            keep = stratified_take(ys, min(1.0, cfg.limit * fraction / len(ys)), rng)
-            xs, ys = xs[keep], ys[keep]
-        return xs, ys
+            rows = stratified_take(ys, min(1.0, cfg.limit * fraction / len(ys)), rng)
+        return SplitPlan(xs, ys, rows)
 
     if has_test:
         test = given(raw.x_test, raw.y_test, cfg.test_fraction)
     if has_val:
         val = given(raw.x_val, raw.y_val, cfg.val_fraction)
-    if has_test or has_val:
-        carve = {} if has_val else {"val": cfg.val_fraction}
-        if not has_test:
-            carve = {"test": cfg.test_fraction, **carve}
-        idx = split_indices(y, carve, cfg.seed)
-        splits = {"train": (x[idx["train"]], y[idx["train"]]),
-                  "val": val if has_val else (x[idx["val"]], y[idx["val"]]),
-                  "test": test if has_test else (x[idx["test"]], y[idx["test"]])}
-    else:
-        idx = split_indices(y, {"test": cfg.test_fraction, "val": cfg.val_fraction}, cfg.seed)
-        splits = {name: (x[idx[name]], y[idx[name]]) for name in ("train", "val", "test")}
-    splits = {k: (v[0].astype(np.float32) if v[0].dtype.kind == "f" else v[0], v[1])
-              for k, v in splits.items()}
-    return raw, splits, dropped, source_meta
+    carve = {"test": cfg.test_fraction} if not has_test else {}
+    if not has_val:
+        carve["val"] = cfg.val_fraction
+    idx = split_indices(y[pool], carve, cfg.seed)
+    plans = {name: SplitPlan(raw.x, y, pool[idx[name]]) for name in idx}
+    if has_test:
+        plans["test"] = test
+    if has_val:
+        plans["val"] = val
+    return raw, {name: plans[name] for name in ("train", "val", "test")}, dropped, source_meta
 
 
 STATS_CHUNK = 1024  # images per chunk of the normalisation statistics (any size gives the same bits)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pandas is imported lazily too: it is most of this module's 
     import pandas as pd
 
 _EXAMPLES = 5  # how many split[index] examples a message quotes
-_CHUNK = 8192  # images per numpy chunk: bounds the float copies made for big splits
+_CHUNK_BYTES = 64 << 20  # pixels per numpy chunk: bounds the copies made for big splits and images
 
 
 @dataclass
@@ -75,8 +75,9 @@ def _pixel_stats(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if size == 0:
         return lo, hi, bad
     floating = np.issubdtype(flat.dtype, np.floating)
-    for start in range(0, n, _CHUNK):
-        part = flat[start:start + _CHUNK]
+    chunk = max(1, _CHUNK_BYTES // (size * flat.dtype.itemsize))
+    for start in range(0, n, chunk):
+        part = np.asarray(flat[start:start + chunk])
         if floating:
             finite = np.isfinite(part)
             bad[start:start + len(part)] = size - finite.sum(axis=1)

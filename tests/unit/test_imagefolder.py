@@ -62,7 +62,7 @@ def test_train_val_test_folders_are_kept_as_the_splits(tmp_path):
         folder(root / split, n=n, value=None)
     cfg = DataParams(source="imagefolder", path=str(root), min_per_class=1)
     raw, splits, dropped, meta = build_splits(cfg)
-    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 24, "val": 6, "test": 8}
+    assert {k: len(plan.rows) for k, plan in splits.items()} == {"train": 24, "val": 6, "test": 8}
     assert meta["classes"] == ["cat", "dog"]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from slimline.data.dataset import load_prepared
+from slimline.data.raw import DataError
 from slimline.errors import StageError
 from slimline.params import parse_params
 from tasks.prepare import prepare
@@ -29,13 +30,13 @@ def synthetic(n_per_class=12, h=10, w=10, seed=0):
     return {"x": x, "y": y, "x_test": xt, "y_test": yt}
 
 
-def run_prepare(tmp_path, arrays, **data):
-    path = tmp_path / "src.npz"
-    np.savez(path, **arrays)
-    params = parse_params({"data": {"source": "npz", "path": str(path), "min_per_class": 3,
-                                    "val_fraction": 0.25, **data},
+def run_prepare(tmp_path, arrays, chunk=None, **data):
+    if arrays is not None:
+        np.savez(tmp_path / "src.npz", **arrays)
+        data = {"source": "npz", "path": str(tmp_path / "src.npz"), **data}
+    params = parse_params({"data": {"min_per_class": 3, "val_fraction": 0.25, **data},
                            "quantize": {"calibration_batches": 1, "calibration_batch_size": 8}})
-    prepare(params, argparse.Namespace(out=tmp_path / "data" / "prepared"))
+    prepare(params, argparse.Namespace(out=tmp_path / "data" / "prepared", chunk=chunk))
     return load_prepared(tmp_path / "data" / "prepared")
 
 
@@ -77,6 +78,45 @@ def test_limit_is_a_stratified_cap(workdir):
     assert all(np.bincount(v[1], minlength=K).min() > 0 for v in prep.splits.values())
 
 
+def image_folder(root, n=8, broken=None):
+    """K classes of n distinct 6x5 RGB PNGs; `broken` (class, index) is not an image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(K):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(n):
+            path = root / f"c{c}" / f"{i:02d}.png"
+            if (c, i) == broken:
+                path.write_bytes(b"\x89PNG cut short")
+            else:
+                Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(path)
+    return {"source": "imagefolder", "path": str(root)}
+
+
+@pytest.mark.parametrize("source", ["npz", "imagefolder"])
+def test_prepared_bytes_do_not_depend_on_the_chunk_size(workdir, source):
+    """Float pixels from an npz, uint8 from decoded images: 7 or 10,000 images at a time
+    write the same files, and the decoded images' scratch folder is gone after."""
+    arrays, data = (synthetic(), {}) if source == "npz" else (None, image_folder(workdir / "imgs"))
+    digests = []
+    for chunk in (7, 10_000):
+        prep = run_prepare(workdir, arrays, chunk=chunk, **data)
+        digests.append(tree_digest(workdir / "data"))
+    assert digests[0] == digests[1]
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == ["prepared"]
+    assert prep.splits["train"].x.dtype == (np.float32 if source == "npz" else np.uint8)
+
+
+def test_a_corrupt_image_mid_stream_stops_prepare_naming_it_with_the_output_kept(workdir):
+    run_prepare(workdir, None, **image_folder(workdir / "good"))
+    before = tree_digest(workdir / "data")
+    with pytest.raises(DataError, match=r"c2/05.png: not a readable image.*fix or delete"):
+        run_prepare(workdir, None, chunk=3, **image_folder(workdir / "bad", broken=(2, 5)))
+    assert tree_digest(workdir / "data") == before
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == ["prepared"]  # no scratch left
+
+
 def corrupt(kind, a):
     x, y, xt = a["x"], a["y"], a["x_test"]
     if kind == "nan":
@@ -107,7 +147,10 @@ def corrupt(kind, a):
     ("too_few", "min_per_class", "data.min_per_class"),
     ("leak", "no_split_leakage", "test["),
 ])
-def test_validation_failure_names_problem_and_keeps_previous_output(workdir, kind, check, needle):
+def test_validation_failure_names_problem_and_keeps_previous_output(workdir, monkeypatch, kind, check, needle):
+    from slimline.data import validate
+
+    monkeypatch.setattr(validate, "_CHUNK_BYTES", 3 * 400)  # pixel statistics three images at a time
     run_prepare(workdir, synthetic())
     before = tree_digest(workdir / "data")
     report_before = (workdir / "reports/prepare.json").read_bytes()
