@@ -40,20 +40,18 @@ def child(root: str, train: bool) -> dict:
     raw, _ = load_imagefolder(root, channels=3)
     out = {"images": int(len(raw.y)), "uint8_mb": raw.x.nbytes / 2**20}
     if train:
-        import torch
 
         from slimline.data.dataset import Prepared
         from slimline.model import ModelSpec, build_model
         from slimline.params import Structure, TrainParams
         from slimline.training.checkpoint import CheckpointStore
         from slimline.training.loop import fit
-        from slimline.training.trainer import to_tensors
 
         n = len(raw.y)
         prep = Prepared(splits={"train": (raw.x, raw.y), "val": (raw.x[: n // 10], raw.y[: n // 10])},
                         meta={"input_shape": list(raw.x.shape[1:]), "num_classes": 10,
                               "mean": [127.0] * 3, "std": [70.0] * 3})
-        data = to_tensors(prep, torch.device("cpu"))
+        data = prep.splits
         spec = ModelSpec(structure=Structure(conv_channels=[8], hidden=[16]).model_dump(),
                          input_shape=tuple(raw.x.shape[1:]), num_classes=10, mean=(127.0,) * 3,
                          std=(70.0,) * 3)

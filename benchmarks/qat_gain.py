@@ -66,12 +66,12 @@ def train_teacher(args, params, prep, update: dict):
     from slimline.model import build_model
     from slimline.training.checkpoint import CheckpointStore
     from slimline.training.loop import fit, seed_everything
-    from slimline.training.trainer import network_spec, to_tensors
+    from slimline.training.trainer import network_spec
 
     cfg = params.train.model_copy(update=update | {"epochs": args.teacher_epochs, "seed": 0})
     spec = network_spec(params.baseline, tuple(prep.splits["train"][0].shape[1:]), prep.meta["num_classes"],
                         prep.meta["mean"], prep.meta["std"])
-    data = to_tensors(prep, torch.device("cpu"))
+    data = prep.splits
     seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     teacher = build_model(spec)
     with tempfile.TemporaryDirectory(prefix="qat_gain.teacher.") as tmp:

@@ -307,6 +307,19 @@ class TrainParams(Section):
                                 "kernels, reproducible only on the same kind of CPU.")
 
 
+class LoaderParams(Section):
+    """`loader`: how training stages read batches from disk. These settings never change a
+    result (the same batches reach the model in the same order), so no stage lists them as
+    a dvc.yaml param: changing them reruns nothing."""
+
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes reading batches "
+                                                    "ahead of the model; 0 reads them in the training "
+                                                    "process, which is fastest for small images on a CPU.")
+    prefetch: int = Field(2, ge=1, le=64, description="Batches each worker reads ahead.")
+    pin_memory: bool = Field(True, description="On CUDA, read batches into page-locked memory so that "
+                                               "the copy to the GPU overlaps compute.")
+
+
 class DistillParams(Section):
     """`distill`: Hinton KD from models/baseline into the `student` structure."""
 
@@ -634,6 +647,7 @@ class Params(Section):
     data: DataParams = DataParams()
     baseline: NetworkParams = NetworkParams(dropout=0.3)  # the seed network, as params.yaml ships it
     train: TrainParams = TrainParams()
+    loader: LoaderParams = LoaderParams()
     student: StudentParams = StudentParams(conv_channels=[8, 16], hidden=[32], dropout=0.0)
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()

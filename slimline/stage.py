@@ -42,10 +42,11 @@ def check_declared(stage: str, params_path: str | Path, dvc_yaml: Path = Path("d
 
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-         sections: tuple[str, ...] | None = None) -> None:
+         sections: tuple[str, ...] | None = None, settings: tuple[str, ...] = ()) -> None:
     """Parse args, validate the params sections the stage reads (its dvc.yaml `params`;
-    None: the whole file), run body; expected errors exit non-zero with one readable message instead of a
-    traceback."""
+    None: the whole file) and the settings sections it reads but reruns for nothing
+    (`loader`: they cannot change a result), run body; expected errors exit non-zero
+    with one readable message instead of a traceback."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if add_args:
@@ -53,7 +54,7 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     args = parser.parse_args()
     die_with_parent()
     try:
-        params = load_params(args.params, sections)
+        params = load_params(args.params, None if sections is None else (*sections, *settings))
         check_declared(stage, args.params)
         body(params, args)
     except (ParamsError, StageError, FileNotFoundError, FloatingPointError) as err:

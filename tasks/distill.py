@@ -28,6 +28,7 @@ CODE_DEPS = code_files("tasks.distill")
 
 # The params it reads: dvc.yaml's `params` for this stage (of prune, only graph_timeout_s: derive's budget).
 SECTIONS = ("student", "distill", "train", "prune")
+SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml params
 
 
 def distill(params: Params, args: argparse.Namespace) -> None:
@@ -51,4 +52,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("distill", distill, _args, SECTIONS)
+    main("distill", distill, _args, SECTIONS, SETTINGS)

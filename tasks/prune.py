@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slimline import numerics as numerics_mod
@@ -25,9 +26,9 @@ from slimline.paths import LAYERS_FILE
 from slimline.report import write_report
 from slimline.stage import main
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
-from slimline.training.trainer import to_tensors
 
 SECTIONS = ("prune", "train", "distill")  # the params it reads: dvc.yaml's `params` for this stage
+SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml params
 
 
 def prune(params: Params, args: argparse.Namespace) -> None:
@@ -45,14 +46,15 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     device = resolve_device(params.train.device)
     model, spec = load_model(src_dir)
     model = model.to(device)
-    data = to_tensors(prep, device)
+    data, loader = prep.splits, params.loader  # read per batch from disk
     teacher = load_teacher(args.models / "baseline", device) if cfg.distill else None
     loss_fn = make_kd_loss(teacher, params.distill) if cfg.distill else None
-    finetune = make_finetune(params.train, data, loss_fn)
-    source_acc = evaluate(model, *data["val"])[1]
+    finetune = make_finetune(params.train, data, loss_fn, loader)
+    source_acc = evaluate(model, data["val"], loader=loader)[1]
 
-    job = pruning.PruneJob(cfg, example=data["train"][0][:2].float(), finetune=finetune,
-                           evaluate=lambda m: evaluate(m, *data["val"])[1])
+    example = torch.from_numpy(np.array(data["train"][0][:2])).float().to(device)
+    job = pruning.PruneJob(cfg, example=example, finetune=finetune,
+                           evaluate=lambda m: evaluate(m, data["val"], loader=loader)[1])
     try:
         pruned = pruning.PRUNERS[method](model, spec, job)
     except pruning.NotApplicable as why:
@@ -65,9 +67,8 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     out_spec = pruning.saved_spec(model, pruned.spec)
     layers = {"ratios": cfg.ratios, "layers": pruned.layers, "allocation": pruned.allocation}
     save_model(model, out_spec, out, {LAYERS_FILE: layers} if method == "structured" else None)
-    cpu = data if device.type == "cpu" else to_tensors(prep, torch.device("cpu"))
-    val_loss, val_acc = evaluate(model, *cpu["val"])
-    test_loss, test_acc = evaluate(model, *cpu["test"])
+    val_loss, val_acc = evaluate(model, data["val"], loader=loader)
+    test_loss, test_acc = evaluate(model, data["test"], loader=loader)
     results = prune_report.results(method, cfg, model, out_spec, pruned, source_acc=source_acc,
                                    val_acc=val_acc, test_acc=test_acc, layers=layers)
     short = prune_report.shortfall(cfg, pruned.allocation)
@@ -87,4 +88,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("prune", prune, _args, SECTIONS)
+    main("prune", prune, _args, SECTIONS, SETTINGS)

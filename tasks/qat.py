@@ -30,6 +30,7 @@ from slimline.stage import main
 # model lists: each stage is one model), train, distill's KD loss and quantize's calibration
 # and opset.
 SECTIONS = ("qat", "train", "distill", "quantize")
+SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml params
 VARIANT = "int8_qat"
 
 
@@ -98,4 +99,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("qat", qat, _args, SECTIONS)
+    main("qat", qat, _args, SECTIONS, SETTINGS)

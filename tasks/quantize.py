@@ -25,7 +25,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from slimline import numerics
@@ -48,9 +47,9 @@ def quantize(params: Params, args: argparse.Namespace) -> None:
     state = numerics.apply(params.train.numerics, params.train.num_threads)
     torch.set_num_threads(params.train.num_threads)
     prep = load_prepared(args.data)
-    x_test = prep.splits["test"][0].astype(np.float32)
+    x_test = prep.splits["test"][0]  # memory-mapped: every use reads a batch at a time
     calib = calibration_set(prep, cfg)
-    val = (prep.splits["val"][0].astype(np.float32), prep.splits["val"][1])
+    val = tuple(prep.splits["val"])
     rows, manifest, sensitivity = [], [], {}
     models = find_models(Path(args.models), params.prune.methods)
     with atomic_dir(args.out) as tmp:

@@ -23,6 +23,7 @@ from slimline.weights import weights_init
 CODE_DEPS = code_files("tasks.train_baseline")
 
 SECTIONS = ("baseline", "train")  # the params it reads: dvc.yaml's `params` for this stage
+SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml params
 
 
 def train_baseline(params: Params, args: argparse.Namespace) -> None:
@@ -33,7 +34,7 @@ def train_baseline(params: Params, args: argparse.Namespace) -> None:
     t = train_network("train_baseline", spec, params.train, prep, args.out, key_params=key,
                       deps=[str(args.data), *CODE_DEPS, *stage_user_files("train_baseline", args.params)],
                       init=weights_init(net.weights, spec.model) if net.weights else None,
-                      train=not net.skip_training)
+                      train=not net.skip_training, loader=params.loader)
     r = t.results
     write_report("train_baseline", r, baseline_markdown(net, t), t.run)
     keep_run_record("train_baseline")
@@ -46,4 +47,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("train_baseline", train_baseline, _args, SECTIONS)
+    main("train_baseline", train_baseline, _args, SECTIONS, SETTINGS)

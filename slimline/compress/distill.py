@@ -68,7 +68,8 @@ def distill_student(params: Params, cfg: TrainParams, prep: Prepared, teacher_di
     # Each model is saved beside its target and moved in only when every training has
     # finished, so a failure in KD never leaves a new scratch model next to an old student.
     pending = {o: o.parent / f".{o.name}.pending" for o in (scratch_out, out)}
-    train = partial(train_network, spec=spec, cfg=cfg, prep=prep, deps=deps, init=init, keep_checkpoints=True)
+    train = partial(train_network, spec=spec, cfg=cfg, prep=prep, deps=deps, init=init, keep_checkpoints=True,
+                    loader=params.loader)
     scratch = train("distill_scratch", out_dir=pending[scratch_out], key_params=key)
     logit_cfg = params.distill.model_copy(update={"features": "off"})
     logit_key = {**key, "distill": params.distill.model_dump(exclude={"features", "feature_weight"})}

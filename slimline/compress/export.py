@@ -141,10 +141,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
 
 def _torch_and_onnx_logits(model: nn.Module, path: str | Path, x) -> tuple[np.ndarray, np.ndarray]:
     net = copy.deepcopy(model).cpu().eval()
-    x = np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=np.float32)
-    with torch.no_grad():
-        ref = net(torch.from_numpy(x)).numpy()
+    x = x.detach().cpu().numpy() if torch.is_tensor(x) else x
+    with torch.no_grad():  # a batch at a time: x may be a memory-mapped split of any size
+        ref = [net(torch.from_numpy(np.array(x[i:i + 256], dtype=np.float32))).numpy()
+               for i in range(0, len(x), 256)]
     got = predict(path, x)
+    ref = np.concatenate(ref) if ref else got[:0]
     if ref.shape != got.shape:
         raise ValueError(f"{path} gives logits of shape {got.shape}, the torch model {ref.shape}")
     return ref, got

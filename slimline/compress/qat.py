@@ -496,7 +496,7 @@ class Trainable(nn.Module):
 
 
 def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg: TrainParams,
-              distill: DistillParams, store: CheckpointStore, on_epoch=None) -> FitResult:
+              distill: DistillParams, store: CheckpointStore, on_epoch=None, loader=None) -> FitResult:
     """Quantization-aware training: the calibrated fake-quantized model trained in place on
     data["train"] (validated on data["val"]) with the KD loss from `teacher` (distill's
     temperature and alpha), checkpointed in `store` after each epoch and resumed from it
@@ -506,7 +506,7 @@ def fine_tune(qat: torch.fx.GraphModule, teacher: nn.Module, data: dict, cfg: Tr
     from slimline.training.loop import fit
 
     return fit(Trainable(qat), data["train"], data["val"], cfg, store,
-               loss_fn=make_kd_loss(teacher, distill), on_epoch=on_epoch, desc="qat")
+               loss_fn=make_kd_loss(teacher, distill), on_epoch=on_epoch, desc="qat", loader=loader)
 
 
 def keep_zeros(qat: torch.fx.GraphModule) -> int:

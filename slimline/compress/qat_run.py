@@ -29,7 +29,6 @@ from slimline.paths import resume_dir
 from slimline.runtime.onnxruntime import agreement, predict
 from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import evaluate, resolve_device, seed_everything
-from slimline.training.trainer import to_tensors
 
 # The code the stage runs: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.qat")
@@ -74,7 +73,7 @@ def train_and_export(params: Params, name: str, data_dir: Path, teacher_dir: Pat
                                                             *CODE_DEPS]), keep=cfg.epochs)
     x_val, y_val = prep.splits["val"]
     x_test, y_test = prep.splits["test"]
-    x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
+    # memory-mapped: every use below reads a batch at a time
     with tempfile.TemporaryDirectory(prefix="slimline-qat-") as tmp:
         fp32 = Path(tmp) / f"{name}.onnx"
         export_onnx(model, spec.input_shape, fp32, opset=q.opset)  # as quantize exports it
@@ -84,14 +83,14 @@ def train_and_export(params: Params, name: str, data_dir: Path, teacher_dir: Pat
         qat_mod.calibrate(fake, (calib[i:i + bs] for i in range(0, len(calib), bs)))
         fake = fake.to(device)
         zeros = qat_mod.keep_zeros(fake)
-        data = to_tensors(prep, device)
+        data = prep.splits  # read per batch from disk
         # Epoch 0, calibrated and untrained, is the PTQ file's numbers: a candidate too, so a
         # model that int8 does not hurt is not made worse on val by the fine-tuning.
         net = qat_mod.Trainable(fake)
         calibrated = copy.deepcopy(net.state_dict())
-        epoch0 = {"epoch": 0, "val_acc": evaluate(net, *data["val"])[1]}
+        epoch0 = {"epoch": 0, "val_acc": evaluate(net, data["val"], loader=params.loader)[1]}
         start = time.perf_counter()
-        fit = qat_mod.fine_tune(fake, teacher, data, cfg, params.distill, store)
+        fit = qat_mod.fine_tune(fake, teacher, data, cfg, params.distill, store, loader=params.loader)
         seconds = time.perf_counter() - start
         best = qat_mod.best_epoch([epoch0, *fit.history])
         state = {"model": calibrated} if best == 0 else store.at(best)

@@ -30,8 +30,9 @@ from slimline.data.raw import DataError
 # safetensors' Dtype enum order (its serializer sorts tensors by it, descending): the numeric
 # dtypes numpy and safetensors share, which a source's pixels may come in.
 _ENUM_ORDER = ("U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "F64", "I64", "U64")
-_DTYPES = {np.dtype(t): k for t, k in zip(("uint8", "int8", "int16", "uint16", "float16", "int32", "uint32",
-                                            "float32", "float64", "int64", "uint64"), _ENUM_ORDER, strict=True)}
+_NAMES = ("uint8", "int8", "int16", "uint16", "float16", "int32", "uint32", "float32", "float64", "int64",
+          "uint64")
+_DTYPES = {np.dtype(t): k for t, k in zip(_NAMES, _ENUM_ORDER, strict=True)}
 _NUMPY = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100_000_000  # safetensors' own limit
 
@@ -43,7 +44,8 @@ def _header(tensors: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> tuple[bytes
     for name in order:
         dtype, shape = tensors[name]
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         begins[name], offset = offset, offset + nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()  # = serde_json's
     text += b" " * (-len(text) % 8)
@@ -71,7 +73,7 @@ class SplitWriter:
         self.start = {k: len(header) + b for k, b in begins.items()}
         self.row_bytes = {k: int(np.prod(s[1:], dtype=np.int64)) * d.itemsize
                           for k, (d, s) in self.shapes.items()}
-        total = len(header) + sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for d, s in self.shapes.values())
+        total = len(header) + sum(self.row_bytes[k] * self.n for k in self.shapes)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(self.fd, total)  # the final size up front, as save_file does

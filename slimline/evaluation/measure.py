@@ -148,7 +148,7 @@ def measure(entries, prep, cfg) -> tuple[list[dict], dict, list[dict]]:
     the pairs skipped [{"variant", "runtime", "reason"}]), for entries as
     manifests.read_variants gives them."""
     (x_val, y_val), (x_test, y_test) = prep.splits["val"], prep.splits["test"]
-    x_val, x_test = x_val.astype(np.float32), x_test.astype(np.float32)
+    # memory-mapped: the runners read a batch at a time
     shape = prep.input_shape
     runners, skipped = load_runners(entries, shape, cfg)
     floors = {r: registry.floor(r, shape, cfg.threads) for r in cfg.runtimes}

@@ -85,10 +85,11 @@ def _session(sess_or_path, shape: tuple) -> ort.InferenceSession:
 
 
 def predict(sess_or_path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, K) float32 for raw pixels x (N, C, H, W)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """Logits (N, K) float32 for raw pixels x (N, C, H, W): any dtype, converted to float32
+    a batch at a time (x may be a memory-mapped split larger than memory)."""
     sess = _session(sess_or_path, x.shape)
-    outs = [sess.run([OUTPUT], {INPUT: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    outs = [sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)})[0]
+            for i in range(0, len(x), batch_size)]
     if not outs:
         return np.zeros((0, sess.get_outputs()[0].shape[1]), np.float32)
     return np.concatenate(outs).astype(np.float32, copy=False)

@@ -91,14 +91,14 @@ class Runner:
         return self.compiled(1).get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits (N, K) float32 for raw pixels x (N, C, H, W)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        """Logits (N, K) float32 for raw pixels x (N, C, H, W): any dtype, converted to
+        float32 a batch at a time (x may be a memory-mapped split larger than memory)."""
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"{self.name} takes pixels of shape (N, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(x.shape)}")
         outs = []
         for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size]
+            chunk = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
             n = len(chunk)
             if i and n < batch_size:  # pad the last chunk: one compiled batch size, not two
                 chunk = np.concatenate([chunk, np.zeros((batch_size - n, *self.shape), np.float32)])

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimline import numerics as numerics_mod
+from slimline.data.loader import batches, in_order
 from slimline.errors import StageError
-from slimline.params import TrainParams
+from slimline.params import LoaderParams, TrainParams
 from slimline.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 
 # loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
@@ -66,21 +67,27 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return padded[bi, ci, rows, cols]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             autocast: bool = False) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) in eval mode."""
+def evaluate(model: nn.Module, data, batch_size: int = 1000, autocast: bool = False,
+             loader: LoaderParams | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) in eval mode, over a split read per batch
+    (data: a prepared Split, or an (x, y) pair of arrays or tensors)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
+    n = len(data[1])
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].float(), y[i:i + batch_size]  # uint8 pixels: per batch
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(xb).float()
+    for xb, yb in batches(data, in_order(n, batch_size), device, loader):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(xb.float()).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
     model.train(was_training)
-    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+    return loss_sum / max(n, 1), correct / max(n, 1)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams,
@@ -108,11 +115,14 @@ class FitResult:
     samples_seen: int = 0  # training samples processed in this process
 
 
-def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor], cfg: TrainParams, store: CheckpointStore,
+def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
         loss_fn: Optional[LossFn] = None, on_epoch: Optional[Callable[[dict], None]] = None,
-        desc: str = "train", extra: Optional[nn.Module] = None) -> FitResult:
-    """Train `model` in place on tensors already on the target device.
+        desc: str = "train", extra: Optional[nn.Module] = None,
+        loader: Optional[LoaderParams] = None) -> FitResult:
+    """Train `model` (already on its device) in place on the train split, read per batch.
+
+    train, val: prepared Splits (memory-mapped files), or (x, y) pairs of arrays or
+    tensors. loader: how batches are read (DataLoader workers); it never changes a result.
 
     Checkpoints after every epoch into `store` and resumes from its newest
     checkpoint. `on_epoch(metrics)` runs after each epoch (logging hooks).
@@ -122,10 +132,10 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     """
     from tqdm import tqdm  # bar only on a terminal: tqdm disables itself otherwise (disable=None)
 
-    device = train[0].device
+    device = model_device(model)
     autocast = device.type == "cuda"  # bf16 autocast on GPU; full fp32 on CPU for bit-exactness
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
-    n = len(train[0])
+    n = len(train[1])
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     if steps > 1 and n % cfg.batch_size == 1:
         steps -= 1  # a last batch of one image breaks BatchNorm in training mode: fold it in
@@ -155,15 +165,15 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     for epoch in range(result.resumed_from + 1, cfg.epochs + 1):
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=gen).to(device)
+        order = torch.randperm(n, generator=gen).numpy()
+        # the rows of each step, fixed before any is read: workers cannot change the order
+        rows = [order[i * cfg.batch_size:n if i == steps - 1 else (i + 1) * cfg.batch_size]
+                for i in range(steps)]
         loss_sum, correct = 0.0, 0
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None, file=sys.stderr)
-        for i in bar:
-            end = n if i == steps - 1 else (i + 1) * cfg.batch_size
-            idx = order[i * cfg.batch_size:end]
-            xb = random_shift(train[0][idx].float(), cfg.augment_shift, gen)  # uint8: per batch
-            yb = train[1][idx]
+        bar = tqdm(batches(train, rows, device, loader), total=steps, leave=False, disable=None,
+                   desc=f"{desc} epoch {epoch}/{cfg.epochs}", file=sys.stderr)
+        for xb, yb in bar:
+            xb = random_shift(xb.float(), cfg.augment_shift, gen)  # uint8 pixels: float per batch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(xb)
             loss = loss_fn(logits.float(), xb, yb)
@@ -177,12 +187,12 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                 nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             sched.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
         elapsed = time.perf_counter() - start
         result.train_seconds += elapsed
         result.samples_seen += n
-        val_loss, val_acc = evaluate(model, *val, autocast=autocast)
+        val_loss, val_acc = evaluate(model, val, autocast=autocast, loader=loader)
         metrics = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
                    "val_loss": val_loss, "val_acc": val_acc}
         result.history.append(metrics)
@@ -201,12 +211,13 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     return result
 
 
-def make_finetune(cfg: TrainParams, data: dict, loss_fn: Optional[LossFn] = None):
+def make_finetune(cfg: TrainParams, data: dict, loss_fn: Optional[LossFn] = None,
+                  loader: Optional[LoaderParams] = None):
     """finetune(model, epochs): the `cfg` recipe for a few epochs, no resume folder needed."""
     def finetune(model: nn.Module, epochs: int) -> None:
         if epochs <= 0:
             return
         with tempfile.TemporaryDirectory() as tmp:
             fit(model, data["train"], data["val"], cfg.model_copy(update={"epochs": epochs}),
-                CheckpointStore(tmp), loss_fn=loss_fn, desc="finetune")
+                CheckpointStore(tmp), loss_fn=loss_fn, desc="finetune", loader=loader)
     return finetune

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from slimline import numerics as numerics_mod
 from slimline.data.dataset import Prepared
 from slimline.model import ModelSpec, build_model, count_flops, count_params, save_model
-from slimline.params import NetworkParams, Structure, TrainParams
+from slimline.params import LoaderParams, NetworkParams, Structure, TrainParams
 from slimline.paths import resume_dir
 from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
@@ -63,13 +62,6 @@ class EpochLogger:
     def close(self) -> None:
         self.live.end()
         self.tb.close()
-
-
-def to_tensors(prep: Prepared, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """All splits moved to the device once: pixels as stored (uint8 for images, a quarter of
-    float32's memory) and int64 labels. fit() and evaluate() convert each batch to float."""
-    return {name: (torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
-            for name, (x, y) in prep.splits.items()}
 
 
 def onnx_latency(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
@@ -119,7 +111,8 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
                   out_dir: str | Path, key_params: dict, deps: list[str],
                   loss_fn: LossFn | None = None, keep_checkpoints: bool = False,
                   init: Callable[[nn.Module], nn.Module] | None = None, train: bool = True,
-                  hints: nn.Module | None = None, log: bool = True) -> Trained:
+                  hints: nn.Module | None = None, log: bool = True,
+                  loader: LoaderParams | None = None) -> Trained:
     """Build `spec` for the prepared data, train it with `cfg`, save it to out_dir.
 
     init: applied to the freshly built (seeded) model before training: imported weights,
@@ -132,6 +125,7 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     training, their adapters trained and checkpointed with it, detached before saving.
     log: write the dvclive and TensorBoard curves (dvclive/<stage>); off for a run
     whose curve has no place in the DAG's outputs (an ablation).
+    loader: how batches are read from the prepared files (never changes a result).
     """
     numerics = seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
     device = resolve_device(cfg.device)
@@ -139,7 +133,7 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     if init is not None:
         model = init(model)
     model = model.to(device)
-    data = to_tensors(prep, device)
+    data = prep.splits  # read per batch from disk, never whole
     store = CheckpointStore(resume_dir(stage, key_params, deps))
     if train:
         logger = None
@@ -148,18 +142,19 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
             if hints is not None:
                 hints.attach(model)
             result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
-                         on_epoch=logger, desc=stage, extra=hints)
+                         on_epoch=logger, desc=stage, extra=hints, loader=loader)
         finally:
             if hints is not None:
                 hints.detach()
             if logger is not None:
                 logger.close()
     else:  # an imported model used as it is: its metrics, no epochs
-        (train_loss, train_acc), (val_loss, val_acc) = (evaluate(model, *data[s]) for s in ("train", "val"))
+        (train_loss, train_acc), (val_loss, val_acc) = (evaluate(model, data[s], loader=loader)
+                                                         for s in ("train", "val"))
         result = FitResult(history=[{"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
                                      "val_loss": val_loss, "val_acc": val_acc}])
     autocast = device.type == "cuda"
-    test_loss, test_acc = evaluate(model, *data["test"], autocast=autocast)
+    test_loss, test_acc = evaluate(model, data["test"], autocast=autocast, loader=loader)
     model = model.cpu().eval()
     save_model(model, spec, out_dir)
     if not keep_checkpoints:

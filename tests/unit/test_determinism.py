@@ -10,7 +10,7 @@ from slimline.compress.kd import make_kd_loss
 from slimline.compress.pruning import PRUNERS, PruneJob
 from slimline.params import PRUNE_METHODS, DistillParams, PruneParams, Structure, TrainParams
 from slimline.training.loop import evaluate, make_finetune, seed_everything
-from slimline.training.trainer import model_spec, to_tensors, train_network
+from slimline.training.trainer import model_spec, train_network
 from tests.support.pruning_models import make
 from tests.support.tiny import tiny_prepared
 
@@ -23,13 +23,13 @@ def weights(model) -> dict[str, bytes]:
 
 def prune_once(method: str) -> dict[str, bytes]:
     seed_everything(0, 1)
-    data = to_tensors(tiny_prepared(), torch.device("cpu"))
+    data = tiny_prepared().splits
     teacher, _, _ = make(seed=1)
     model, spec, _ = make(seed=0)
     finetune = make_finetune(TRAIN, data, make_kd_loss(teacher, DistillParams()))
     job = PruneJob(PruneParams(amount=0.5, steps=2, finetune_epochs=1, ablation_epochs=1, layers_to_remove=1),
-                   example=data["train"][0][:2].float(), finetune=finetune,
-                   evaluate=lambda m: evaluate(m, *data["val"])[1])
+                   example=torch.from_numpy(data["train"][0][:2]).float(), finetune=finetune,
+                   evaluate=lambda m: evaluate(m, data["val"])[1])
     return weights(PRUNERS[method](model, spec, job).model)
 
 
@@ -51,3 +51,23 @@ def test_distillation_reruns_bit_identically(tmp_path, monkeypatch):
                           key_params={"run": run}, deps=[], loss_fn=make_kd_loss(teacher, DistillParams()))
         out.append(((tmp_path / run / "model.safetensors").read_bytes(), t.results))
     assert out[0] == out[1]
+
+
+def test_training_from_disk_with_0_or_2_loader_workers_matches_training_in_memory(tmp_path, monkeypatch):
+    """The same batches reach the model in the same order however they are read: the
+    arrays in memory, the memory-mapped files in this process, or two worker processes."""
+    from slimline.data.dataset import load_prepared, save_prepared
+    from slimline.params import LoaderParams
+
+    monkeypatch.chdir(tmp_path)
+    in_memory = tiny_prepared()
+    save_prepared(in_memory, tmp_path / "prepared")
+    on_disk = load_prepared(tmp_path / "prepared")
+    spec = model_spec(Structure(conv_channels=[4], hidden=[8], dropout=0.3), in_memory)
+    out = []
+    for prep, workers in ((in_memory, 0), (on_disk, 0), (on_disk, 2)):
+        seed_everything(0, 1)
+        t = train_network("train", spec, TRAIN.model_copy(update={"epochs": 2}), prep, tmp_path / "model",
+                          key_params={}, deps=[], loader=LoaderParams(workers=workers, prefetch=1), log=False)
+        out.append(((tmp_path / "model" / "model.safetensors").read_bytes(), t.results))
+    assert out[1] == out[0] and out[2] == out[0]

@@ -124,6 +124,23 @@ def test_each_stage_reads_exactly_the_sections_dvc_yaml_reruns_it_for():
         assert set(importlib.import_module(module).SECTIONS) == declared, name
 
 
+def test_loader_settings_are_read_by_the_training_stages_and_rerun_nothing():
+    import importlib
+
+    from slimline.codedeps import stage_modules
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    readers = set()
+    for name, module in stage_modules().items():
+        declared = {k.split(".")[0] for k in (stages[name].get("do") or stages[name])["params"]}
+        settings = set(getattr(importlib.import_module(module), "SETTINGS", ()))
+        assert settings <= {"loader"} and not settings & declared, name
+        readers |= {name} if settings else set()
+    assert {"train_baseline", "distill", "prune", "qat"} <= readers
+    with pytest.raises(ParamsError, match=r"loader\.workers: .*greater than or equal to 0"):
+        parse_params({"loader": {"workers": -1}}, sections=("train", "loader"))
+
+
 # --- section rules and cross-checks of distill, prune, quantize and evaluate ---------------
 
 BIG = {"conv_channels": [64, 128], "hidden": [256]}

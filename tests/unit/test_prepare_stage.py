@@ -147,7 +147,8 @@ def corrupt(kind, a):
     ("too_few", "min_per_class", "data.min_per_class"),
     ("leak", "no_split_leakage", "test["),
 ])
-def test_validation_failure_names_problem_and_keeps_previous_output(workdir, monkeypatch, kind, check, needle):
+def test_validation_failure_names_problem_and_keeps_previous_output(workdir, monkeypatch, kind, check,
+                                                                    needle):
     from slimline.data import validate
 
     monkeypatch.setattr(validate, "_CHUNK_BYTES", 3 * 400)  # pixel statistics three images at a time
