@@ -292,6 +292,12 @@ class TrainParams(Section):
         "onecycle", description="Learning-rate schedule over all steps; none keeps lr constant.")
     augment_shift: int = Field(2, ge=0, le=8, description="Largest random shift of each train image, "
                                                           "in pixels either way; 0 turns it off.")
+    crop_scale: Optional[tuple[float, float]] = Field(
+        None, description="Random resized crop of each train image, for photos: the range of the "
+                          "fraction of its area kept, e.g. [0.08, 1.0] (torchvision's default), resized "
+                          "back to the input size; null turns it off.")
+    hflip: bool = Field(False, description="Flip each train image left-right with probability 0.5, for "
+                                           "photos (not digits or text).")
     grad_clip: Optional[float] = Field(
         2.0, gt=0, description="Largest gradient norm; keeps KD at high alpha from collapsing; "
                                "null turns clipping off.")
@@ -305,6 +311,13 @@ class TrainParams(Section):
         "portable", description="CPU math: portable is bit-identical on any x86-64 CPU with AVX2+FMA, "
                                 "Intel or AMD (see slimline/numerics.py); fast uses each CPU's fastest "
                                 "kernels, reproducible only on the same kind of CPU.")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale(cls, v):
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(v)}")
+        return v
 
 
 class LoaderParams(Section):

@@ -22,5 +22,7 @@ def resume_dir(stage: str, params: dict, dep_paths: list[str | Path]) -> Path:
                        if p.is_file() and "__pycache__" not in p.parts) if dep.is_dir() else [dep]
         for f in files:
             h.update(str(f).encode())
-            h.update(f.read_bytes())
+            with open(f, "rb") as stream:  # in blocks: a prepared split may be larger than memory
+                while block := stream.read(1 << 20):
+                    h.update(block)
     return RESUME_ROOT / f"{stage}-{h.hexdigest()[:16]}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimline.data.dataset import Split, write_split
+from slimline.data.dataset import SPLITS, Split, write_split
 from slimline.data.split import build_splits, normalization
 from slimline.errors import StageError
 from slimline.io import atomic_dir, write_json
@@ -27,7 +27,7 @@ from slimline.stage import main
 SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
 
 
-CHUNK_BYTES = 64 << 20  # pixels read and written at a time, unless --chunk says how many images
+CHUNK_BYTES = 16 << 20  # pixels read and written at a time, unless --chunk says how many images
 
 
 def prepare(params: Params, args: argparse.Namespace) -> None:
@@ -49,13 +49,16 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
 
 def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> None:
     raw, plans, dropped, source_meta = build_splits(cfg, scratch)
-    labels = {name: plan.labels for name, plan in plans.items()}
-    num_classes = cfg.num_classes or int(np.concatenate(list(labels.values())).max()) + 1
     for name, plan in plans.items():
         image_bytes = int(np.prod(plan.x.shape[1:])) * plan.dtype.itemsize
         write_split(tmp / f"{name}.safetensors", plan.x, plan.y, plan.rows,
                     chunk=chunk or max(1, CHUNK_BYTES // image_bytes), dtype=plan.dtype)
-    splits = {name: Split(tmp / f"{name}.safetensors") for name in plans}
+    sources = raw.files
+    del raw, plans  # from here on only the written files are read, memory-mapped
+    splits = {name: Split(tmp / f"{name}.safetensors") for name in SPLITS}
+    labels = {name: split.y for name, split in splits.items()}
+    num_classes = cfg.num_classes or max((int(y.max()) for y in labels.values() if len(y)), default=-1) + 1
+    mean, std = normalization(cfg, splits["train"].x)  # before validation's per-image table exists
 
     from slimline.data.validate import validate_splits
 
@@ -66,11 +69,10 @@ def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> Non
     if not report.success:  # the temporary folder goes; the previous output stays
         raise StageError(f"data validation failed; {out} was not changed.\n{report.summary()}")
 
-    mean, std = normalization(cfg, splits["train"].x)
     counts = {name: {str(c): int((y == c).sum()) for c in range(num_classes)}
               for name, y in labels.items()}
     # File names only: absolute paths (a venv, a checkout) would make identical data hash differently.
-    meta = {"source": cfg.source, "files": [Path(f).name for f in raw.files],
+    meta = {"source": cfg.source, "files": [Path(f).name for f in sources],
             "input_shape": list(splits["train"].x.shape[1:]),
             "num_classes": num_classes, "mean": mean, "std": std, "counts": counts,
             "sizes": {k: len(y) for k, y in labels.items()}, "duplicates_dropped": dropped,
@@ -83,7 +85,7 @@ def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> Non
     rows = [{"split": k, "images": len(y), **{f"class {c}": counts[k][str(c)] for c in range(num_classes)}}
             for k, y in labels.items()]
     checks = [{"check": c.name, "passed": c.success, "detail": c.message} for c in report.checks]
-    md = (f"## prepare\n\nSource `{cfg.source}` ({', '.join(raw.files) or 'packaged'}), "
+    md = (f"## prepare\n\nSource `{cfg.source}` ({', '.join(sources) or 'packaged'}), "
           f"input {meta['input_shape']}, {num_classes} classes, {dropped} exact duplicates "
           f"dropped"
           + (f"; classes {', '.join(source_meta['classes'])}, {source_meta['skipped_files']} file(s) "
@@ -101,7 +103,7 @@ def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> Non
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--chunk", type=int, default=None,
-                   help="images read and written at a time (default: 64 MiB of them); bounds "
+                   help="images read and written at a time (default: 16 MiB of them); bounds "
                         "the stage's memory and never changes its output")
 
 

@@ -29,7 +29,25 @@ def _class_dirs(folder: Path) -> list[Path]:
     return dirs
 
 
-def _list(folder: Path, classes: list[str], split: str | None) -> tuple[list[Path], list[int], int]:
+class _Files:
+    """The image files of one split: `folder` and one array of "<class>/<name>" bytes, not a
+    Python string per path (a million of those hold a hundred MB, and leave the heap
+    fragmented once freed). Iterating or indexing gives each full path as a str."""
+
+    def __init__(self, folder: Path, names: np.ndarray) -> None:
+        self.folder, self.names = folder, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> str:
+        return os.path.join(self.folder, os.fsdecode(self.names[i]))
+
+    def __iter__(self):
+        return (os.path.join(self.folder, os.fsdecode(n)) for n in self.names)
+
+
+def _list(folder: Path, classes: list[str], split: str | None) -> tuple[_Files, np.ndarray, int]:
     """(image files, labels, files skipped for their extension) of one folder of classes."""
     files, labels, skipped = [], [], 0
     found = {d.name: d for d in _class_dirs(folder)}
@@ -42,18 +60,19 @@ def _list(folder: Path, classes: list[str], split: str | None) -> tuple[list[Pat
         raise DataError(f"{folder}: class folder(s) {', '.join(extra)} are not in the train split; "
                         f"every split must have the same classes")
     for label, name in enumerate(classes):
-        images = sorted(p for p in found[name].iterdir() if p.is_file() and not p.name.startswith("."))
-        kept = [p for p in images if p.suffix.lower() in EXTENSIONS]
+        with os.scandir(found[name]) as entries:
+            images = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+        kept = [f for f in images if os.path.splitext(f)[1].lower() in EXTENSIONS]
         skipped += len(images) - len(kept)
         if not kept:
             raise DataError(f"{found[name]}: class folder holds no images ({', '.join(EXTENSIONS)}); "
                             f"add images or remove the folder")
-        files += kept
-        labels += [label] * len(kept)
-    return files, labels, skipped
+        files.append(np.array([os.fsencode(f"{found[name].name}/{f}") for f in kept]))
+        labels.append(np.full(len(kept), label, dtype=np.int64))
+    return _Files(folder, np.concatenate(files)), np.concatenate(labels), skipped
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int] | None,
+def _decode(files: _Files, channels: int, size: tuple[int, int] | None,
             scratch: Path | None = None) -> np.ndarray:
     """uint8 (N, C, H, W), filled one image at a time: in memory, or with `scratch` a memory
     map of a file there (memory: one image; the kernel writes filled pages back to disk)."""
@@ -92,15 +111,16 @@ def _scratch_file(scratch: Path) -> Path:
     return Path(name)
 
 
-def _channels(files: list[Path]) -> int:
+def _channels(files: _Files) -> int:
     """1 when the first image is grayscale, else 3."""
     from PIL import Image
 
+    first = files[0]
     try:
-        with Image.open(files[0]) as img:
+        with Image.open(first) as img:
             return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
     except OSError as err:
-        raise DataError(f"{files[0]}: not a readable image ({err}); fix or delete the file") from None
+        raise DataError(f"{first}: not a readable image ({err}); fix or delete the file") from None
 
 
 def load_imagefolder(path: str | Path, image_size: list[int] | None = None,
@@ -118,7 +138,7 @@ def load_imagefolder(path: str | Path, image_size: list[int] | None = None,
     size = tuple(image_size) if image_size else None
     listed = {s: _list(d, classes, s) for s, d in (split_dirs or {"train": root}).items()}
     ch = channels or _channels(listed["train"][0])
-    arrays = {s: (_decode(files, ch, size, scratch), np.asarray(labels, dtype=np.int64))
+    arrays = {s: (_decode(files, ch, size, scratch), labels)
               for s, (files, labels, _) in listed.items()}
     raw = RawDataset(*arrays["train"], *arrays.get("test", (None, None)), "imagefolder",
                      [str(root)], *arrays.get("val", (None, None)))

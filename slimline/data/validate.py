@@ -2,7 +2,9 @@
 
 `validate_splits` turns the image arrays into one pandas table with a row per
 image (split, index within the split, label and per-image pixel statistics,
-exact content hash, ...) and runs ONE expectation suite over it.  Each property
+whether its exact bytes are also in train, ...) and runs ONE expectation suite
+over it. The arrays may be memory maps larger than RAM: pixels are read a chunk
+at a time, and duplicates are found by hashing each image once.  Each property
 we care about becomes a named `Check` whose message says what is wrong, how
 often, where (``train[12]``) and how to fix it, so a failed `prepare` stage can
 be acted on from its log alone.
@@ -67,14 +69,18 @@ def _pixel_stats(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Min/max ignore non-finite pixels so that "NaN/inf" and "out of range" are
     reported by separate checks; an image with no finite pixel gets NaN, which
-    GX counts as missing rather than out of range.
+    GX counts as missing rather than out of range. Integer pixels keep their dtype
+    (a byte each for uint8, where float64 would take eight: the table has a row per image).
     """
     n, size = flat.shape
-    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
-    bad = np.zeros(n, dtype=np.int64)
+    floating = np.issubdtype(flat.dtype, np.floating) or size == 0
+    if floating:
+        lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+    else:
+        lo, hi = np.empty(n, flat.dtype), np.empty(n, flat.dtype)
+    bad = np.zeros(n, dtype=np.int32)
     if size == 0:
         return lo, hi, bad
-    floating = np.issubdtype(flat.dtype, np.floating)
     chunk = max(1, _CHUNK_BYTES // (size * flat.dtype.itemsize))
     for start in range(0, n, chunk):
         part = np.asarray(flat[start:start + chunk])
@@ -96,41 +102,46 @@ def _image_table(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFra
     """One row per image with everything the expectations look at."""
     import pandas as pd
 
-    parts = []
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in (
+        "split", "index", "label", "pix_min", "pix_max", "pix_range", "nonfinite_count")}
+    hashes = []  # SHA-1 of each image's bytes: 20 bytes a row, kept out of the table
     for name, (x, y) in splits.items():
-        x, y = np.asarray(x), np.asarray(y).reshape(-1)
+        x, y = np.asarray(x), np.asarray(y).reshape(-1)  # a memory map stays one: read below in chunks
         if x.ndim < 1 or len(x) != len(y):
             raise ValueError(f"split '{name}': x has shape {x.shape} but y has {len(y)} labels; "
                              f"expected x (N, C, H, W) and y (N,)")
         n = len(x)
         flat = np.ascontiguousarray(x.reshape(n, int(np.prod(x.shape[1:], dtype=np.int64))))
         lo, hi, bad = _pixel_stats(flat)
-        parts.append(pd.DataFrame({
-            "split": np.full(n, name, dtype=object),
-            "index": np.arange(n, dtype=np.int64),
-            "label": y,
-            "pix_min": lo,
-            "pix_max": hi,
-            "pix_range": hi - lo,  # 0 <=> constant image; exact, unlike a float std
-            "nonfinite_count": bad,
-            "hash": [hashlib.sha1(row.tobytes()).hexdigest() for row in flat],
-        }))
-    columns = ["split", "index", "label", "pix_min", "pix_max", "pix_range",
-               "nonfinite_count", "hash"]
-    df = (pd.concat(parts, ignore_index=True) if parts
-          else pd.DataFrame({c: pd.Series(dtype=object if c in ("split", "hash") else float)
-                             for c in columns}))
+        for column, values in (("split", np.full(n, name, dtype=object)),
+                               ("index", np.arange(n, dtype=np.int32)), ("label", y), ("pix_min", lo),
+                               ("pix_max", hi),  # 0 range <=> constant image; exact, unlike a float std
+                               ("pix_range", hi - lo if lo.dtype.kind == "f" else
+                                np.subtract(hi, lo, dtype=np.int64 if lo.itemsize >= 4 else np.int32)),
+                               ("nonfinite_count", bad)):
+            columns[column].append(values)
+        digests = np.empty(n, dtype="S20")
+        digests[:] = [hashlib.sha1(row).digest() for row in flat]
+        hashes.append(digests)
+    df = pd.DataFrame({c: (np.concatenate(v) if v else np.zeros(0, object if c == "split" else float))
+                       for c, v in columns.items()})
 
+    # Leakage: the same bytes in train and in another split. Duplicates inside one split (or
+    # between val and test) do not leak test data into training. Both sides of a leak are
+    # flagged; first_train_index names the train image a val/test image copies (-1: none).
+    hashes = np.concatenate(hashes) if hashes else np.zeros(0, "S20")
     is_train = (df["split"] == "train").to_numpy()
-    # Leakage: the same bytes in train and in another split.  Duplicates inside
-    # one split (or between val and test) do not leak test data into training.
-    per_hash = pd.DataFrame({"hash": df["hash"], "train": is_train}).groupby("hash")["train"]
-    in_train, only_train = per_hash.transform("any"), per_hash.transform("all")
-    df["n_splits_with_hash"] = df.groupby("hash")["split"].transform("nunique").astype(np.int64)
-    df["leaks_with_train"] = (in_train & ~only_train).astype(bool)
+    train_hashes, train_index = hashes[is_train], df["index"].to_numpy()[is_train]
+    order = np.argsort(train_hashes, kind="stable")  # stable: equal hashes keep the first train index first
+    sorted_hashes = train_hashes[order]
+    at = np.minimum(np.searchsorted(sorted_hashes, hashes), max(len(sorted_hashes) - 1, 0))
+    in_train = (sorted_hashes[at] == hashes) if len(sorted_hashes) else np.zeros(len(hashes), bool)
+    df["leaks_with_train"] = in_train & np.isin(hashes, hashes[~is_train])
+    first = np.where(in_train, train_index[order][at] if len(order) else -1, -1)
+    df["first_train_index"] = first.astype(np.int32)
     # Size of this image's class within train; only train rows are checked.
     train_counts = df.loc[is_train, "label"].value_counts()
-    df["train_class_count"] = np.where(is_train, df["label"].map(train_counts), np.nan)
+    df["train_class_count"] = np.where(is_train, df["label"].map(train_counts), np.nan).astype(np.float32)
     return df
 
 
@@ -323,10 +334,8 @@ def _no_split_leakage(ok: bool, o: Outcome) -> str:
         return "no image in train also appears in another split"
     df = o.df
     leaked = [r for r in o.rows if r["split"] != "train"]
-    first_train = df[df["split"] == "train"].drop_duplicates("hash").set_index("hash")["index"]
-    hashes = df.set_index(["split", "index"])["hash"]
-    pairs = [f"{r['split']}[{int(r['index'])}] = "
-             f"train[{int(first_train[hashes[(r['split'], int(r['index']))]])}]"
+    copies = df.set_index(["split", "index"])["first_train_index"]
+    pairs = [f"{r['split']}[{int(r['index'])}] = train[{int(copies[(r['split'], int(r['index']))])}]"
              for r in leaked[:_EXAMPLES]]
     return (f"{len(leaked)} val/test images are exact copies of train images "
             f"({', '.join(pairs)}{', ...' if len(leaked) > _EXAMPLES else ''}). "

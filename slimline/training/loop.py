@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimline import numerics as numerics_mod
+from slimline.data.augment import Augment
 from slimline.data.loader import batches, in_order
 from slimline.errors import StageError
 from slimline.params import LoaderParams, TrainParams
@@ -71,15 +72,25 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+EVAL_PIXELS = 1 << 22  # input values per evaluation batch: bounds its activations' memory
+
+
+def eval_batch_size(image_shape: tuple[int, ...]) -> int:
+    """1,000 digits a batch, fewer larger images: 341 of 64x64 RGB, 32 of 224x224."""
+    return min(1000, max(32, EVAL_PIXELS // int(np.prod(image_shape))))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data, batch_size: int = 1000, autocast: bool = False,
+def evaluate(model: nn.Module, data, batch_size: int | None = None, autocast: bool = False,
              loader: LoaderParams | None = None) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) in eval mode, over a split read per batch
-    (data: a prepared Split, or an (x, y) pair of arrays or tensors)."""
+    (data: a prepared Split, or an (x, y) pair of arrays or tensors); batch_size None:
+    eval_batch_size() of its images."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     n = len(data[1])
+    batch_size = batch_size or eval_batch_size(tuple(data[0].shape[1:]))
     loss_sum, correct = 0.0, 0
     for xb, yb in batches(data, in_order(n, batch_size), device, loader):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -170,8 +181,10 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
         rows = [order[i * cfg.batch_size:n if i == steps - 1 else (i + 1) * cfg.batch_size]
                 for i in range(steps)]
         loss_sum, correct = 0.0, 0
-        bar = tqdm(batches(train, rows, device, loader), total=steps, leave=False, disable=None,
-                   desc=f"{desc} epoch {epoch}/{cfg.epochs}", file=sys.stderr)
+        augment = Augment(cfg.seed, epoch, cfg.crop_scale, hflip=cfg.hflip)
+        read = batches(train, rows, device, loader, augment if augment.active else None)
+        bar = tqdm(read, total=steps, leave=False, disable=None, desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+                   file=sys.stderr)
         for xb, yb in bar:
             xb = random_shift(xb.float(), cfg.augment_shift, gen)  # uint8 pixels: float per batch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -53,9 +53,12 @@ def test_distillation_reruns_bit_identically(tmp_path, monkeypatch):
     assert out[0] == out[1]
 
 
-def test_training_from_disk_with_0_or_2_loader_workers_matches_training_in_memory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("photos", [False, True])
+def test_training_from_disk_with_0_or_2_loader_workers_matches_training_in_memory(tmp_path, monkeypatch,
+                                                                                   photos):
     """The same batches reach the model in the same order however they are read: the
-    arrays in memory, the memory-mapped files in this process, or two worker processes."""
+    arrays in memory, the memory-mapped files in this process, or two worker processes;
+    with the photo augmentation too, which the workers apply."""
     from slimline.data.dataset import load_prepared, save_prepared
     from slimline.params import LoaderParams
 
@@ -67,7 +70,9 @@ def test_training_from_disk_with_0_or_2_loader_workers_matches_training_in_memor
     out = []
     for prep, workers in ((in_memory, 0), (on_disk, 0), (on_disk, 2)):
         seed_everything(0, 1)
-        t = train_network("train", spec, TRAIN.model_copy(update={"epochs": 2}), prep, tmp_path / "model",
+        augment = {"crop_scale": (0.5, 1.0), "hflip": True} if photos else {}
+        cfg = TRAIN.model_copy(update={"epochs": 2, **augment})
+        t = train_network("train", spec, cfg, prep, tmp_path / "model",
                           key_params={}, deps=[], loader=LoaderParams(workers=workers, prefetch=1), log=False)
         out.append(((tmp_path / "model" / "model.safetensors").read_bytes(), t.results))
     assert out[1] == out[0] and out[2] == out[0]

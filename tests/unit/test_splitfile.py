@@ -73,3 +73,15 @@ def test_a_damaged_file_is_refused_naming_it_and_the_fix(tmp_path, damage, needl
     with pytest.raises(DataError, match=needle) as err:
         open_split(path)
     assert "train.safetensors" in str(err.value) and "dvc checkout data/prepared" in str(err.value)
+
+
+def test_a_stage_loading_a_truncated_split_is_stopped_before_any_work(tmp_path):
+    from slimline.data.dataset import Prepared, load_prepared, save_prepared
+
+    arrays = (np.ones((6, 1, 4, 4), np.uint8), np.arange(6))
+    save_prepared(Prepared({s: arrays for s in ("train", "val", "test")}, {"input_shape": [1, 4, 4]}),
+                  tmp_path)
+    test = tmp_path / "test.safetensors"
+    test.write_bytes(test.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"test.safetensors: truncated"):
+        load_prepared(tmp_path)

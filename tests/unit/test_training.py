@@ -100,3 +100,11 @@ def test_imported_weights_with_skip_training_are_used_as_they_are(tmp_path, monk
     assert saved.model == spec.model and saved.kwargs == {"width": 8}
     for k, v in loaded[1].state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+
+def test_evaluation_batches_shrink_with_the_image_so_their_activations_stay_bounded():
+    from slimline.training.loop import eval_batch_size
+
+    assert eval_batch_size((1, 28, 28)) == 1000  # the digits: the batch the committed metrics used
+    assert eval_batch_size((3, 64, 64)) == 341
+    assert eval_batch_size((3, 224, 224)) == 32
