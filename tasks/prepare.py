@@ -14,10 +14,8 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from slimline.data.dataset import SPLITS, Split, write_split
-from slimline.data.split import build_splits, normalization
+from slimline.data.dataset import SPLITS, Split
+from slimline.data.split import build_splits, normalization, write_plans
 from slimline.errors import StageError
 from slimline.io import atomic_dir, write_json
 from slimline.params import Params
@@ -25,9 +23,6 @@ from slimline.report import markdown_table, write_report
 from slimline.stage import main
 
 SECTIONS = ("data",)  # the params it reads: dvc.yaml's `params` for this stage
-
-
-CHUNK_BYTES = 16 << 20  # pixels read and written at a time, unless --chunk says how many images
 
 
 def prepare(params: Params, args: argparse.Namespace) -> None:
@@ -49,10 +44,7 @@ def prepare(params: Params, args: argparse.Namespace) -> None:
 
 def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> None:
     raw, plans, dropped, source_meta = build_splits(cfg, scratch)
-    for name, plan in plans.items():
-        image_bytes = int(np.prod(plan.x.shape[1:])) * plan.dtype.itemsize
-        write_split(tmp / f"{name}.safetensors", plan.x, plan.y, plan.rows,
-                    chunk=chunk or max(1, CHUNK_BYTES // image_bytes), dtype=plan.dtype)
+    write_plans(plans, tmp, chunk)
     sources = raw.files
     del raw, plans  # from here on only the written files are read, memory-mapped
     splits = {name: Split(tmp / f"{name}.safetensors") for name in SPLITS}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimline.data.dataset import write_split
 from slimline.params import DataParams
 
 
@@ -70,6 +71,18 @@ class SplitPlan:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32) if self.x.dtype.kind == "f" else self.x.dtype
+
+
+CHUNK_BYTES = 16 << 20  # pixels read and written at a time, unless a chunk of images is given
+
+
+def write_plans(plans: dict[str, SplitPlan], folder: Path, chunk: int | None = None) -> None:
+    """Write each plan to folder/<split>.safetensors, `chunk` images at a time (None: 16 MiB
+    of pixels). The bytes do not depend on the chunk."""
+    for name, plan in plans.items():
+        image_bytes = int(np.prod(plan.x.shape[1:])) * plan.dtype.itemsize
+        write_split(folder / f"{name}.safetensors", plan.x, plan.y, plan.rows,
+                    chunk=chunk or max(1, CHUNK_BYTES // image_bytes), dtype=plan.dtype)
 
 
 def build_splits(cfg: DataParams, scratch: Path | None = None):
