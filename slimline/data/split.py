@@ -65,10 +65,6 @@ class SplitPlan:
     rows: np.ndarray
 
     @property
-    def labels(self) -> np.ndarray:
-        return self.y[self.rows]
-
-    @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float32) if self.x.dtype.kind == "f" else self.x.dtype
 
