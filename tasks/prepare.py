@@ -92,9 +92,15 @@ def _prepare(cfg, scratch: Path, tmp: Path, chunk: int | None, out: Path) -> Non
     print(f"prepare: wrote {out} ({meta['sizes']})", flush=True)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of images >= 1")
+    return int(text)
+
+
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--chunk", type=int, default=None,
+    p.add_argument("--chunk", type=_positive, default=None,
                    help="images read and written at a time (default: 16 MiB of them); bounds "
                         "the stage's memory and never changes its output")
 

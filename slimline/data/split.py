@@ -129,14 +129,14 @@ def normalization(cfg: DataParams, x_train: np.ndarray) -> tuple[list[float], li
     channels = x_train.shape[1]
     n = cfg.normalize
     if n is None:
-        if x_train.dtype == np.uint8:  # in chunks: never a float64 copy of the split (8x its bytes)
-            from slimline.data.stats import mean_std
+        # In chunks: never a float64 copy of the split (8x its bytes).
+        from slimline.data.stats import float_mean_std, mean_std
 
+        if x_train.dtype == np.uint8:
             starts = range(0, len(x_train), STATS_CHUNK)
             mean, std = mean_std(lambda: (x_train[i:i + STATS_CHUNK] for i in starts), len(x_train))
         else:  # a float source (npz)
-            x = x_train.astype(np.float64)
-            mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+            mean, std = float_mean_std(x_train)
         return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
     if len(n.mean) not in (1, channels):
         from slimline.data.raw import DataError

@@ -102,3 +102,25 @@ def _tree_sum(values: _Values, n: int) -> float:
     half -= half % 8
     left = _tree_sum(values, half)
     return left + _tree_sum(values, n - half)
+
+
+FLOAT_BLOCK_BYTES = 8 << 20  # float64 bytes of images per block of float_mean_std
+
+
+def float_mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), float64 per channel, of float images (N, C, H, W), summed over blocks of
+    images whose size depends only on the image shape: the bits never depend on how the
+    caller reads the split, and no float64 copy of it is made. (Float sums have no exact
+    order-free form like uint8's integer sums, so these are not numpy's whole-array bits.)"""
+    per_image = int(np.prod(x.shape[1:])) * 8
+    block = max(1, FLOAT_BLOCK_BYTES // per_image)
+    values = len(x) * int(np.prod(x.shape[2:]))
+    sums = np.zeros(x.shape[1])
+    for i in range(0, len(x), block):
+        sums += x[i:i + block].astype(np.float64).sum(axis=(0, 2, 3))
+    mean = sums / values
+    squares = np.zeros(x.shape[1])
+    for i in range(0, len(x), block):
+        d = x[i:i + block].astype(np.float64) - mean[None, :, None, None]
+        squares += np.square(d).sum(axis=(0, 2, 3))
+    return mean, np.sqrt(squares / values)

@@ -57,3 +57,17 @@ def test_the_tree_splits_where_numpys_pairwise_sum_does(monkeypatch):
     monkeypatch.setattr(stats, "SUBTREE", 128)  # numpy's block: every split is ours
     chunks = (v[i:i + 999] for i in range(0, len(v), 999))
     assert stats._tree_sum(stats._Values(chunks), len(v)) == np.add.reduce(v)
+
+
+def test_float_images_are_summed_in_blocks(monkeypatch):
+    """Float sources: the statistics of numpy's whole-array expression (to rounding), from
+    blocks of images; several blocks and one give the same values."""
+    x = np.random.default_rng(3).normal(0.3, 2.0, (37, 3, 5, 4)).astype(np.float32)
+    whole = x.astype(np.float64)
+    one_block = stats.float_mean_std(x)
+    monkeypatch.setattr(stats, "FLOAT_BLOCK_BYTES", 5 * 3 * 5 * 4 * 8)  # 5 images a block
+    mean, std = stats.float_mean_std(x)
+    np.testing.assert_allclose(mean, whole.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std, whole.std(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(mean, one_block[0], rtol=1e-12)
+    np.testing.assert_allclose(std, one_block[1], rtol=1e-12)

@@ -11,7 +11,7 @@ from slimline.data.dataset import load_prepared
 from slimline.data.raw import DataError
 from slimline.errors import StageError
 from slimline.params import parse_params
-from tasks.prepare import prepare
+from tasks.prepare import _args, prepare
 from tests.support.project import sh, tree_digest
 
 K = 4  # classes in the synthetic sets
@@ -92,6 +92,16 @@ def image_folder(root, n=8, broken=None):
             else:
                 Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(path)
     return {"source": "imagefolder", "path": str(root)}
+
+
+@pytest.mark.parametrize("chunk", ["0", "-3", "1.5", "many"])
+def test_chunk_must_be_a_positive_whole_number(chunk, capsys):
+    parser = argparse.ArgumentParser()
+    _args(parser)
+    assert parser.parse_args(["--out", "o", "--chunk", "7"]).chunk == 7
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "o", "--chunk", chunk])
+    assert f"--chunk: {chunk!r} is not a whole number of images >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source", ["npz", "imagefolder"])

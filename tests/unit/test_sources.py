@@ -58,7 +58,8 @@ def test_idx_roundtrip(tmp_path, gz, n_test):
     assert isinstance(ds, RawDataset) and ds.source == "idx"
     assert ds.x.shape == (7, 1, 10, 12) and ds.x.dtype == np.uint8
     assert ds.y.dtype == np.int64 and ds.y.shape == (7,)
-    assert ds.x.flags.writeable  # downstream may normalise in place
+    # read-only memory maps: pages are read as rows are used, and the source can't be changed
+    assert isinstance(ds.x, np.memmap) and not ds.x.flags.writeable
     np.testing.assert_array_equal(ds.x[:, 0], x)
     np.testing.assert_array_equal(ds.y, y)
     if n_test:
@@ -76,6 +77,34 @@ def test_idx_dotted_names_and_dispatch(tmp_path):
     (folder / TRAIN_IMG).rename(folder / "train-images.idx3-ubyte")
     ds, _ = load_source("idx", str(folder))
     assert ds.x.shape == (7, 1, 10, 12)
+
+
+def _peak_bytes(fn, *args):
+    """What fn allocates at its peak (numpy registers its buffers with tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_is_read_per_block(tmp_path, gz):
+    """16 MB of images: a raw file is mapped where it lies, a .gz inflated into scratch a block
+    at a time; neither is ever whole in memory."""
+    x = (np.arange(8000 * 2000, dtype=np.int64) % 251).astype(np.uint8).reshape(8000, 40, 50)
+    folder, scratch = tmp_path / "d", tmp_path / "scratch"
+    folder.mkdir()
+    scratch.mkdir()
+    write_idx(folder / TRAIN_IMG, x, gz)
+    write_idx(folder / TRAIN_LAB, np.arange(8000) % 10, gz)
+    ds, peak = _peak_bytes(load_idx, folder, scratch)
+    assert peak < 8 << 20, peak  # the file is 16 MB
+    assert Path(ds.x.filename).parent == (scratch if gz else folder)
+    np.testing.assert_array_equal(ds.x[-3:, 0], x[-3:])
 
 
 # ---------------------------------------------------------------- IDX malformed
@@ -180,6 +209,39 @@ def test_npz_roundtrip(tmp_path, shape):
     np.testing.assert_array_equal(ds.y, y.astype(np.int64))
     np.testing.assert_array_equal(ds.y_test, yt)
     assert ds.x_test.shape[1:] == ds.x.shape[1:]
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_is_read_per_block(tmp_path, save):
+    """A stored member is mapped where it lies in the archive, a compressed one inflated into
+    scratch a block at a time; neither is ever whole in memory."""
+    x = (np.arange(4000 * 1000, dtype=np.int64) % 251).astype(np.float32).reshape(4000, 1, 40, 25)
+    p, scratch = tmp_path / "d.npz", tmp_path / "scratch"
+    scratch.mkdir()
+    save(p, x=x, y=np.arange(4000) % 10, x_test=x[:5], y_test=np.arange(5))
+    ds, peak = _peak_bytes(load_npz, p, scratch)
+    assert peak < 8 << 20, peak  # the file is 16 MB
+    assert isinstance(ds.x, np.memmap) and not ds.x.flags.writeable
+    assert Path(ds.x.filename).parent == (p.parent if save is np.savez else scratch)
+    np.testing.assert_array_equal(ds.x[-3:], x[-3:])
+    np.testing.assert_array_equal(ds.x_test, x[:5])
+
+
+def test_npz_corrupt_stored_member(tmp_path):
+    """A flipped byte in an uncompressed member is found by its CRC, though the array is mapped."""
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((50, 8, 8), np.uint8), y=np.arange(50))
+    data = bytearray(p.read_bytes())
+    data[data.index(b"\x00" * 64, 200) + 10] = 7  # inside x's pixels
+    p.write_bytes(bytes(data))
+    raises(load_npz, p, match="corrupt npz .*CRC", names=p)
+
+
+def test_npz_fortran_order(tmp_path):
+    p = tmp_path / "d.npz"
+    x = np.asfortranarray(np.arange(4 * 2 * 3 * 5, dtype=np.uint8).reshape(4, 2, 3, 5))
+    np.savez(p, x=x, y=np.arange(4))
+    np.testing.assert_array_equal(load_npz(p).x, x)
 
 
 def test_npz_without_test_split(tmp_path):
