@@ -2,9 +2,12 @@
 training read per batch from disk against training on tensors held in memory.
 
     python -m benchmarks.data_memory [--images 20000 200000] [--size 64] [--skip-throughput]
+                                     [--source imagefolder|idx|npz]
 
 For each size, writes an image folder of that many 64x64 RGB PNGs (10 classes, distinct
-images) to a temporary folder, then runs the real stages on it in a fresh project folder:
+images) to a temporary folder (`--source idx`: the same images in grey as a gzipped IDX
+pair; `npz`: as one np.savez_compressed file), then runs the real stages on it in a fresh
+project folder:
 `python -m tasks.prepare`, then `python -m tasks.train_baseline` for one epoch of a small
 CNN. A sampler polls /proc every 10 ms and sums the anonymous memory (RssAnon: heap and
 stacks, not the file pages of memory maps, which the kernel can drop) of the stage's process
@@ -38,19 +41,60 @@ CLASSES = 10
 PEAK_GIB, GROWTH = 1.0, 1.2
 
 
+def _image(i: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Image i, (size, size, 3) uint8: smooth ramps (small PNGs) with a colour per index and
+    a little noise, so all are distinct."""
+    base = np.linspace(0, 255, size, dtype=np.float32)
+    img = (base[None, :, None] * ((i % 7) + 1) / 8 + base[:, None, None] * ((i % 5) + 1) / 6
+           + np.array([i % 256, (i // 256) % 256, (i // 65536) * 37 % 256])[None, None, :])
+    return img.astype(np.uint8) ^ rng.integers(0, 4, (size, size, 3), dtype=np.uint8)
+
+
 def _write_range(args: tuple[str, int, int, int]) -> None:
     from PIL import Image
 
     root, start, stop, size = args
-    base = np.linspace(0, 255, size, dtype=np.float32)
     rng = np.random.default_rng(start)
     for i in range(start, stop):
-        # smooth ramps (small PNGs) with a colour per index and a little noise: all distinct
-        img = (base[None, :, None] * ((i % 7) + 1) / 8 + base[:, None, None] * ((i % 5) + 1) / 6
-               + np.array([i % 256, (i // 256) % 256, (i // 65536) * 37 % 256])[None, None, :])
-        img = img.astype(np.uint8) ^ rng.integers(0, 4, (size, size, 3), dtype=np.uint8)
         path = Path(root) / f"class{i % CLASSES}" / f"{i:07d}.png"
-        Image.fromarray(img).save(path, compress_level=1)
+        Image.fromarray(_image(i, size, rng)).save(path, compress_level=1)
+
+
+BLOCK = 2000  # images generated and written at a time
+
+
+def _blocks(n: int, size: int):
+    for start in range(0, n, BLOCK):
+        rng = np.random.default_rng(start)
+        yield np.stack([_image(i, size, rng) for i in range(start, min(start + BLOCK, n))])
+
+
+def write_arrays(root: Path, n: int, size: int, source: str) -> Path:
+    """The same images as an IDX folder (grey, gzipped) or an npz (compressed, NCHW), written
+    a block at a time, so that the benchmark itself holds one block."""
+    import gzip
+    import zipfile
+
+    root.mkdir(parents=True)
+    labels = (np.arange(n) % CLASSES).astype(np.uint8)
+    if source == "idx":
+        with gzip.open(root / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+            f.write((0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, size, size)))
+            for block in _blocks(n, size):
+                f.write(block[..., 0].tobytes())
+        with gzip.open(root / "train-labels-idx1-ubyte.gz", "wb") as f:
+            f.write((0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.tobytes())
+        return root
+    path = root / "images.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                     "shape": (n, 3, size, size)})
+            for block in _blocks(n, size):
+                f.write(np.ascontiguousarray(block.transpose(0, 3, 1, 2)).tobytes())
+        with zf.open("y.npy", "w") as f:
+            np.lib.format.write_array(f, labels)
+    return path
 
 
 def write_images(root: Path, n: int, size: int) -> None:
@@ -106,15 +150,15 @@ def run_peak(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 
 PARAMS = """\
-data: {{source: imagefolder, path: {path}, min_per_class: 10}}
+data: {{source: {source}, path: {path}, min_per_class: 10}}
 baseline: {{model: cnn, conv_channels: [8, 16], hidden: [32], dropout: 0.0}}
 train: {{epochs: 1, batch_size: 128, num_threads: 2, device: cpu}}
 """
 
 
-def measure(images: Path, project: Path) -> dict:
+def measure(images: Path, project: Path, source: str) -> dict:
     project.mkdir(parents=True)
-    (project / "params.yaml").write_text(PARAMS.format(path=images))
+    (project / "params.yaml").write_text(PARAMS.format(source=source, path=images))
     for code in ("slimline", "tasks"):  # the stages hash their code by its path in the project
         (project / code).symlink_to(ROOT / code)
     py = sys.executable
@@ -157,16 +201,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, nargs="+", default=[20_000, 200_000])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--source", choices=("imagefolder", "idx", "npz"), default="imagefolder")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="slimline-data-memory-", dir=ROOT.parent))
     rows = []
     try:
         for n in args.images:
             t = time.perf_counter()
-            write_images(work / f"images{n}", n, args.size)
-            print(f"wrote {n:,} {args.size}x{args.size} RGB PNGs in {time.perf_counter() - t:.0f} s",
-                  flush=True)
-            r = measure(work / f"images{n}", work / f"project{n}")
+            images = work / f"images{n}"
+            if args.source == "imagefolder":
+                write_images(images, n, args.size)
+            else:
+                images = write_arrays(images, n, args.size, args.source)
+            print(f"wrote {n:,} {args.size}x{args.size} images ({args.source}) in "
+                  f"{time.perf_counter() - t:.0f} s", flush=True)
+            r = measure(images, work / f"project{n}", args.source)
             rows.append((n, r))
             print(f"{n:>9,} images: prepare peak RssAnon {r['prepare_gib']:.3f} GiB "
                   f"({r['prepare_s']:.0f} s), "
