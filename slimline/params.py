@@ -277,6 +277,16 @@ def param_count(s: "Structure", input_shape: tuple[int, int, int], num_classes: 
     return total + width * num_classes + num_classes
 
 
+class DistributedParams(Section):
+    """`train.distributed`: data-parallel training under torchrun. It changes results (each rank
+    has its own BatchNorm statistics and dropout stream), so it is part of the recipe."""
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=64, description="Ranks (processes) per training stage: one per GPU on CUDA, at most "
+                                    "one per core on the CPU, sharing train.num_threads. Each step's "
+                                    "train.batch_size images are split over them; 1 trains in one process.")
+
+
 class TrainParams(Section):
     """`train`: the recipe every trained model gets (stage `train_baseline`)."""
 
@@ -311,6 +321,9 @@ class TrainParams(Section):
         "portable", description="CPU math: portable is bit-identical on any x86-64 CPU with AVX2+FMA, "
                                 "Intel or AMD (see slimline/numerics.py); fast uses each CPU's fastest "
                                 "kernels, reproducible only on the same kind of CPU.")
+
+    distributed: DistributedParams = Field(
+        DistributedParams(), description="Data-parallel training under torchrun: ranks per training stage.")
 
     @field_validator("crop_scale")
     @classmethod

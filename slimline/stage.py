@@ -42,11 +42,13 @@ def check_declared(stage: str, params_path: str | Path, dvc_yaml: Path = Path("d
 
 def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-         sections: tuple[str, ...] | None = None, settings: tuple[str, ...] = ()) -> None:
+         sections: tuple[str, ...] | None = None, settings: tuple[str, ...] = (),
+         trains: bool = False) -> None:
     """Parse args, validate the params sections the stage reads (its dvc.yaml `params`;
     None: the whole file) and the settings sections it reads but reruns for nothing
     (`loader`: they cannot change a result), run body; expected errors exit non-zero
-    with one readable message instead of a traceback."""
+    with one readable message instead of a traceback. trains: a training stage, which
+    `train.distributed.nproc_per_node` > 1 relaunches as that many ranks under torchrun."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if add_args:
@@ -56,9 +58,32 @@ def main(stage: str, body: Callable[[Params, argparse.Namespace], None],
     try:
         params = load_params(args.params, None if sections is None else (*sections, *settings))
         check_declared(stage, args.params)
+        if trains and _relaunched(stage, params):
+            return
         body(params, args)
     except (ParamsError, StageError, FileNotFoundError, FloatingPointError) as err:
         # Expected failures carry a readable message that names the fix; a
         # traceback would only bury it. Anything else is a bug and keeps its traceback.
         print(f"ERROR [{stage}]: {err}", file=sys.stderr, flush=True)
+        if trains:
+            from slimline.training import distributed
+
+            distributed.record_failure(str(err))
         sys.exit(2)
+    if trains:
+        from slimline.training import distributed
+
+        distributed.finish()
+
+
+def _relaunched(stage: str, params: Params) -> bool:
+    """Run the stage as train.distributed.nproc_per_node ranks under torchrun, unless it is
+    one process, or this is a rank; True once the ranks have finished."""
+    from slimline.training import distributed
+
+    nproc = params.train.distributed.nproc_per_node
+    if nproc == 1 or distributed.current().active:
+        return False
+    distributed.check(nproc, params.train.device, params.train.batch_size)
+    distributed.relaunch(stage, nproc, params.train.num_threads, sys.argv[1:])
+    return True

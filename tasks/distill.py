@@ -22,6 +22,7 @@ from slimline.data.dataset import load_prepared
 from slimline.params import Params
 from slimline.report import keep_run_record, write_report
 from slimline.stage import main
+from slimline.training import distributed
 
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.distill")
@@ -37,6 +38,8 @@ def distill(params: Params, args: argparse.Namespace) -> None:
     deps = [str(args.data), *CODE_DEPS, *stage_user_files("distill", args.params)]
     d = distill_student(params, cfg, prep, teacher_dir=args.teacher, out=args.out,
                         scratch_out=args.scratch_out, deps=deps)
+    if not distributed.current().writer:  # under torchrun, rank 0 writes
+        return
     results = distill_report.results(params, cfg, d)
     write_report("distill", results, distill_report.markdown(params, cfg, d, results),
                  distill_report.run_record(d))
@@ -52,4 +55,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("distill", distill, _args, SECTIONS, SETTINGS)
+    main("distill", distill, _args, SECTIONS, SETTINGS, trains=True)

@@ -25,6 +25,7 @@ from slimline.params import PRUNE_METHODS, Params
 from slimline.paths import LAYERS_FILE
 from slimline.report import write_report
 from slimline.stage import main
+from slimline.training import distributed
 from slimline.training.loop import evaluate, make_finetune, resolve_device, seed_everything
 
 SECTIONS = ("prune", "train", "distill")  # the params it reads: dvc.yaml's `params` for this stage
@@ -34,15 +35,14 @@ SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml par
 def prune(params: Params, args: argparse.Namespace) -> None:
     from slimline.compress import pruning
 
-    cfg = params.prune
-    method = args.method
-    out = args.out
+    cfg, method, out = params.prune, args.method, args.out
     src_dir = args.models / cfg.source
     if not (src_dir / "structure.json").exists():
         stage = "train_baseline" if cfg.source == "baseline" else "distill"
         raise StageError(f"no source model in {src_dir}: run the `{stage}` stage first")
     prep = load_prepared(args.data)
-    numerics = seed_everything(params.train.seed, params.train.num_threads, params.train.numerics)
+    threads = distributed.threads_per_rank(params.train.num_threads, distributed.current().world)
+    numerics = seed_everything(params.train.seed, threads, params.train.numerics)
     device = resolve_device(params.train.device)
     model, spec = load_model(src_dir)
     model = model.to(device)
@@ -55,13 +55,17 @@ def prune(params: Params, args: argparse.Namespace) -> None:
     example = torch.from_numpy(np.array(data["train"][0][:2])).float().to(device)
     job = pruning.PruneJob(cfg, example=example, finetune=finetune,
                            evaluate=lambda m: evaluate(m, data["val"], loader=loader)[1])
-    try:
-        pruned = pruning.PRUNERS[method](model, spec, job)
+    try:  # under torchrun every rank prunes alike; each fine-tuning's DDP wrap checks that
+        pruned = pruning.PRUNERS[method](model, spec, job)  # they agree and takes rank 0's weights
     except pruning.NotApplicable as why:
+        if not distributed.current().writer:
+            return
         report = pruning.write_not_applicable(out, method, str(why))
         write_report(f"prune_{method}", report, prune_report.not_applicable_markdown(method, str(why)),
                      run=numerics_mod.record(numerics, device))
         print(f"prune {method}: not applicable ({why}); wrote the marker in {out}", flush=True)
+        return
+    if not distributed.current().writer:  # rank 0 writes
         return
     model = pruned.model.cpu().eval()
     out_spec = pruning.saved_spec(model, pruned.spec)
@@ -88,4 +92,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("prune", prune, _args, SECTIONS, SETTINGS)
+    main("prune", prune, _args, SECTIONS, SETTINGS, trains=True)

@@ -15,6 +15,7 @@ from slimline.data.dataset import load_prepared
 from slimline.params import Params
 from slimline.report import keep_run_record, write_report
 from slimline.stage import main
+from slimline.training import distributed
 from slimline.training.report import baseline_markdown
 from slimline.training.trainer import model_spec, train_network
 from slimline.weights import weights_init
@@ -35,6 +36,8 @@ def train_baseline(params: Params, args: argparse.Namespace) -> None:
                       deps=[str(args.data), *CODE_DEPS, *stage_user_files("train_baseline", args.params)],
                       init=weights_init(net.weights, spec.model) if net.weights else None,
                       train=not net.skip_training, loader=params.loader)
+    if not distributed.current().writer:  # under torchrun, rank 0 writes
+        return
     r = t.results
     write_report("train_baseline", r, baseline_markdown(net, t), t.run)
     keep_run_record("train_baseline")
@@ -47,4 +50,4 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main("train_baseline", train_baseline, _args, SECTIONS, SETTINGS)
+    main("train_baseline", train_baseline, _args, SECTIONS, SETTINGS, trains=True)

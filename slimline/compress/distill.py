@@ -23,6 +23,7 @@ from slimline.errors import StageError
 from slimline.io import replace_dir
 from slimline.model import ModelSpec, build_model, count_params, load_spec
 from slimline.params import Params, TrainParams
+from slimline.training import distributed
 from slimline.training.loop import resolve_device
 from slimline.training.trainer import Trained, train_network
 
@@ -87,9 +88,10 @@ def distill_student(params: Params, cfg: TrainParams, prep: Prepared, teacher_di
         kd = logit = train("distill", out_dir=pending[out], key_params=logit_key, deps=kd_deps,
                            loss_fn=make_kd_loss(teacher, logit_cfg))
         runs = [scratch, kd]
-    for target, tmp in pending.items():
-        replace_dir(tmp, target)
-    # All done: only now drop the checkpoints, so a kill during KD never retrains scratch.
-    for r in runs:
-        r.store.clear()
+    if distributed.current().writer:  # under torchrun, rank 0 writes
+        for target, tmp in pending.items():
+            replace_dir(tmp, target)
+        # All done: only now drop the checkpoints, so a kill during KD never retrains scratch.
+        for r in runs:
+            r.store.clear()
     return Distilled(spec=spec, pairs=pairs, scratch=scratch, logit=logit, kd=kd)

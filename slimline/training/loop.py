@@ -4,6 +4,10 @@ Determinism: all randomness comes from seeded generators. Batch order and
 augmentation use a generator seeded from (seed, epoch), and dropout uses the
 global torch RNG whose state is checkpointed, so a run resumed after SIGKILL
 ends bit-identical to an uninterrupted one (on CPU, same thread count).
+
+Under torchrun (slimline.training.distributed) the same loop runs in every rank, the
+model wrapped in DistributedDataParallel; each rank's dropout stream is its own and
+checkpointed with the others.
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ from slimline.data.augment import Augment
 from slimline.data.loader import batches, in_order
 from slimline.errors import StageError
 from slimline.params import LoaderParams, TrainParams
+from slimline.training import distributed
 from slimline.training.checkpoint import CheckpointStore, rng_state, set_rng_state
+from slimline.training.distributed import Ranks
 
 # loss_fn(logits, x_batch, y_batch) -> scalar loss; distillation passes its own.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,7 +42,8 @@ def resolve_device(pref: str) -> torch.device:
         raise StageError("train.device is 'cuda' but no CUDA device is visible: "
                            "set train.device to 'auto' or 'cpu', or install a CUDA build of torch")
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        ranks = distributed.current()
+        return torch.device("cuda", ranks.local_rank) if ranks.active else torch.device("cuda")
     return torch.device("cpu")
 
 
@@ -82,21 +89,28 @@ def eval_batch_size(image_shape: tuple[int, ...]) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int | None = None, autocast: bool = False,
-             loader: LoaderParams | None = None) -> tuple[float, float]:
+             loader: LoaderParams | None = None, ranks: Ranks | None = None) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) in eval mode, over a split read per batch
     (data: a prepared Split, or an (x, y) pair of arrays or tensors); batch_size None:
-    eval_batch_size() of its images."""
+    eval_batch_size() of its images. ranks: every rank of a distributed job calls it, each
+    reads its own shard, and the sums are reduced: the whole split's figures."""
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
     device = model_device(model)
     n = len(data[1])
     batch_size = batch_size or eval_batch_size(tuple(data[0].shape[1:]))
+    part = distributed.shard(n, ranks)
+    rows = [slice(s.start + part.start, s.stop + part.start)
+            for s in in_order(part.stop - part.start, batch_size)]
+    distributed.sync_buffers(model, ranks)
     loss_sum, correct = 0.0, 0
-    for xb, yb in batches(data, in_order(n, batch_size), device, loader):
+    for xb, yb in batches(data, rows, device, loader):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(xb.float()).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
+    loss_sum, correct = distributed.all_sum([loss_sum, correct], ranks, device)
     model.train(was_training)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
@@ -134,6 +148,8 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
 
     train, val: prepared Splits (memory-mapped files), or (x, y) pairs of arrays or
     tensors. loader: how batches are read (DataLoader workers); it never changes a result.
+    Under torchrun, every rank calls it: the model trains wrapped in DDP, rank 0 writes
+    the checkpoints (with every rank's RNG state) and calls on_epoch.
 
     Checkpoints after every epoch into `store` and resumes from its newest
     checkpoint. `on_epoch(metrics)` runs after each epoch (logging hooks).
@@ -146,10 +162,9 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
     device = model_device(model)
     autocast = device.type == "cuda"  # bf16 autocast on GPU; full fp32 on CPU for bit-exactness
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
+    ranks = distributed.setup(device.type)
     n = len(train[1])
-    steps = (n + cfg.batch_size - 1) // cfg.batch_size
-    if steps > 1 and n % cfg.batch_size == 1:
-        steps -= 1  # a last batch of one image breaks BatchNorm in training mode: fold it in
+    steps = len(distributed.step_rows(np.arange(n), cfg.batch_size, ranks))
     opt = make_optimizer(model, cfg, extra)
     trained = list(opt.param_groups[0]["params"])
     sched = make_scheduler(opt, cfg, cfg.epochs * steps)
@@ -163,12 +178,22 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if ranks.active:  # this rank's own dropout stream
+            _set_rank_rng(state, ranks)
         result.history = list(state["history"])
         result.resumed_from = int(state["epoch"])
-        print(f"{desc}: resuming from checkpoint after epoch {result.resumed_from}", flush=True)
+        if ranks.writer:
+            print(f"{desc}: resuming from checkpoint after epoch {result.resumed_from}", flush=True)
         for metrics in result.history:  # replay, so loggers hold the full curve
             if on_epoch:
                 on_epoch(metrics)
+    elif ranks.active:  # one dropout stream per rank; rank 0's is not one process's stream
+        torch.manual_seed(cfg.seed * 1_000_003 + ranks.rank)
+    net = model
+    if ranks.active:  # after the checkpoint loads: DDP starts every rank from rank 0's weights
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     model.train()
     if extra is not None:
@@ -178,50 +203,76 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen).numpy()
         # the rows of each step, fixed before any is read: workers cannot change the order
-        rows = [order[i * cfg.batch_size:n if i == steps - 1 else (i + 1) * cfg.batch_size]
-                for i in range(steps)]
-        loss_sum, correct = 0.0, 0
+        rows = distributed.step_rows(order, cfg.batch_size, ranks)
+        # each rank shifts its own images with shifts of its own
+        shifts = gen if not ranks.active else \
+            torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + ranks.rank)
+        loss_sum, correct, seen = 0.0, 0, 0
         augment = Augment(cfg.seed, epoch, cfg.crop_scale, hflip=cfg.hflip)
         read = batches(train, rows, device, loader, augment if augment.active else None)
-        bar = tqdm(read, total=steps, leave=False, disable=None, desc=f"{desc} epoch {epoch}/{cfg.epochs}",
-                   file=sys.stderr)
+        bar = tqdm(read, total=steps, leave=False, disable=None if ranks.writer else True,
+                   desc=f"{desc} epoch {epoch}/{cfg.epochs}", file=sys.stderr)
         for xb, yb in bar:
-            xb = random_shift(xb.float(), cfg.augment_shift, gen)  # uint8 pixels: float per batch
+            xb = random_shift(xb.float(), cfg.augment_shift, shifts)  # uint8 pixels: float per batch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(xb)
+                logits = net(xb)
             loss = loss_fn(logits.float(), xb, yb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{desc}: loss became {loss.item()} in epoch {epoch}; training diverged. "
                     f"Lower train.lr (now {cfg.lr}) or set train.grad_clip")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP: the gradients are averaged over the ranks here
+            distributed.average_grads(extra, ranks)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(yb)
             correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
         elapsed = time.perf_counter() - start
         result.train_seconds += elapsed
         result.samples_seen += n
-        val_loss, val_acc = evaluate(model, val, autocast=autocast, loader=loader)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
+        # over all ranks (one process: the same numbers); N ranks count the padded rows too
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], ranks, device)
+        val_loss, val_acc = evaluate(model, val, autocast=autocast, loader=loader, ranks=ranks)
+        metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc}
         result.history.append(metrics)
-        print(f"{desc} epoch {epoch}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} "
-              f"train_acc {metrics['train_acc']:.4f} val_loss {val_loss:.4f} "
-              f"val_acc {val_acc:.4f} ({n / elapsed:.0f} samples/s)", flush=True)
-        store.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "rng": rng_state(),
-                           "history": result.history,
-                           **({"extra": extra.state_dict()} if extra is not None else {})})
-        if on_epoch:
-            on_epoch(metrics)
+        checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "rng": rng_state(), "history": result.history,
+                      **({"extra": extra.state_dict()} if extra is not None else {}),
+                      **(_rank_rng(ranks, device) if ranks.active else {})}
+        if ranks.writer:
+            print(f"{desc} epoch {epoch}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} "
+                  f"train_acc {metrics['train_acc']:.4f} val_loss {val_loss:.4f} "
+                  f"val_acc {val_acc:.4f} ({n / elapsed:.0f} samples/s)", flush=True)
+            store.save(epoch, checkpoint)
+            if on_epoch:
+                on_epoch(metrics)
     model.eval()
     if extra is not None:
         extra.eval()
     return result
+
+
+def _rank_rng(ranks: Ranks, device: torch.device) -> dict:
+    """Every rank's torch RNG state (dropout's stream), for rank 0's checkpoint."""
+    state = {"rank_rng": distributed.all_gather_bytes(torch.get_rng_state(), ranks, device)}
+    if device.type == "cuda":
+        state["rank_rng_cuda"] = distributed.all_gather_bytes(torch.cuda.get_rng_state(device), ranks, device)
+    return state
+
+
+def _set_rank_rng(state: dict, ranks: Ranks) -> None:
+    if len(state.get("rank_rng", ())) != ranks.world:
+        raise StageError(f"the checkpoint holds the RNG state of {len(state.get('rank_rng', ()))} "
+                         f"rank(s), not {ranks.world}: it is another run's; clear it with "
+                         f"`make clean-resume`")
+    torch.set_rng_state(state["rank_rng"][ranks.rank])
+    if "rank_rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rank_rng_cuda"][ranks.rank], torch.cuda.current_device())
 
 
 def make_finetune(cfg: TrainParams, data: dict, loss_fn: Optional[LossFn] = None,

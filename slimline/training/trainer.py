@@ -20,6 +20,7 @@ from slimline.data.dataset import Prepared
 from slimline.model import ModelSpec, build_model, count_flops, count_params, save_model
 from slimline.params import LoaderParams, NetworkParams, Structure, TrainParams
 from slimline.paths import resume_dir
+from slimline.training import distributed
 from slimline.training.checkpoint import CheckpointStore
 from slimline.training.loop import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
@@ -126,8 +127,11 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     log: write the dvclive and TensorBoard curves (dvclive/<stage>); off for a run
     whose curve has no place in the DAG's outputs (an ablation).
     loader: how batches are read from the prepared files (never changes a result).
+    Under torchrun every rank calls it and trains its share; rank 0 alone writes.
     """
-    numerics = seed_everything(cfg.seed, cfg.num_threads, cfg.numerics)
+    ranks = distributed.current()
+    threads = distributed.threads_per_rank(cfg.num_threads, ranks.world)
+    numerics = seed_everything(cfg.seed, threads, cfg.numerics)
     device = resolve_device(cfg.device)
     model = build_model(spec)  # built after seeding: init weights are seeded too
     if init is not None:
@@ -138,7 +142,7 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     if train:
         logger = None
         try:
-            logger = EpochLogger(stage) if log else None
+            logger = EpochLogger(stage) if log and ranks.writer else None
             if hints is not None:
                 hints.attach(model)
             result = fit(model, data["train"], data["val"], cfg, store, loss_fn=loss_fn,
@@ -154,11 +158,13 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
         result = FitResult(history=[{"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
                                      "val_loss": val_loss, "val_acc": val_acc}])
     autocast = device.type == "cuda"
-    test_loss, test_acc = evaluate(model, data["test"], autocast=autocast, loader=loader)
+    test_loss, test_acc = evaluate(model, data["test"], autocast=autocast, loader=loader,
+                                   ranks=distributed.setup(device.type))
     model = model.cpu().eval()
-    save_model(model, spec, out_dir)
-    if not keep_checkpoints:
-        store.clear()  # success: the resume folder has served its purpose
+    if ranks.writer:
+        save_model(model, spec, out_dir)
+        if not keep_checkpoints:
+            store.clear()  # success: the resume folder has served its purpose
     last = result.history[-1]
     results = {"test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": last["val_acc"],
                "val_loss": last["val_loss"], "train_accuracy": last["train_acc"],
@@ -168,7 +174,8 @@ def train_network(stage: str, spec: ModelSpec, cfg: TrainParams, prep: Prepared,
     run = {"device": str(device), "bf16_autocast": autocast, "train_seconds": result.train_seconds,
            "samples_per_s": result.samples_seen / max(result.train_seconds, 1e-9),
            "resumed_from_epoch": result.resumed_from, "num_threads": cfg.num_threads,
+           **({"ranks": ranks.world, "threads_per_rank": threads} if ranks.active else {}),
            **numerics_mod.record(numerics, device),
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           **onnx_latency(model, spec.input_shape)}
+           **(onnx_latency(model, spec.input_shape) if ranks.writer else {})}
     return Trained(model=model, spec=spec, fit=result, results=results, run=run, store=store)
