@@ -36,7 +36,8 @@ def stage(project: Path, *args: str) -> float:
     proc = subprocess.run([sys.executable, "-m", *args], cwd=project, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
-        sys.exit(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -79,8 +80,8 @@ def main() -> None:
               f"in all, median of {args.rounds} alternating rounds:")
         print(f"  training samples/s: 1 process {one['samples_per_s']:.0f}, {args.nproc} ranks "
               f"{many['samples_per_s']:.0f}: {many['samples_per_s'] / one['samples_per_s']:.2f}x")
-        print(f"  stage wall time: 1 process {one['wall_s']:.1f} s, {args.nproc} ranks {many['wall_s']:.1f} s: "
-              f"{one['wall_s'] / many['wall_s']:.2f}x")
+        print(f"  stage wall time: 1 process {one['wall_s']:.1f} s, {args.nproc} ranks "
+              f"{many['wall_s']:.1f} s: {one['wall_s'] / many['wall_s']:.2f}x")
         print(f"  test accuracy: 1 process {runs[1][0]['test_accuracy']:.4f}, {args.nproc} ranks "
               f"{runs[args.nproc][0]['test_accuracy']:.4f} (each the same in every round: "
               f"{all(r['test_accuracy'] == rs[0]['test_accuracy'] for rs in runs.values() for r in rs)})")

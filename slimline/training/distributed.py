@@ -95,14 +95,14 @@ def _die_with_parent() -> None:  # in the agent, between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def relaunch(stage: str, nproc: int, num_threads: int, argv: list[str]) -> None:
-    """Run this stage again as `nproc` ranks under torchrun and wait; a failed rank ends
-    it with that rank's error."""
+def relaunch(stage: str, nproc: int, num_threads: int, argv: list[str], module: str | None = None) -> None:
+    """Run this stage (module: tasks.<stage>) again as `nproc` ranks under torchrun and wait;
+    a failed rank ends it with that rank's error."""
     with tempfile.TemporaryDirectory(prefix="slimline-ranks-") as errors:
         env = {**os.environ, LAUNCHED: "1", ERRORS: errors,
                "OMP_NUM_THREADS": str(threads_per_rank(num_threads, nproc))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "--max_restarts=0", "-m", f"tasks.{stage}", *argv]
+               f"--nproc_per_node={nproc}", "--max_restarts=0", "-m", module or f"tasks.{stage}", *argv]
         print(f"{stage}: training on {nproc} ranks: {' '.join(cmd[1:])}", flush=True)
         proc = subprocess.Popen(cmd, env=env,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)

@@ -1,0 +1,78 @@
+"""Training stages on two ranks under torchrun: reproducible through DVC, resumed
+bit-identically after the stage is killed with no rank left behind, and a dead rank ends
+the stage with its error instead of a hang."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slimline.errors import StageError
+from slimline.training import distributed
+from tests.support.project import ROOT, dvc, run_env, tree_digest, update_params
+
+STAGE = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
+
+
+def _stage_processes(root: Path) -> list[int]:
+    """The processes still running this stage in root: itself, torchrun's agent, the ranks."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"tasks.train_baseline" in Path(f"/proc/{pid}/cmdline").read_bytes() \
+                    and Path(f"/proc/{pid}/cwd").resolve() == root.resolve():
+                found.append(int(pid))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+def test_two_ranks_reproduce_after_the_stage_is_killed(pipeline_copy):
+    """An uninterrupted run; then a run whose stage process is SIGKILLed after epoch 1 (its
+    ranks must die with it), resumed by DVC to the end: the same weights."""
+    root = pipeline_copy
+    # dropout: each rank draws its own masks, and the resume must restore every rank's stream
+    update_params(root, {"train": {"distributed": {"nproc_per_node": 2}, "epochs": 3},
+                         "baseline": {"dropout": 0.3}})
+    first = dvc("repro", "train_baseline", cwd=root)
+    assert "training on 2 ranks" in first.stdout, first.stdout[-2000:]
+    reference = tree_digest(root / "models" / "baseline")
+
+    proc = subprocess.Popen(STAGE, cwd=root, env=run_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    resume, deadline = root / ".slimline" / "resume", time.monotonic() + 120
+    while not list(resume.glob("train_baseline-*/epoch-0001.pt")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _stage_processes(root):
+        assert time.monotonic() < deadline, f"processes outlived the stage: {_stage_processes(root)}"
+        time.sleep(0.05)
+    assert not list(resume.glob("train_baseline-*/epoch-0003.pt"))
+
+    rerun = dvc("repro", "--force", "train_baseline", cwd=root)  # not the run cache: resume
+    assert "resuming from checkpoint after epoch 1" in rerun.stdout, rerun.stdout[-2000:]
+    assert tree_digest(root / "models" / "baseline") == reference
+
+
+@pytest.mark.parametrize("how, message", [
+    ("error", "rank 1 of 2 failed: loss became nan in epoch 2"),
+    ("kill", "a rank of 2 died without an error of its own"),
+])
+def test_a_dead_rank_ends_the_stage_with_its_error(how, message, tmp_path, monkeypatch):
+    """Real torchrun, ranks that need no torch: rank 1 fails while rank 0 waits for it."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pidfile = tmp_path / "rank0.pid"
+    start = time.monotonic()
+    with pytest.raises(StageError, match=message):
+        distributed.relaunch("fake", 2, 2, [how, str(pidfile)], module="tests.support.fake_ranks")
+    assert time.monotonic() - start < 60  # torchrun stopped rank 0: no hang
+    if pidfile.exists():  # rank 0 got that far before its peer failed: it must be gone
+        assert not Path(f"/proc/{pidfile.read_text()}").exists()
