@@ -16,8 +16,6 @@ import argparse
 from pathlib import Path
 
 from slimline.codedeps import code_files, stage_user_files
-from slimline.compress import distill_report
-from slimline.compress.distill import distill_student
 from slimline.data.dataset import load_prepared
 from slimline.params import Params
 from slimline.report import keep_run_record, write_report
@@ -33,6 +31,11 @@ SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml par
 
 
 def distill(params: Params, args: argparse.Namespace) -> None:
+    # torch is imported here, not above: a stage that relaunches itself as N ranks imports
+    # it only in the ranks
+    from slimline.compress import distill_report
+    from slimline.compress.distill import distill_student
+
     prep = load_prepared(args.data)
     cfg = params.train.model_copy(update={"epochs": params.distill.epochs or params.train.epochs})
     deps = [str(args.data), *CODE_DEPS, *stage_user_files("distill", args.params)]

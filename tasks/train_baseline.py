@@ -16,9 +16,6 @@ from slimline.params import Params
 from slimline.report import keep_run_record, write_report
 from slimline.stage import main
 from slimline.training import distributed
-from slimline.training.report import baseline_markdown
-from slimline.training.trainer import model_spec, train_network
-from slimline.weights import weights_init
 
 # The code this stage runs, as in dvc.yaml: a change to it must not resume a stale run.
 CODE_DEPS = code_files("tasks.train_baseline")
@@ -28,6 +25,12 @@ SETTINGS = ("loader",)  # read too, but cannot change a result: not dvc.yaml par
 
 
 def train_baseline(params: Params, args: argparse.Namespace) -> None:
+    # torch is imported here, not above: a stage that relaunches itself as N ranks imports
+    # it only in the ranks
+    from slimline.training.report import baseline_markdown
+    from slimline.training.trainer import model_spec, train_network
+    from slimline.weights import weights_init
+
     prep = load_prepared(args.data)
     net = params.baseline
     key = {"baseline": net.model_dump(), "train": params.train.model_dump()}

@@ -69,13 +69,20 @@ def threads_per_rank(num_threads: int, nproc: int) -> int:
     return max(1, num_threads // nproc)
 
 
-def check(nproc: int, device: str, batch_size: int) -> None:
-    """Refuse a rank count the machine or the recipe cannot hold, with the numbers."""
+def _cuda_devices(device: str) -> int | None:
+    """The CUDA devices the ranks would train on; None: they train on the CPU. torch (2 s to
+    import) is asked only where an NVIDIA driver is loaded: without one, `auto` is the CPU."""
+    if device == "cpu" or (device == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir()):
+        return None
     import torch
 
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        have = torch.cuda.device_count()
+    return torch.cuda.device_count() if device == "cuda" or torch.cuda.is_available() else None
+
+
+def check(nproc: int, device: str, batch_size: int) -> None:
+    """Refuse a rank count the machine or the recipe cannot hold, with the numbers."""
+    have = _cuda_devices(device)
+    if have is not None:
         if nproc > have:
             raise StageError(f"train.distributed.nproc_per_node is {nproc} but {have} CUDA device(s) "
                              f"are visible: one rank per GPU; lower it to {have} or fewer")

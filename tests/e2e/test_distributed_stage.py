@@ -12,7 +12,7 @@ import pytest
 
 from slimline.errors import StageError
 from slimline.training import distributed
-from tests.support.project import ROOT, dvc, run_env, tree_digest, update_params
+from tests.support.project import ROOT, dvc, run_env, sh, tree_digest, update_params
 
 STAGE = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
 
@@ -32,12 +32,12 @@ def _stage_processes(root: Path) -> list[int]:
 
 def test_two_ranks_reproduce_after_the_stage_is_killed(pipeline_copy):
     """An uninterrupted run; then a run whose stage process is SIGKILLed after epoch 1 (its
-    ranks must die with it), resumed by DVC to the end: the same weights."""
+    ranks must die with it), resumed by `dvc repro` to the end: the same weights."""
     root = pipeline_copy
     # dropout: each rank draws its own masks, and the resume must restore every rank's stream
     update_params(root, {"train": {"distributed": {"nproc_per_node": 2}, "epochs": 3},
                          "baseline": {"dropout": 0.3}})
-    first = dvc("repro", "train_baseline", cwd=root)
+    first = sh(STAGE, root)
     assert "training on 2 ranks" in first.stdout, first.stdout[-2000:]
     reference = tree_digest(root / "models" / "baseline")
 
