@@ -127,8 +127,9 @@ def failure(errors: Path, nproc: int, rc: int) -> str:
     """The message for a failed torchrun: the first rank's own error, if it left one."""
     for path in sorted(errors.glob("rank-*.txt")):
         return f"rank {path.stem.split('-')[1]} of {nproc} failed: {path.read_text().strip()}"
-    return (f"a rank of {nproc} died without an error of its own (torchrun exited {rc}: killed, or "
-            f"out of memory; see its log above). A rerun resumes from the last epoch checkpoint")
+    return (f"a rank of {nproc} died without an error of its own (torchrun exited {rc}): killed, out "
+            f"of memory, or a crash whose traceback is in the log above. A rerun resumes from the "
+            f"last epoch checkpoint")
 
 
 def record_failure(message: str) -> None:
