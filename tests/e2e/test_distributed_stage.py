@@ -1,6 +1,6 @@
-"""Training stages on two ranks under torchrun: reproducible through DVC, resumed
-bit-identically after the stage is killed with no rank left behind, and a dead rank ends
-the stage with its error instead of a hang."""
+"""Training stages on two ranks under torchrun: resumed bit-identically through DVC after the
+stage is killed, with no rank left behind, and a dead rank ends the stage with its error
+instead of a hang."""
 import os
 import signal
 import subprocess
@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slimline.errors import StageError
 from slimline.training import distributed
-from tests.support.project import ROOT, dvc, run_env, sh, tree_digest, update_params
+from tests.support.project import ROOT, dvc, lock_outs, run_env, update_params
+from tests.support.tiny import DDP, DDP_LOCK, DDP_REFRESH
 
 STAGE = [sys.executable, "-m", "tasks.train_baseline", "--data", "data/prepared", "--out", "models/baseline"]
 
@@ -31,16 +33,12 @@ def _stage_processes(root: Path) -> list[int]:
 
 
 def test_two_ranks_reproduce_after_the_stage_is_killed(pipeline_copy):
-    """An uninterrupted run; then a run whose stage process is SIGKILLed after epoch 1 (its
-    ranks must die with it), resumed by `dvc repro` to the end: the same weights."""
+    """A 2-rank run whose stage process is SIGKILLed after epoch 1 (its ranks must die with
+    it), resumed by `dvc repro` to the end, gives the weights of an uninterrupted 2-rank run:
+    tests/ddp.lock, made from the same tiny data (dropout on: each rank draws its own masks,
+    and the resume must restore every rank's stream)."""
     root = pipeline_copy
-    # dropout: each rank draws its own masks, and the resume must restore every rank's stream
-    update_params(root, {"train": {"distributed": {"nproc_per_node": 2}, "epochs": 3},
-                         "baseline": {"dropout": 0.3}})
-    first = sh(STAGE, root)
-    assert "training on 2 ranks" in first.stdout, first.stdout[-2000:]
-    reference = tree_digest(root / "models" / "baseline")
-
+    update_params(root, DDP)
     proc = subprocess.Popen(STAGE, cwd=root, env=run_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     resume, deadline = root / ".slimline" / "resume", time.monotonic() + 120
@@ -49,16 +47,20 @@ def test_two_ranks_reproduce_after_the_stage_is_killed(pipeline_copy):
         assert time.monotonic() < deadline
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    assert "training on 2 ranks" in proc.communicate(timeout=60)[0]
     deadline = time.monotonic() + 30
     while _stage_processes(root):
         assert time.monotonic() < deadline, f"processes outlived the stage: {_stage_processes(root)}"
         time.sleep(0.05)
     assert not list(resume.glob("train_baseline-*/epoch-0003.pt"))
 
-    rerun = dvc("repro", "--force", "train_baseline", cwd=root)  # not the run cache: resume
+    # --force: not DVC's run cache, which holds the tiny build's one-process baseline
+    rerun = dvc("repro", "--force", "--single-item", "train_baseline", cwd=root)
     assert "resuming from checkpoint after epoch 1" in rerun.stdout, rerun.stdout[-2000:]
-    assert tree_digest(root / "models" / "baseline") == reference
+    committed = yaml.safe_load(DDP_LOCK.read_text())["models/baseline"]
+    assert lock_outs(root)["models/baseline"] == committed, (
+        f"the 2-rank baseline differs from tests/ddp.lock; if a change is meant to alter it, "
+        f"run {DDP_REFRESH}")
 
 
 @pytest.mark.parametrize("how, message", [

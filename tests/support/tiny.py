@@ -4,6 +4,7 @@ check at no extra cost.
 
     python -m tests.support.tiny build DEST     # build_tiny, then DEST.ready (or DEST.failed)
     python -m tests.support.tiny lock [DEST]    # tests/tiny.lock from a build (DEST, or a new one)
+    python -m tests.support.tiny lock-ddp [DEST]  # tests/ddp.lock: its baseline on 2 ranks
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ LOCK = ROOT / "tests" / "tiny.lock"
 PORTABLE = ("data/", "models/")
 MEASURED = ("models/ship",)
 REFRESH = "python -m tests.support.tiny lock"
+# The baseline trained on two ranks under torchrun from the tiny build's data
+# (tests/e2e/test_distributed_stage.py): its hash, so that a resumed 2-rank run is compared
+# with an uninterrupted one without paying for that run in every suite.
+DDP = {"train": {"distributed": {"nproc_per_node": 2}, "epochs": 3}, "baseline": {"dropout": 0.3}}
+DDP_LOCK = ROOT / "tests" / "ddp.lock"
+DDP_REFRESH = "python -m tests.support.tiny lock-ddp"
 
 
 def build_tiny(dest: Path) -> Path:
@@ -79,7 +86,25 @@ def tiny_prepared(n: int = 60, seed: int = 0):
                                          "mean": [127.0], "std": [70.0]})
 
 
+def train_ddp(root: Path) -> str:
+    """Train root's baseline on DDP's two ranks, uninterrupted, through DVC; its md5."""
+    from tests.support.project import dvc, update_params
+
+    update_params(root, DDP)
+    dvc("repro", "--force", "--single-item", "train_baseline", cwd=root)
+    return lock_outs(root)["models/baseline"]
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["lock-ddp"] and len(argv) <= 2:
+        import tempfile
+
+        out = Path(argv[1]) if len(argv) == 2 else build_tiny(Path(tempfile.mkdtemp()) / "proj")
+        DDP_LOCK.write_text(f"# The tiny build's baseline trained on 2 ranks (tests/support/tiny.py DDP). A "
+                            f"change meant to\n# alter it refreshes this file: {DDP_REFRESH}\n"
+                            f"models/baseline: {train_ddp(out)}\n")
+        print(f"wrote {DDP_LOCK}")
+        return
     if argv[:1] == ["lock"] and len(argv) <= 2:
         import tempfile
 
