@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import os
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -64,8 +65,7 @@ def _spill(stream, scratch: Path | None, name: str):
     memory-mapping: scratch/name, or an anonymous temporary file when there is no scratch."""
     out = open(scratch / name, "w+b") if scratch is not None else tempfile.TemporaryFile()  # noqa: SIM115
     try:
-        while block := stream.read(BLOCK):
-            out.write(block)
+        shutil.copyfileobj(stream, out, BLOCK)
         out.flush()
     except BaseException:
         out.close()
@@ -219,8 +219,8 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, scratch: Path | None)
     info = zf.getinfo(key + ".npy")
     with zf.open(info) as stream:
         if info.compress_type == zipfile.ZIP_STORED:
-            while stream.read(BLOCK):
-                pass
+            with open(os.devnull, "wb") as null:  # read to its end: zipfile checks the CRC there
+                shutil.copyfileobj(stream, null, BLOCK)
             f = open(path, "rb")  # noqa: SIM115 (closed below)
             f.seek(info.header_offset)
             local = f.read(30)  # the member's local file header: its name and extra field come next
