@@ -39,7 +39,7 @@ RUN_CACHE_LINE = "is cached - skipping run"  # dvc's words when it restores from
 SKIP_LINE = "didn't change, skipping"  # ... and when --allow-missing skips a stage
 LOCKED = "Unable to acquire lock"  # ... and when another dvc process holds the repo lock
 TAIL = 40  # output lines kept for a failure's message
-# prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in slimline.stage.die_with_parent, inline so the
+# prctl(PR_SET_PDEATHSIG=1, SIGKILL) as in slimline.repo.die_with_parent, inline so the
 # guard costs no imports; the setting survives the exec into dvc.
 GUARD = ("import ctypes, os, signal, sys\n"
          "if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"

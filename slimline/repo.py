@@ -74,6 +74,17 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent process dies. A stage whose runner (dvc, or
+    the flow above it) was killed would otherwise train on as an orphan, holding
+    DVC's lock so that the rerun cannot start. The setting survives exec."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a still-running child started with start_new_session=True and everything it
     started (dvc and the stage under it, a server and its workers): SIGTERM, then SIGKILL

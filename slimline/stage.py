@@ -13,18 +13,7 @@ from typing import Callable
 
 from slimline.errors import StageError
 from slimline.params import Params, ParamsError, load_params
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent process dies. A stage whose runner (dvc, or
-    the flow above it) was killed would otherwise train on as an orphan, holding
-    DVC's lock so that the rerun cannot start. The setting survives exec."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from slimline.repo import die_with_parent  # every stage calls it first
 
 
 def check_declared(stage: str, params_path: str | Path, dvc_yaml: Path = Path("dvc.yaml")) -> None:

@@ -13,12 +13,11 @@ and wait for it. Each rank runs the same stage body:
   RNG state, because dropout draws on each.
 
 torchrun ends every rank when one fails; each rank also dies with the agent, and the
-agent with the stage process, so no rank outlives the stage (slimline.stage.die_with_parent).
+agent with the stage process, so no rank outlives the stage (slimline.repo.die_with_parent).
 """
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from slimline.errors import StageError
+from slimline.repo import die_with_parent
 
 LAUNCHED = "SLIMLINE_DISTRIBUTED"  # set for the ranks: a rank never relaunches itself
 ERRORS = "SLIMLINE_RANK_ERRORS"  # a folder where a failing rank leaves its one-line error
@@ -96,12 +96,6 @@ def check(nproc: int, device: str, batch_size: int) -> None:
                          f"multiple of train.distributed.nproc_per_node")
 
 
-def _die_with_parent() -> None:  # in the agent, between fork and exec
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def relaunch(stage: str, nproc: int, num_threads: int, argv: list[str], module: str | None = None) -> None:
     """Run this stage (module: tasks.<stage>) again as `nproc` ranks under torchrun and wait;
     a failed rank ends it with that rank's error."""
@@ -111,8 +105,7 @@ def relaunch(stage: str, nproc: int, num_threads: int, argv: list[str], module: 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "--max_restarts=0", "-m", module or f"tasks.{stage}", *argv]
         print(f"{stage}: training on {nproc} ranks: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.Popen(cmd, env=env,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # the agent dies with us
         try:
             rc = proc.wait()
         except BaseException:  # SIGINT/SIGTERM here: torchrun ends its ranks on SIGTERM
