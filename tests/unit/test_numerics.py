@@ -69,13 +69,22 @@ def test_portable_refuses_a_process_whose_torch_loaded_unpinned(tmp_path):
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= set(numerics.cpu_info()["isa"]), reason="needs AVX2+FMA")
-def test_portable_training_ignores_the_cpus_isa_limits(tmp_path):
+def test_portable_training_ignores_the_cpus_isa_limits(tmp_path, monkeypatch):
     """Capping ATen's and oneDNN's ISA (what an older CPU would do) changes nothing in
-    portable mode: fit() gives the same weights, bit for bit."""
-    from benchmarks.numerics import params_file, run_child
+    portable mode: fit() gives the same weights, bit for bit. The uncapped run is this
+    test process's own (pinned portable by conftest, as a stage is): one child process
+    fewer, and a comparison across two processes that began differently."""
+    import torch
+
+    from benchmarks.numerics import child, params_file, run_child
 
     params = params_file(tmp_path, "portable", threads=1)
-    plain = run_child(params, samples=256, epochs=1)
+    monkeypatch.chdir(ROOT)  # the data the child reads, from its cwd (benchmarks/fit_setup.py)
+    threads = torch.get_num_threads()
+    try:
+        plain = child(str(params), samples=256, epochs=1)
+    finally:
+        torch.set_num_threads(threads)  # fit() set 1 for this whole process
     capped = run_child(params, samples=256, epochs=1,
                        env={"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX",
                             "MKL_ENABLE_INSTRUCTIONS": "AVX"})
