@@ -245,9 +245,9 @@ def test_dashboard_shows_the_evaluate_report_in_a_browser(team, manual_run, tmp_
 
 
 def test_two_triggers_run_one_after_the_other(team):
-    # one stage each (up to date in the workspace by now): what is checked is the
-    # deployment's single slot, not the pipeline
-    first, second = (team.trigger("manual", targets=["prepare"]) for _ in range(2))
+    # one stage each (up to date in the workspace by now), and no `dvc exp save` (~4 CPU-s
+    # each; manual_run checks it): what is checked is the deployment's single slot
+    first, second = (team.trigger("manual", targets=["prepare"], save_experiment=False) for _ in range(2))
     worker = team.start_worker(POOLS["cpu"], once=False)
     try:
         runs = [wait_for(r.id, finished, 600, "queued run") for r in (first, second)]
@@ -270,7 +270,7 @@ def test_killed_worker_run_is_crashed_by_the_automation_and_frees_the_slot(team,
     crashed = wait_for(run.id, lambda r: r.state.is_crashed(), 240, "killed run")
     assert "No heartbeat" in crashed.state.message
     # the deployment's single slot is free again: the next trigger runs to completion
-    rerun = team.run_once("nightly", POOLS["gpu"], "rerun", targets=["train_baseline"])
+    rerun = team.run_once("nightly", POOLS["gpu"], "rerun", targets=["train_baseline"], save_experiment=False)
     assert rerun.state.is_completed(), rerun.state.message
     # runs that finished long ago were left alone by the automation
     assert client_call(lambda c: c.read_flow_run(manual_run.id)).state.is_completed()
