@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +72,11 @@ def checkout(branch: str = "main", repository: str | None = None, workspace: str
         shutil.copyfile(local, directory / ".dvc" / "config.local")
     cache = Path(os.environ.get("SLIMLINE_DVC_CACHE", Path.home() / ".cache" / "slimline" / "dvc-cache"))
     cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache)],
-                   cwd=directory, check=True, capture_output=True)
+    # What `dvc cache dir --local` does, through the same call, without a process (~0.5 CPU-s)
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(directory / ".dvc")).edit("local") as conf:
+        conf["cache"]["dir"] = str(cache)
     _use_workspace_code(directory)
     return {"directory": str(directory), "commit": git("rev-parse", "HEAD", cwd=directory)}
 
