@@ -240,15 +240,14 @@ def fit(model: nn.Module, train, val, cfg: TrainParams, store: CheckpointStore,
         metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc}
         result.history.append(metrics)
-        checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "rng": rng_state(), "history": result.history,
-                      **({"extra": extra.state_dict()} if extra is not None else {}),
-                      **(_rank_rng(ranks, device) if ranks.active else {})}
+        rank_rng = _rank_rng(ranks, device) if ranks.active else {}  # a collective: every rank joins
         if ranks.writer:
             print(f"{desc} epoch {epoch}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} "
                   f"train_acc {metrics['train_acc']:.4f} val_loss {val_loss:.4f} "
                   f"val_acc {val_acc:.4f} ({n / elapsed:.0f} samples/s)", flush=True)
-            store.save(epoch, checkpoint)
+            store.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "rng": rng_state(), "history": result.history,
+                               **({"extra": extra.state_dict()} if extra is not None else {}), **rank_rng})
             if on_epoch:
                 on_epoch(metrics)
     model.eval()
