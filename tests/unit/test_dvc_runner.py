@@ -203,3 +203,17 @@ def test_the_watch_passes_signals_on_to_the_wakeup_fd_set_before_it():
         signal.signal(signal.SIGTERM, old)
         os.close(outer_r)
         os.close(outer_w)
+
+
+def test_dvc_reads_the_lock_file_with_the_c_parser_and_the_same_result():
+    """Every dvc command parses dvc.yaml, dvc.lock and params.yaml with ruamel's safe loader,
+    which is C only with ruamel.yaml.clib (pyproject.toml: ruamel.yaml 0.19.1 no longer
+    installs it). The C parser reads our lock file as ruamel's pure-Python one does."""
+    from dvc.utils.serialize import parse_yaml
+    from ruamel.yaml import YAML
+
+    from tests.support.project import ROOT
+
+    assert YAML(typ="safe").Parser.__name__ == "CParser", "pip install -c constraints.txt ruamel.yaml.clib"
+    text = (ROOT / "dvc.lock").read_text()
+    assert parse_yaml(text, "dvc.lock") == YAML(typ="safe", pure=True).load(text)
