@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.project import copy_project, run_env
+from tests.support.project import copy_project, dvc, run_env
 
 # `python -c HIDE dvc ...` runs dvc as `python -m dvc` does, with the C parser unimportable.
 HIDE = "import runpy, sys; sys.modules['_ruamel_yaml'] = None; sys.argv[0] = 'dvc'; " \
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = copy_project(Path(tmp) / "project")
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=root, env=run_env(),
-                       check=True, capture_output=True)  # then the repro below reruns nothing
+        dvc("repro", "prepare", cwd=root)  # then the repro below reruns nothing
         times = {(name, parser): [] for name in COMMANDS for parser in ("C", "pure")}
         for r in range(args.rounds):
             order = ("C", "pure") if r % 2 == 0 else ("pure", "C")
